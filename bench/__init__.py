@@ -1,0 +1,1 @@
+"""Benchmarks, printed as figures; never part of the test run (`make bench`)."""

@@ -1,0 +1,1 @@
+"""The application: commands, runner, scheduler, recovery, retention, notifications."""

@@ -1,0 +1,111 @@
+"""In-process notifier: wakes subscribers after each commit, with bounded queues."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from events.record import StoredEvent
+
+# What a subscriber receives: a committed event, or a transient message (progress ticks)
+# that is broadcast but never stored.
+Item = StoredEvent | dict[str, Any]
+
+
+class Subscription:
+    """One subscriber's bounded queue; it overflows rather than slowing the publisher."""
+
+    def __init__(self, notifier: Notifier, limit: int, transient: bool) -> None:
+        self._notifier = notifier
+        self.transient = transient
+        self._items: deque[Item] = deque()
+        self._wake = asyncio.Event()
+        self.limit = limit
+        self.overflowed = False
+        self.closed = False
+
+    def offer(self, items: Sequence[Item]) -> None:
+        """Queue items without waiting; mark the subscription overflowed when full."""
+        if self.overflowed or self.closed:
+            return
+        if len(self._items) + len(items) > self.limit:
+            # A subscriber this far behind is told so and must catch up from the log;
+            # the publisher (the single writer) never waits for it.
+            self.overflowed = True
+            self._items.clear()
+        else:
+            self._items.extend(items)
+        self._wake.set()
+
+    async def get(self) -> list[Item]:
+        """Wait for and return everything queued so far (empty once overflowed or closed)."""
+        while not self._items and not self.overflowed and not self.closed:
+            self._wake.clear()
+            await self._wake.wait()
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def wait_for_news(self) -> None:
+        """Wait until something was published, then forget it (for readers of the log)."""
+        while not self._items and not self.overflowed and not self.closed:
+            self._wake.clear()
+            await self._wake.wait()
+        self._items.clear()
+        self.overflowed = False
+
+    def close(self) -> None:
+        """Stop receiving and wake a waiting reader."""
+        self.closed = True
+        self._notifier.unsubscribe(self)
+        self._wake.set()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Notifier:
+    """Fans committed events and transient messages out to every subscriber."""
+
+    def __init__(self) -> None:
+        self._subscriptions: set[Subscription] = set()
+        self.last_seq = 0
+
+    def subscribe(self, limit: int = 10_000, transient: bool = True) -> Subscription:
+        """Start receiving what is published from now on (transient messages too if asked)."""
+        sub = Subscription(self, limit, transient)
+        self._subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to a subscription."""
+        self._subscriptions.discard(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._subscriptions)
+
+    def publish(self, events: Sequence[StoredEvent]) -> None:
+        """Deliver committed events to every subscriber (called after the commit)."""
+        if not events:
+            return
+        self.last_seq = events[-1].seq
+        for sub in list(self._subscriptions):
+            sub.offer(events)
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Deliver a transient message (not stored) to every subscriber."""
+        for sub in list(self._subscriptions):
+            if sub.transient:
+                sub.offer((message,))
+
+    def close_all(self) -> None:
+        """Close every subscription, waking their readers."""
+        for sub in list(self._subscriptions):
+            sub.close()

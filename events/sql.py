@@ -1,0 +1,66 @@
+"""Every SQL statement of the event log, named, in one place."""
+
+# The log is one table. seq is assigned by the writer (not AUTOINCREMENT) because the
+# hash chain needs to know it before the row is written.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY,
+    stream   TEXT    NOT NULL,
+    version  INTEGER NOT NULL CHECK (version >= 1),
+    time     TEXT    NOT NULL,
+    type     TEXT    NOT NULL,
+    payload  TEXT    NOT NULL,
+    hash     TEXT    NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE TRIGGER IF NOT EXISTS events_refuse_update BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'the event log is append-only: UPDATE refused');
+END;
+CREATE TRIGGER IF NOT EXISTS events_refuse_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'the event log is append-only: DELETE refused');
+END;
+"""
+
+PRAGMAS_WRITER = (
+    "PRAGMA journal_mode=WAL",
+    # FULL: the WAL is fsynced on every commit, so an acknowledged append survives
+    # a power cut (NORMAL would only survive an application crash).
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=5000",
+)
+
+PRAGMAS_READER = ("PRAGMA busy_timeout=5000",)
+
+INSERT_EVENT = (
+    "INSERT INTO events (seq, stream, version, time, type, payload, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+SELECT_HEAD = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+
+SELECT_STREAM_VERSIONS = "SELECT stream, MAX(version) FROM events GROUP BY stream"
+
+SELECT_SINCE = (
+    "SELECT seq, stream, version, time, type, payload, hash FROM events "
+    "WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+
+SELECT_SINCE_UNTIL = (
+    "SELECT seq, stream, version, time, type, payload, hash FROM events "
+    "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+)
+
+SELECT_STREAM = (
+    "SELECT seq, stream, version, time, type, payload, hash FROM events "
+    "WHERE stream = ? AND version > ? ORDER BY version"
+)
+
+SELECT_STATS = (
+    "SELECT type, COUNT(*), MIN(time), MAX(time) FROM events GROUP BY type ORDER BY type"
+)
+
+SELECT_ALL_ORDERED = (
+    "SELECT seq, stream, version, time, type, payload, hash FROM events ORDER BY seq"
+)

@@ -1,0 +1,261 @@
+"""The SQLite event store: one serialized writer with group commit, and lock-free readers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+
+from events import sql
+from events.notifier import Notifier
+from events.record import GENESIS_HASH, Row, StoredEvent, chain_hash, utc_now_iso
+from events.types import Event, canonical_json
+
+log = logging.getLogger(__name__)
+
+# How many append calls one transaction may carry. Large enough that 100 concurrent
+# appenders share one fsync, small enough that one commit stays short.
+MAX_BATCH_CALLS = 512
+
+
+class StoreError(Exception):
+    """The event log could not do what was asked."""
+
+
+class ConcurrencyError(StoreError):
+    """A stream was not at the version the caller expected; nothing was written."""
+
+
+class StoreClosed(StoreError):
+    """The store is closed (the server is shutting down); nothing was written."""
+
+
+@dataclass
+class _AppendCall:
+    stream: str
+    expected_version: int | None
+    events: Sequence[Event]
+    future: asyncio.Future[list[StoredEvent]] = field(repr=False)
+
+
+class EventStore:
+    """Append-only event log in SQLite (WAL, synchronous=FULL) with a hash chain."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection,
+                 reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self.notifier = Notifier()
+        self._calls: asyncio.Queue[_AppendCall | None] = asyncio.Queue()
+        self._versions: dict[str, int] = {}
+        self._last_seq = 0
+        self._last_hash = GENESIS_HASH
+        self._closed = False
+        self._writer_task: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    # --- life cycle -------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> EventStore:
+        """Open (creating if needed) the log at `path` and start its writer."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly
+        # one transaction and nothing is committed behind our back.
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            for pragma in sql.PRAGMAS_WRITER:
+                await writer.execute(pragma)
+            await writer.executescript(sql.SCHEMA)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            await writer.close()
+            raise
+        for pragma in sql.PRAGMAS_READER:
+            await reader.execute(pragma)
+        store = cls(path, writer, reader)
+        await store._load_heads()
+        store.notifier.last_seq = store._last_seq
+        store._writer_task = asyncio.create_task(store._write_loop(), name="event-writer")
+        return store
+
+    async def close(self) -> None:
+        """Write every append already accepted, then close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        self._calls.put_nowait(None)
+        if self._writer_task is not None:
+            await self._writer_task
+        self.notifier.close_all()
+        await self._reader.close()
+        # A final checkpoint folds the WAL into the main file so a copy of events.db
+        # alone (a backup of the backup manager) holds every event.
+        with contextlib.suppress(sqlite3.Error):
+            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._writer.close()
+
+    async def _load_heads(self) -> None:
+        async with self._writer.execute(sql.SELECT_HEAD) as cur:
+            row = await cur.fetchone()
+        self._last_seq, self._last_hash = (row[0], row[1]) if row else (0, GENESIS_HASH)
+        async with self._writer.execute(sql.SELECT_STREAM_VERSIONS) as cur:
+            self._versions = {stream: version for stream, version in await cur.fetchall()}
+
+    # --- writing ------------------------------------------------------------------
+
+    async def append(self, stream: str, expected_version: int | None,
+                     events: Sequence[Event]) -> list[StoredEvent]:
+        """Append events to a stream atomically and return them as stored.
+
+        `expected_version` is the stream's current version as the caller saw it (0 for
+        a new stream), or None to append whatever the version is. A mismatch raises
+        ConcurrencyError and writes nothing.
+        """
+        if self._closed:
+            raise StoreClosed("the event log is closed")
+        if not events:
+            return []
+        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
+        self._calls.put_nowait(_AppendCall(stream, expected_version, list(events), future))
+        # shield: a caller that is cancelled after its call was queued must not leave the
+        # writer with a dead future; the append still happens or fails as one.
+        return await asyncio.shield(future)
+
+    def stream_version(self, stream: str) -> int:
+        """Return a stream's current version as committed (0 if it has no events)."""
+        return self._versions.get(stream, 0)
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest committed event (0 for an empty log)."""
+        return self._last_seq
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._calls.get()
+            if first is None:
+                break
+            batch: list[_AppendCall] = [first]
+            while len(batch) < MAX_BATCH_CALLS and not self._calls.empty():
+                nxt = self._calls.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                await self._write_batch(batch)
+            except Exception as err:  # keep the writer alive: fail the calls, not the log
+                log.exception("event log write failed")
+                for call in batch:
+                    if not call.future.done():
+                        call.future.set_exception(StoreError(f"event log write failed: {err}"))
+        # Fail whatever arrived after close was asked for.
+        while not self._calls.empty():
+            late = self._calls.get_nowait()
+            if late is not None and not late.future.done():
+                late.future.set_exception(StoreClosed("the event log is closed"))
+
+    def _prepare(self, batch: list[_AppendCall]) -> tuple[list[Row], list[tuple[_AppendCall,
+                                                                             list[StoredEvent]]]]:
+        """Check versions and build rows for a batch; conflicting calls fail here."""
+        rows: list[Row] = []
+        accepted: list[tuple[_AppendCall, list[StoredEvent]]] = []
+        seq, prev_hash = self._last_seq, self._last_hash
+        versions: dict[str, int] = {}
+        for call in batch:
+            current = versions.get(call.stream, self._versions.get(call.stream, 0))
+            if call.expected_version is not None and call.expected_version != current:
+                call.future.set_exception(ConcurrencyError(
+                    f"stream {call.stream!r} is at version {current}, "
+                    f"expected {call.expected_version}; nothing was written"))
+                continue
+            try:
+                payloads = [canonical_json(ev.payload()) for ev in call.events]
+            except (TypeError, ValueError) as err:
+                call.future.set_exception(StoreError(f"event cannot be stored: {err}"))
+                continue
+            stored: list[StoredEvent] = []
+            now = utc_now_iso()
+            for offset, (ev, payload_json) in enumerate(zip(call.events, payloads, strict=True)):
+                row_seq, version = seq + 1 + offset, current + 1 + offset
+                prev_hash = chain_hash(prev_hash, row_seq, call.stream, version, now,
+                                       ev.type_name, payload_json)
+                row: Row = (row_seq, call.stream, version, now, ev.type_name, payload_json,
+                            prev_hash)
+                rows.append(row)
+                stored.append(StoredEvent.from_row(row))
+            seq += len(stored)
+            versions[call.stream] = current + len(stored)
+            accepted.append((call, stored))
+        return rows, accepted
+
+    async def _write_batch(self, batch: list[_AppendCall]) -> None:
+        rows, accepted = self._prepare(batch)
+        if not rows:
+            return
+        try:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            await self._writer.executemany(sql.INSERT_EVENT, rows)
+            await self._writer.execute("COMMIT")
+        except sqlite3.Error as err:
+            with contextlib.suppress(sqlite3.Error):
+                await self._writer.execute("ROLLBACK")
+            # Someone else wrote to the file (another process), or the disk failed: our
+            # cached heads may be stale. Reload them, then give each call its own
+            # transaction so one bad call cannot take the others down with it.
+            await self._load_heads()
+            if len(accepted) == 1:
+                call = accepted[0][0]
+                exc: StoreError = (ConcurrencyError if isinstance(err, sqlite3.IntegrityError)
+                                   else StoreError)(f"append to {call.stream!r} failed, "
+                                                    f"nothing was written: {err}")
+                call.future.set_exception(exc)
+                return
+            for call, _ in accepted:
+                await self._write_batch([call])
+            return
+        self.commits += 1
+        committed: list[StoredEvent] = []
+        for call, stored in accepted:
+            self._versions[call.stream] = stored[-1].version
+            committed.extend(stored)
+            if not call.future.done():
+                call.future.set_result(stored)
+        self._last_seq, self._last_hash = committed[-1].seq, committed[-1].hash
+        self.notifier.publish(committed)
+
+    # --- reading ------------------------------------------------------------------
+
+    async def read(self, since: int = 0, limit: int = 1000,
+                   until: int | None = None) -> list[StoredEvent]:
+        """Return up to `limit` events with seq > since (and <= until), in order."""
+        params: tuple[int, ...] = (since, limit) if until is None else (since, until, limit)
+        query = sql.SELECT_SINCE if until is None else sql.SELECT_SINCE_UNTIL
+        async with self._reader.execute(query, params) as cur:
+            rows = await cur.fetchall()
+        return [StoredEvent.from_row(tuple(r)) for r in rows]
+
+    async def iterate(self, since: int = 0, until: int | None = None,
+                      page: int = 5000) -> AsyncIterator[list[StoredEvent]]:
+        """Yield pages of events after `since` (up to `until`), oldest first."""
+        while True:
+            events = await self.read(since, page, until)
+            if not events:
+                return
+            yield events
+            since = events[-1].seq
+
+    async def read_stream(self, stream: str, since_version: int = 0) -> list[StoredEvent]:
+        """Return every event of one stream after a version, in order."""
+        async with self._reader.execute(sql.SELECT_STREAM, (stream, since_version)) as cur:
+            rows = await cur.fetchall()
+        return [StoredEvent.from_row(tuple(r)) for r in rows]

@@ -1,0 +1,1 @@
+"""Plain dataclasses and validation shared by every layer; imports nothing of the project."""

@@ -1,0 +1,1 @@
+"""The aiohttp application: app factory, routes, handlers, WebSocket and the CLI."""

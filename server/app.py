@@ -1,0 +1,80 @@
+"""The application factory: one create_app(config) used by the CLI and every test."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from events.store import EventStore
+from server import handlers
+from server.config import Config
+from server.datadir import lock_data_dir
+from server.errors import error_middleware
+from server.keys import CONFIG, PROJECTOR, STORE, WEBSOCKETS
+from server.logs import setup_file_logging
+from server.ws import close_websockets, websocket
+from storage.projector import Projector
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Lock the data directory and start the application log file in it."""
+    config = app[CONFIG]
+    lock = lock_data_dir(config.data_dir)
+    handler = setup_file_logging(config.logs_dir, config.log_level) if config.log_to_file \
+        else None
+    yield
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    lock.close()
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the event log; on cleanup write what is queued and close it."""
+    store = await EventStore.open(app[CONFIG].events_db)
+    app[STORE] = store
+    log.info("event log %s open at seq %d", store.path, store.last_seq)
+    yield
+    await store.close()
+    log.info("event log closed at seq %d", store.last_seq)
+
+
+async def projector_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Catch the YAML projections up with the log and keep them following it."""
+    projector = Projector(app[STORE], app[CONFIG].data_dir)
+    await projector.start()
+    app[PROJECTOR] = projector
+    yield
+    await projector.stop()
+
+
+def setup_routes(app: web.Application) -> None:
+    """Declare every route once, by name."""
+    app.router.add_get("/", handlers.index, name="index")
+    app.router.add_get("/dashboard", handlers.dashboard, name="dashboard")
+    app.router.add_get("/healthz", handlers.healthz, name="healthz")
+    app.router.add_get("/ws", websocket, name="ws")
+    app.router.add_get("/api/events", handlers.api_events, name="api-events")
+    app.router.add_static("/static", WEB_DIR / "static", name="static")
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the application; nothing runs until its startup hooks do."""
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG] = config
+    app[WEBSOCKETS] = set()
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
+                         autoescape=True)
+    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, projector_ctx])
+    app.on_shutdown.append(close_websockets)
+    setup_routes(app)
+    return app

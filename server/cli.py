@@ -1,0 +1,152 @@
+"""The `backup-manager` command: `serve`, and `events` (the audit / replay tool)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
+
+from aiohttp import web
+
+from events import audit
+from server.config import DATA_ENV, Config, default_data_dir
+from server.datadir import DataDirBusy
+from server.logs import setup_console_logging
+from storage.replay import replay_into
+
+log = logging.getLogger("backup_manager")
+
+EXIT_OK, EXIT_BAD_LOG, EXIT_USAGE = 0, 1, 2
+
+
+def _add_data_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=None,
+                        help=f"data directory (default: ${DATA_ENV} or ./data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(prog="backup-manager",
+                                     description="Self-hosted backup manager.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the web UI and API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_data_arg(serve)
+
+    events = sub.add_parser("events", help="audit and replay the event log (read-only)")
+    ev_sub = events.add_subparsers(dest="action", required=True)
+    for name, text in (("verify", "check seq continuity and the hash chain"),
+                       ("export", "write every event as JSON Lines to stdout"),
+                       ("stats", "count events by type, with first and last time")):
+        _add_data_arg(ev_sub.add_parser(name, help=text))
+    replay = ev_sub.add_parser("replay", help="rebuild the YAML projections into a directory")
+    replay.add_argument("--out", type=Path, required=True, help="an empty or new directory")
+    _add_data_arg(replay)
+    tail = ev_sub.add_parser("tail", help="print events, optionally following new ones")
+    tail.add_argument("--since", type=int, default=None,
+                      help="print events after this seq (default: the last 10)")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    _add_data_arg(tail)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.app import create_app
+
+    if not 0 < args.port < 65536:
+        print(f"error: port {args.port} is out of range", file=sys.stderr)
+        return EXIT_USAGE
+    setup_console_logging(args.log_level)
+    config = Config(data_dir=args.data or default_data_dir(), host=args.host, port=args.port,
+                    log_level=args.log_level)
+    try:
+        web.run_app(create_app(config), host=config.host, port=config.port,
+                    print=lambda _msg: log.info("serving on http://%s:%d with data in %s",
+                                                config.host, config.port,
+                                                config.data_dir.resolve()),
+                    shutdown_timeout=10)
+    except DataDirBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"error: cannot serve on {config.host}:{config.port}: {err.strerror or err}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _events(args: argparse.Namespace) -> int:
+    db_path = (args.data or default_data_dir()) / "events.db"
+    if args.action == "replay":
+        out: Path = args.out
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            print(f"error: {out} is not an empty directory; replay writes into a new or "
+                  "empty one so it never overwrites live files", file=sys.stderr)
+            return EXIT_USAGE
+    if args.action == "tail" and args.follow:
+        return _tail_follow(db_path, args.since)
+    with closing(audit.open_readonly(db_path)) as conn:
+        if args.action == "verify":
+            result = audit.verify(conn)
+            if result.ok:
+                print(f"OK: {result.checked} events, hash chain intact, head {result.head_hash}")
+                return EXIT_OK
+            print(f"DAMAGED at seq {result.bad_seq}: {result.reason} "
+                  f"({result.checked} events before it are intact)")
+            return EXIT_BAD_LOG
+        if args.action == "export":
+            for ev in audit.iter_events(conn):
+                sys.stdout.write(ev.to_json() + "\n")
+            return EXIT_OK
+        if args.action == "stats":
+            print(json.dumps(audit.stats(conn), indent=2))
+            return EXIT_OK
+        if args.action == "replay":
+            projection = replay_into(conn, args.out)
+            print(f"replayed {projection.seq} events: {len(projection.jobs)} jobs and "
+                  f"settings.yaml written to {args.out}")
+            return EXIT_OK
+        since = args.since if args.since is not None else max(0, audit.last_seq(conn) - 10)
+        for ev in audit.iter_events(conn, since):
+            sys.stdout.write(ev.to_json() + "\n")
+        return EXIT_OK
+
+
+def _tail_follow(db_path: Path, since: int | None) -> int:
+    if since is None:
+        with closing(audit.open_readonly(db_path)) as conn:
+            since = max(0, audit.last_seq(conn) - 10)
+    # SIGTERM ends a follow the way Ctrl-C does: quietly, with exit 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        for ev in audit.follow(db_path, since):
+            sys.stdout.write(ev.to_json() + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _events(args)
+    except audit.LogMissing as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `events export | head` closes the pipe early; that is not an error.
+        sys.stderr.close()
+        return EXIT_OK

@@ -1,0 +1,56 @@
+"""Thin handlers: parse the request, read or call the core, render the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from server.errors import BadRequest
+from server.keys import PROJECTOR, STORE, WEBSOCKETS
+from server.ws import parse_since
+
+MAX_EVENTS_PAGE = 1000
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """Send the browser to the dashboard."""
+    raise web.HTTPFound(request.app.router["dashboard"].url_for())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Report whether the log and the projector are healthy, with their positions."""
+    store, projector = request.app[STORE], request.app[PROJECTOR]
+    healthy = projector.healthy
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "last_seq": store.last_seq,
+        "projector_seq": projector.seq,
+        "projector_lag": projector.lag,
+        "projector_error": str(projector.error) if projector.error else None,
+        "websocket_clients": len(request.app[WEBSOCKETS]),
+    }
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def api_events(request: web.Request) -> web.Response:
+    """Return stored events after `since` as JSON, oldest first, one page at a time."""
+    store = request.app[STORE]
+    since = parse_since(request, default=0)
+    raw_limit = request.query.get("limit", "500")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS_PAGE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_EVENTS_PAGE}")
+    events = await store.read(since=since, limit=int(raw_limit))
+    return web.json_response({"events": [ev.as_dict() for ev in events],
+                              "last_seq": store.last_seq})
+
+
+@aiohttp_jinja2.template("dashboard.html")
+async def dashboard(request: web.Request) -> dict[str, Any]:
+    """Show the jobs as projected from the log and the most recent events."""
+    store, projector = request.app[STORE], request.app[PROJECTOR]
+    since = max(0, store.last_seq - 25)
+    recent = list(reversed(await store.read(since=since, limit=25)))
+    jobs = sorted(projector.projection.jobs.values(), key=lambda doc: str(doc["name"]).lower())
+    return {"jobs": jobs, "recent": recent, "last_seq": store.last_seq}

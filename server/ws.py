@@ -1,0 +1,113 @@
+"""The /ws endpoint: replay stored events after `since`, then tail the live log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from aiohttp import WSCloseCode, web
+
+from events.notifier import Subscription
+from events.record import StoredEvent
+from events.store import EventStore
+from server.errors import BadRequest
+from server.keys import CONFIG, STORE, WEBSOCKETS
+
+log = logging.getLogger(__name__)
+
+# 1013 "Try Again Later": the client fell too far behind and should reconnect with the
+# last seq it saw; it loses nothing because the log still has every event.
+CLOSE_TOO_SLOW = 1013
+
+
+def parse_since(request: web.Request, default: int) -> int:
+    """Read a non-negative `since` from the query string."""
+    raw = request.query.get("since")
+    if raw is None or raw == "":
+        return default
+    try:
+        since = int(raw)
+    except ValueError as err:
+        raise BadRequest(f"since must be a whole number, not {raw[:40]!r}") from err
+    if since < 0:
+        raise BadRequest("since must be 0 or more")
+    return since
+
+
+async def _send_stored(ws: web.WebSocketResponse, store: EventStore, last: int,
+                       upto: int | None = None) -> int:
+    """Send stored events after `last` (up to `upto`) from the log; return the last seq sent."""
+    async for page in store.iterate(since=last, until=upto, page=500):
+        for ev in page:
+            await ws.send_str(ev.to_json())
+            last = ev.seq
+    return last
+
+
+async def _tail(ws: web.WebSocketResponse, store: EventStore, sub: Subscription,
+                last: int) -> None:
+    """Send queued events in order (no gap, no duplicate) until the client goes away."""
+    while not ws.closed:
+        items = await sub.get()
+        if sub.overflowed:
+            await ws.close(code=CLOSE_TOO_SLOW,
+                           message=f"client fell behind; reconnect with since={last}".encode())
+            return
+        if sub.closed:
+            return
+        for item in items:
+            if isinstance(item, StoredEvent):
+                if item.seq <= last:
+                    continue  # already sent during the replay
+                if item.seq > last + 1:
+                    last = await _send_stored(ws, store, last, item.seq - 1)
+                await ws.send_str(item.to_json())
+                last = item.seq
+            else:
+                await ws.send_str(json.dumps(item))
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Stream every stored event after `since`, then new events as they are committed."""
+    store = request.app[STORE]
+    since = parse_since(request, default=store.last_seq)
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    clients = request.app[WEBSOCKETS]
+    clients.add(ws)
+    # Subscribe before reading the log: whatever commits during the replay is queued,
+    # and the seq check in _tail drops what the replay already sent.
+    sub = store.notifier.subscribe(limit=request.app[CONFIG].ws_queue_limit)
+
+    async def read_client() -> None:
+        # Reading is what processes pings and the client's close frame.
+        async for _ in ws:
+            pass
+        sub.close()
+
+    reader = asyncio.create_task(read_client())
+    try:
+        await ws.send_str(json.dumps({"kind": "hello", "head": store.last_seq}))
+        last = await _send_stored(ws, store, since)
+        await _tail(ws, store, sub, last)
+    except ConnectionResetError:
+        pass  # the client went away mid-send; it reconnects with its last seq
+    finally:
+        sub.close()
+        clients.discard(ws)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def close_websockets(app: web.Application) -> None:
+    """On shutdown, close every open WebSocket with 1001 (going away)."""
+    clients: set[web.WebSocketResponse] = app[WEBSOCKETS]
+    for ws in list(clients):
+        with contextlib.suppress(Exception):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")

@@ -1,0 +1,1 @@
+"""YAML projections of the event log and the atomic file writes they rely on."""

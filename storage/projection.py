@@ -1,0 +1,196 @@
+"""The YAML projections (jobs/<id>.yaml, settings.yaml) and the position they reflect."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from events.record import StoredEvent
+from models.ids import SETTINGS_STREAM, is_job_id
+from storage.atomic import remove_durable, write_atomic, write_many_atomic
+from storage.fold import Doc, fold_job, fold_settings, initial_settings
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = ".projection.json"
+SETTINGS_FILE = "settings.yaml"
+JOBS_DIR = "jobs"
+
+HEADER = (
+    "# Written by backup-manager from its event log (events.db); edits here are replaced.\n"
+    "# Change jobs and settings in the app or through its API.\n"
+)
+_JOB_KEYS = ("id", "name", "enabled", "spec", "created", "updated", "runs", "last_success",
+             "last_restore", "snapshots", "totals", "version", "last_seq")
+_SETTINGS_KEYS = ("settings", "updated", "version", "last_seq")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def render_yaml(doc: Doc, key_order: Iterable[str]) -> bytes:
+    """Render a document as YAML: known keys in a fixed order, nested keys sorted."""
+    ordered = {k: _sorted(doc[k]) for k in key_order if k in doc}
+    for key in sorted(doc):
+        if key not in ordered:
+            ordered[key] = _sorted(doc[key])
+    body = yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True,
+                          default_flow_style=False, width=100)
+    return (HEADER + body).encode("utf-8")
+
+
+def job_path(root: Path, job_id: str) -> Path:
+    """Where a job's YAML projection lives."""
+    return root / JOBS_DIR / f"{job_id}.yaml"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Projection:
+    """Job and settings documents folded from the log, and their files under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.jobs: dict[str, Doc] = {}
+        self.settings: Doc = initial_settings()
+        self.seq = 0
+        self._dirty: set[str] = {SETTINGS_STREAM}
+        self._written: dict[str, str] = {}  # relative path -> sha256 of what we wrote
+
+    # --- folding ------------------------------------------------------------------
+
+    def _stream_version(self, stream: str) -> int:
+        if stream == SETTINGS_STREAM:
+            return int(self.settings["version"])
+        doc = self.jobs.get(stream)
+        return int(doc["version"]) if doc else 0
+
+    def apply_to_stream(self, ev: StoredEvent) -> None:
+        """Fold one event into its stream's document unless that document already has it."""
+        if ev.stream == SETTINGS_STREAM:
+            if ev.version > self.settings["version"]:
+                self.settings = fold_settings(self.settings, ev)
+                self._dirty.add(SETTINGS_STREAM)
+            return
+        if not is_job_id(ev.stream):
+            log.warning("event %d has stream %r, which is not a job id; skipped",
+                        ev.seq, ev.stream)
+            return
+        doc = self.jobs.get(ev.stream)
+        if doc is not None and ev.version <= doc["version"]:
+            return
+        new = fold_job(doc, ev)
+        if new is None:
+            self.jobs.pop(ev.stream, None)
+        else:
+            self.jobs[ev.stream] = new
+        if new is not None or doc is not None:
+            self._dirty.add(ev.stream)
+
+    def apply(self, events: Iterable[StoredEvent]) -> None:
+        """Fold events in seq order; events at or below the applied seq change nothing."""
+        for ev in events:
+            if ev.seq <= self.seq:
+                continue
+            self.apply_to_stream(ev)
+            self.seq = ev.seq
+
+    def reset_stream(self, stream: str) -> None:
+        """Forget a stream's document so it can be rebuilt from its events."""
+        if stream == SETTINGS_STREAM:
+            self.settings = initial_settings()
+        else:
+            self.jobs.pop(stream, None)
+        self._dirty.add(stream)
+
+    # --- files --------------------------------------------------------------------
+
+    def _relpath(self, stream: str) -> str:
+        return SETTINGS_FILE if stream == SETTINGS_STREAM else f"{JOBS_DIR}/{stream}.yaml"
+
+    def render(self, stream: str) -> bytes | None:
+        """The bytes of a stream's YAML file, or None when the job does not exist."""
+        if stream == SETTINGS_STREAM:
+            return render_yaml(self.settings, _SETTINGS_KEYS)
+        doc = self.jobs.get(stream)
+        return render_yaml(doc, _JOB_KEYS) if doc is not None else None
+
+    @property
+    def dirty(self) -> bool:
+        """Whether some document changed since the last flush."""
+        return bool(self._dirty)
+
+    def flush(self) -> None:
+        """Write changed files atomically, then the position they reflect (blocking I/O)."""
+        writes: list[tuple[Path, bytes]] = []
+        for stream in sorted(self._dirty):
+            rel = self._relpath(stream)
+            data = self.render(stream)
+            if data is None:
+                remove_durable(self.root / rel)
+                self._written.pop(rel, None)
+            else:
+                writes.append((self.root / rel, data))
+                self._written[rel] = _sha(data)
+        write_many_atomic(writes)
+        # The position is written after the files: after a crash in between, the files
+        # are ahead of it, and applying those events again changes nothing (versions).
+        state = {"format": 1, "seq": self.seq, "files": dict(sorted(self._written.items()))}
+        write_atomic(self.root / STATE_FILE, json.dumps(state, indent=1).encode())
+        self._dirty.clear()
+
+    @classmethod
+    def load(cls, root: Path) -> tuple[Projection, set[str]]:
+        """Load documents from disk; return them with the streams whose files need a rebuild.
+
+        A file that is missing, changed by hand or unreadable is not trusted: its stream
+        is returned for a rebuild from the log. Without a readable position file the
+        projection starts from seq 0 and every stream is rebuilt by the catch-up.
+        """
+        proj = cls(root)
+        try:
+            state = json.loads((root / STATE_FILE).read_bytes())
+            seq, files = int(state["seq"]), dict(state["files"])
+        except FileNotFoundError:
+            return proj, set()
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            log.warning("projection position %s unreadable (%s); rebuilding from the log",
+                        root / STATE_FILE, err)
+            return proj, set()
+        proj.seq = seq
+        broken: set[str] = set()
+        for rel, digest in sorted(files.items()):
+            stream = SETTINGS_STREAM if rel == SETTINGS_FILE else Path(rel).stem
+            try:
+                data = (root / rel).read_bytes()
+                if _sha(data) != digest:
+                    raise ValueError("its content is not what the app wrote")
+                doc = yaml.safe_load(data)
+                if not isinstance(doc, dict):
+                    raise ValueError("it is not a YAML mapping")
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                log.warning("%s was changed or removed outside the app (%s); "
+                            "rebuilding it from the event log", root / rel, err)
+                broken.add(stream)
+                continue
+            if stream == SETTINGS_STREAM:
+                proj.settings = doc
+            else:
+                proj.jobs[stream] = doc
+            proj._written[rel] = digest
+        proj._dirty.clear()
+        proj._dirty.update(broken)
+        return proj, broken

@@ -1,0 +1,91 @@
+"""Keeps the YAML projections up to date with the log: catch up on start, then follow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from events.notifier import Subscription
+from events.store import EventStore
+from storage.projection import Projection
+
+log = logging.getLogger(__name__)
+
+# Events folded between two flushes while catching up; files are written once per chunk,
+# not once per event, which is what makes a rebuild of a large log fast.
+CATCH_UP_CHUNK = 50_000
+
+
+class Projector:
+    """Folds committed events into YAML files off the event loop and records its position."""
+
+    def __init__(self, store: EventStore, root: Path) -> None:
+        self.store = store
+        self.root = root
+        self.projection = Projection(root)
+        self._task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def seq(self) -> int:
+        """The last seq whose effects are in the files."""
+        return self.projection.seq
+
+    @property
+    def lag(self) -> int:
+        """How many committed events are not in the files yet."""
+        return max(0, self.store.last_seq - self.projection.seq)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the projector is running and has not failed."""
+        return self.error is None and self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Load the files, rebuild any that were damaged, catch up, then follow the log."""
+        projection, broken = await asyncio.to_thread(Projection.load, self.root)
+        self.projection = projection
+        for stream in sorted(broken):
+            projection.reset_stream(stream)
+            events = [e for e in await self.store.read_stream(stream) if e.seq <= projection.seq]
+            for ev in events:
+                projection.apply_to_stream(ev)
+        # Subscribe before catching up so nothing committed meanwhile is missed.
+        sub = self.store.notifier.subscribe(limit=1, transient=False)
+        await self._catch_up()
+        self._task = asyncio.create_task(self._follow(sub), name="projector")
+
+    async def _catch_up(self) -> None:
+        pending = 0
+        async for page in self.store.iterate(since=self.projection.seq):
+            self.projection.apply(page)
+            pending += len(page)
+            if pending >= CATCH_UP_CHUNK:
+                await asyncio.to_thread(self.projection.flush)
+                pending = 0
+        if self.projection.dirty:
+            await asyncio.to_thread(self.projection.flush)
+
+    async def _follow(self, sub: Subscription) -> None:
+        with sub:
+            while not sub.closed:
+                # The subscription only wakes us; the log itself is read, so a burst of
+                # commits costs one read and one flush, and nothing can be dropped.
+                await sub.wait_for_news()
+                try:
+                    await self._catch_up()
+                except Exception as err:
+                    self.error = err
+                    log.exception("projector failed; the log is intact, restart to rebuild")
+                    raise
+
+    async def stop(self) -> None:
+        """Stop following and flush everything committed so far."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.error is None:
+            await self._catch_up()
