@@ -180,6 +180,10 @@ class EventStore:
                 continue
             try:
                 payloads = [canonical_json(ev.payload()) for ev in call.events]
+                # Lone surrogates survive json.dumps but not UTF-8; refuse them here so
+                # one bad call fails alone instead of failing the whole group.
+                for text in (call.stream, *payloads):
+                    text.encode("utf-8")
             except (TypeError, ValueError) as err:
                 call.future.set_exception(StoreError(f"event cannot be stored: {err}"))
                 continue

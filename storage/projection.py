@@ -152,6 +152,24 @@ class Projection:
         write_atomic(self.root / STATE_FILE, json.dumps(state, indent=1).encode())
         self._dirty.clear()
 
+    def repair(self) -> list[str]:
+        """Rewrite files that were changed or removed since written; return their paths."""
+        damaged: list[str] = []
+        for stream in [SETTINGS_STREAM, *sorted(self.jobs)]:
+            rel = self._relpath(stream)
+            try:
+                intact = _sha((self.root / rel).read_bytes()) == self._written.get(rel)
+            except OSError:
+                intact = False
+            if not intact:
+                log.warning("%s was changed or removed outside the app; rebuilding it "
+                            "from the event log", self.root / rel)
+                damaged.append(rel)
+                self._dirty.add(stream)
+        if damaged:
+            self.flush()
+        return damaged
+
     @classmethod
     def load(cls, root: Path) -> tuple[Projection, set[str]]:
         """Load documents from disk; return them with the streams whose files need a rebuild.

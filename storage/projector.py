@@ -16,16 +16,20 @@ log = logging.getLogger(__name__)
 # Events folded between two flushes while catching up; files are written once per chunk,
 # not once per event, which is what makes a rebuild of a large log fast.
 CATCH_UP_CHUNK = 50_000
+# Backoff between attempts when the files cannot be written (seconds).
+RETRY_FIRST, RETRY_MAX = 0.25, 30.0
 
 
 class Projector:
     """Folds committed events into YAML files off the event loop and records its position."""
 
-    def __init__(self, store: EventStore, root: Path) -> None:
+    def __init__(self, store: EventStore, root: Path, repair_interval: float = 30.0) -> None:
         self.store = store
+        self.repair_interval = repair_interval
         self.root = root
         self.projection = Projection(root)
         self._task: asyncio.Task[None] | None = None
+        self._sub: Subscription | None = None
         self.error: BaseException | None = None
 
     @property
@@ -40,7 +44,7 @@ class Projector:
 
     @property
     def healthy(self) -> bool:
-        """Whether the projector is running and has not failed."""
+        """Whether the projector is running and its last write succeeded."""
         return self.error is None and self._task is not None and not self._task.done()
 
     async def start(self) -> None:
@@ -53,9 +57,15 @@ class Projector:
             for ev in events:
                 projection.apply_to_stream(ev)
         # Subscribe before catching up so nothing committed meanwhile is missed.
-        sub = self.store.notifier.subscribe(limit=1, transient=False)
-        await self._catch_up()
-        self._task = asyncio.create_task(self._follow(sub), name="projector")
+        self._sub = self.store.notifier.subscribe(limit=1, transient=False)
+        try:
+            await self._catch_up()
+        except OSError as err:
+            # The server still starts (the log is the source of truth); the follow loop
+            # retries, and /healthz says what is wrong meanwhile.
+            log.error("cannot write projections under %s: %s; will retry", self.root, err)
+            self.error = err
+        self._task = asyncio.create_task(self._follow(self._sub), name="projector")
 
     async def _catch_up(self) -> None:
         pending = 0
@@ -69,23 +79,46 @@ class Projector:
             await asyncio.to_thread(self.projection.flush)
 
     async def _follow(self, sub: Subscription) -> None:
+        delay = RETRY_FIRST
         with sub:
             while not sub.closed:
                 # The subscription only wakes us; the log itself is read, so a burst of
                 # commits costs one read and one flush, and nothing can be dropped.
-                await sub.wait_for_news()
                 try:
+                    if self.error is None:
+                        try:
+                            async with asyncio.timeout(self.repair_interval):
+                                await sub.wait_for_news()
+                        except TimeoutError:
+                            # Quiet for a while: check that nobody edited or removed a
+                            # file meanwhile, and put back what the log says.
+                            await asyncio.to_thread(self.projection.repair)
+                            continue
                     await self._catch_up()
                 except Exception as err:
+                    # Disk full or a permission problem: the log is intact, so report
+                    # unhealthy and retry with backoff instead of giving up for good.
+                    if self.error is None:
+                        log.exception("projector cannot write %s; retrying", self.root)
                     self.error = err
-                    log.exception("projector failed; the log is intact, restart to rebuild")
-                    raise
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await sub.wait_for_news()  # returns early on stop
+                    delay = min(delay * 2, RETRY_MAX)
+                else:
+                    if self.error is not None:
+                        log.warning("projector recovered; files under %s are current",
+                                    self.root)
+                    self.error, delay = None, RETRY_FIRST
 
     async def stop(self) -> None:
         """Stop following and flush everything committed so far."""
+        # Closing the subscription (rather than cancelling the task) lets a flush that is
+        # under way in its thread finish before the final catch-up starts.
+        if self._sub is not None:
+            self._sub.close()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception):
                 await self._task
         if self.error is None:
             await self._catch_up()

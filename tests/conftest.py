@@ -1,0 +1,48 @@
+"""Shared fixtures: a real SQLite event log in a temp dir, and the real app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from events.store import EventStore
+from events.types import JobCreated
+from server.app import create_app
+from server.config import Config
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
+    """An open event store on a fresh events.db."""
+    s = await EventStore.open(tmp_path / "events.db")
+    yield s
+    await s.close()
+
+
+def job_spec(name: str = "Docs", **extra: object) -> dict[str, object]:
+    """A plausible job spec as a command would store it."""
+    spec: dict[str, object] = {"name": name, "engine": "mirror", "sources": ["/home/a/docs"],
+                               "destination": "/backups/docs", "include": [], "exclude": [],
+                               "schedule": None, "options": {}}
+    spec.update(extra)
+    return spec
+
+
+def created(job_id: str, name: str = "Docs") -> JobCreated:
+    """A JobCreated event for a job id."""
+    return JobCreated(job_id=job_id, spec=job_spec(name))
+
+
+AppClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def app_client(aiohttp_client: AppClient, tmp_path: Path
+                     ) -> TestClient[web.Request, web.Application]:
+    """A test client talking to the real app over a loopback socket."""
+    config = Config(data_dir=tmp_path / "data", log_to_file=False)
+    return await aiohttp_client(create_app(config))

@@ -1,0 +1,193 @@
+"""The audit / replay tool and the server, run as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from events.store import EventStore
+from events.types import JobDeleted, RunQueued, SettingsChanged
+from storage.projector import Projector
+from tests.cli_helpers import REPO, cli, running_server
+from tests.test_projection import history, projection_files
+
+
+async def fill(data: Path, jobs: int = 3, runs: int = 2) -> int:
+    """Write a realistic log (and its projections) into a data dir; return the last seq."""
+    store = await EventStore.open(data / "events.db")
+    projector = Projector(store, data)
+    await projector.start()
+    try:
+        for j in range(jobs):
+            await history(store, f"job-{j}", runs=runs)
+        await store.append("settings", 0, [SettingsChanged(changes={"theme": "dark"})])
+        await store.append("job-0", None, [JobDeleted(job_id="job-0")])
+        return store.last_seq
+    finally:
+        await projector.stop()
+        await store.close()
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """A data dir holding a log of 29 events: three jobs with two runs each, and more."""
+    path = tmp_path / "data"
+    asyncio.run(fill(path))
+    return path
+
+
+def tamper(db: Path, sql: str) -> None:
+    """Change the log the way an attacker with file access would: triggers dropped first."""
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TRIGGER events_refuse_update")
+    conn.execute("DROP TRIGGER events_refuse_delete")
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+def test_verify_passes_on_an_intact_log(data: Path) -> None:
+    result = cli("events", "verify", "--data", str(data))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: 29 events, hash chain intact")
+
+
+def test_verify_names_the_first_altered_row(data: Path) -> None:
+    tamper(data / "events.db",
+           "UPDATE events SET payload = replace(payload, 'disk full', 'all fine') WHERE seq = 5")
+    result = cli("events", "verify", "--data", str(data))
+    assert result.returncode == 1
+    assert "DAMAGED at seq 5" in result.stdout and "4 events before it" in result.stdout
+
+
+def test_verify_names_a_deleted_row(data: Path) -> None:
+    tamper(data / "events.db", "DELETE FROM events WHERE seq = 9")
+    result = cli("events", "verify", "--data", str(data))
+    assert result.returncode == 1
+    assert "DAMAGED at seq 9: seq 9 is missing" in result.stdout
+
+
+def test_verify_catches_a_rewritten_time(data: Path) -> None:
+    tamper(data / "events.db", "UPDATE events SET time = '2020-01-01T00:00:00Z' WHERE seq = 14")
+    result = cli("events", "verify", "--data", str(data))
+    assert result.returncode == 1 and "seq 14" in result.stdout
+
+
+def test_export_writes_every_event_as_json_lines(data: Path) -> None:
+    result = cli("events", "export", "--data", str(data))
+    assert result.returncode == 0
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, 30))
+    assert lines[0]["type"] == "JobCreated" and lines[0]["data"]["job_id"] == "job-0"
+    assert lines[-1]["type"] == "JobDeleted" and lines[-1]["stream"] == "job-0"
+
+
+def test_replay_rebuilds_byte_identical_projections(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rebuilt"
+    result = cli("events", "replay", "--out", str(out), "--data", str(data))
+    assert result.returncode == 0, result.stderr
+    assert "replayed 29 events: 2 jobs" in result.stdout
+    assert projection_files(out) == projection_files(data)
+    assert set(projection_files(out)) == {"jobs/job-1.yaml", "jobs/job-2.yaml", "settings.yaml"}
+
+
+def test_replay_refuses_a_directory_with_files(data: Path) -> None:
+    before = projection_files(data)
+    result = cli("events", "replay", "--out", str(data), "--data", str(data))
+    assert result.returncode == 2 and "not an empty directory" in result.stderr
+    assert projection_files(data) == before
+
+
+def test_tail_prints_after_since_and_defaults_to_the_last_ten(data: Path) -> None:
+    since = cli("events", "tail", "--since", "26", "--data", str(data))
+    assert [json.loads(x)["seq"] for x in since.stdout.splitlines()] == [27, 28, 29]
+    last = cli("events", "tail", "--data", str(data))
+    assert [json.loads(x)["seq"] for x in last.stdout.splitlines()] == list(range(20, 30))
+
+
+def test_tail_follow_prints_new_events_as_they_come(data: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "server", "events", "tail", "--since", "28",
+                             "--follow", "--data", str(data)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["seq"] == 29
+
+        async def more() -> None:
+            store = await EventStore.open(data / "events.db")
+            await store.append("job-1", None, [RunQueued(job_id="job-1",
+                                                         run_id="r-0000000000aa")])
+            await store.close()
+
+        asyncio.run(more())
+        line = json.loads(proc.stdout.readline())
+        assert (line["seq"], line["type"]) == (30, "RunQueued")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_stats_counts_by_type(data: Path) -> None:
+    result = cli("events", "stats", "--data", str(data))
+    body = json.loads(result.stdout)
+    assert body["events"] == 29 and body["last_seq"] == 29
+    assert body["by_type"]["JobCreated"]["count"] == 3
+    assert body["by_type"]["RunQueued"]["count"] == 6
+    assert body["first_time"] <= body["last_time"]
+
+
+def test_tool_explains_a_missing_log(tmp_path: Path) -> None:
+    result = cli("events", "verify", "--data", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "no event log at" in result.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_tool_works_read_only_while_the_server_runs(data: Path) -> None:
+    with running_server(data):
+        assert cli("events", "verify", "--data", str(data)).returncode == 0
+        export = cli("events", "export", "--data", str(data))
+        assert len(export.stdout.splitlines()) == 29
+        stats = json.loads(cli("events", "stats", "--data", str(data)).stdout)
+        assert stats["events"] == 29
+
+
+def test_second_server_on_the_same_data_is_refused(data: Path) -> None:
+    with running_server(data):
+        result = cli("serve", "--port", "1", "--data", str(data))
+        assert result.returncode == 2
+        assert "already serving" in result.stderr
+
+
+def test_sigterm_closes_websockets_with_1001_and_exits_cleanly(data: Path) -> None:
+    async def scenario(port: int, proc: subprocess.Popen[str]) -> int | None:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"http://127.0.0.1:{port}/ws?since=27") as ws:
+            assert (await ws.receive_json())["kind"] == "hello"
+            assert (await ws.receive_json())["seq"] == 28
+            assert (await ws.receive_json())["seq"] == 29
+            proc.send_signal(signal.SIGTERM)
+            msg = await ws.receive(timeout=15)
+            assert msg.type == aiohttp.WSMsgType.CLOSE
+            return ws.close_code
+
+    with running_server(data) as (proc, port):
+        assert asyncio.run(scenario(port, proc)) == 1001
+        assert proc.wait(timeout=20) == 0
+    assert "event log closed at seq 29" in (data / "logs" / "app.log").read_text()
+    # After a clean stop the log is still intact and the projections are current.
+    assert cli("events", "verify", "--data", str(data)).returncode == 0
+
+
+def test_env_var_chooses_the_data_dir(data: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "server", "events", "stats"], cwd=REPO,
+                            text=True, capture_output=True, timeout=60, check=False,
+                            env={"BACKUP_MANAGER_DATA": str(data), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0 and json.loads(result.stdout)["events"] == 29
