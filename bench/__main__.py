@@ -1,7 +1,8 @@
 """Run the benchmarks: `python -m bench [--only append,replay,ws]` (also `make bench`).
 
 Knobs (environment): BENCH_APPEND_SECONDS (3), BENCH_REPLAY_EVENTS (1000000),
-BENCH_WS_CLIENTS (500), BENCH_WS_EVENTS (200), BENCH_WS_SPACING_MS (10).
+BENCH_WS_CLIENTS (500), BENCH_WS_EVENTS (200), BENCH_WS_SPACING_MS (10),
+BENCH_WS_CLIENT_PROCS (2, for the aiohttp-client run).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 # Events folded between two flushes while catching up; files are written once per chunk,
 # not once per event, which is what makes a rebuild of a large log fast.
-CATCH_UP_CHUNK = 50_000
+CATCH_UP_CHUNK = 500_000
 # Backoff between attempts when the files cannot be written (seconds).
 RETRY_FIRST, RETRY_MAX = 0.25, 30.0
 
