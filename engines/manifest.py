@@ -1,0 +1,124 @@
+"""Snapshot manifests: every path with its type, size, mtime, mode and sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from engines.base import EngineError
+from storage.atomic import write_atomic
+
+FORMAT = 1
+HASH_CHUNK = 1 << 20
+# Snapshot ids are UTC times, sortable and safe in file names: 2026-11-24T025312Z(-2).
+SNAPSHOT_ID_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}Z(?:-\d+)?$")
+
+
+class ManifestError(EngineError):
+    """A manifest is missing, unreadable or not one this app wrote."""
+
+
+def new_snapshot_id(now: datetime | None = None) -> str:
+    """A snapshot id for a run starting now."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H%M%SZ")
+
+
+def unique_snapshot_id(taken: set[str], now: datetime | None = None) -> str:
+    """A new snapshot id that is not in `taken` (adds -2, -3, ... within one second)."""
+    base = new_snapshot_id(now)
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def check_snapshot_id(snapshot_id: str) -> str:
+    """Return a well-formed snapshot id, or raise a clear error (ids name files)."""
+    if not SNAPSHOT_ID_RE.match(snapshot_id):
+        raise EngineError(f"{snapshot_id[:80]!r} is not a snapshot id")
+    return snapshot_id
+
+
+def check_rel_path(path: str) -> str:
+    """Normalise a path inside a snapshot; refuse absolute paths, '..' and NUL bytes."""
+    if "\x00" in path:
+        raise EngineError("a path inside a snapshot cannot contain a NUL byte")
+    pure = PurePosixPath(path.strip("/"))
+    if any(part in ("..", "") for part in pure.parts) or pure.is_absolute():
+        raise EngineError(f"path {path!r} is not a path inside the snapshot")
+    return "" if str(pure) == "." else str(pure)
+
+
+def sha256_file(path: Path) -> str:
+    """Hash a file's content in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        buf = bytearray(HASH_CHUNK)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+@dataclass
+class Manifest:
+    """What a snapshot holds; entries are dicts with path, type and the rest."""
+
+    snapshot_id: str
+    engine: str
+    created: str
+    sources: dict[str, str]
+    entries: list[dict[str, Any]]
+
+    @property
+    def files(self) -> int:
+        """How many regular files the snapshot holds."""
+        return sum(1 for e in self.entries if e["type"] == "file")
+
+    @property
+    def size(self) -> int:
+        """Total bytes of the regular files."""
+        return sum(int(e.get("size", 0)) for e in self.entries if e["type"] == "file")
+
+    @property
+    def time(self) -> datetime:
+        """When the snapshot was started."""
+        return datetime.fromisoformat(self.created.replace("Z", "+00:00"))
+
+    def by_path(self) -> dict[str, dict[str, Any]]:
+        """Entries keyed by path."""
+        return {e["path"]: e for e in self.entries}
+
+    def to_bytes(self) -> bytes:
+        """Serialise as JSON (one entry per line, so diffs and greps stay readable)."""
+        head = {"format": FORMAT, "snapshot_id": self.snapshot_id, "engine": self.engine,
+                "created": self.created, "sources": self.sources, "files": self.files,
+                "bytes": self.size}
+        lines = ",\n".join(json.dumps(e, sort_keys=True, ensure_ascii=False)
+                           for e in self.entries)
+        text = json.dumps(head, sort_keys=True, ensure_ascii=False)[:-1]
+        return f'{text}, "entries": [\n{lines}\n]}}\n'.encode()
+
+    def write(self, path: Path) -> None:
+        """Write the manifest atomically."""
+        write_atomic(path, self.to_bytes())
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        """Read a manifest, with a clear error if it is missing or damaged."""
+        try:
+            data = json.loads(path.read_bytes())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            return cls(data["snapshot_id"], data["engine"], data["created"],
+                       dict(data["sources"]), list(data["entries"]))
+        except FileNotFoundError as err:
+            raise ManifestError(f"manifest {path} is missing") from err
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ManifestError(f"manifest {path} is damaged: {err}") from err

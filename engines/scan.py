@@ -1,0 +1,110 @@
+"""Walk the sources: what a snapshot will hold, with sizes and times, in a stable order."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.base import BackupSpec, Reporter, RunControl, SourceUnreadable
+from engines.selection import Selector
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file, directory or symlink to back up."""
+
+    rel: str  # path inside the snapshot: "<source name>/<path in source>"
+    path: Path  # where it is now
+    kind: str  # "file", "dir" or "symlink"
+    size: int
+    mtime_ns: int
+    mode: int  # permission bits only
+    target: str = ""  # symlink target
+
+
+def _entry(rel: str, path: Path, st: os.stat_result) -> Entry | None:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return Entry(rel, path, "symlink", 0, st.st_mtime_ns, mode, os.readlink(path))
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(rel, path, "dir", 0, st.st_mtime_ns, mode)
+    if stat.S_ISREG(st.st_mode):
+        return Entry(rel, path, "file", st.st_size, st.st_mtime_ns, mode)
+    return None  # sockets, fifos, devices: not something a file backup can copy
+
+
+def scan(spec: BackupSpec, control: RunControl, reporter: Reporter) -> list[Entry]:
+    """List every entry the job takes, sources in order, each tree depth-first and sorted.
+
+    A file or directory that vanishes or cannot be read during the walk is a warning,
+    not an error: the run goes on with what is there.
+    """
+    selector = Selector(spec.include, spec.exclude)
+    entries: list[Entry] = []
+    for name, src in spec.source_names().items():
+        try:
+            top = _entry(name, src, src.lstat())
+        except OSError as err:
+            raise SourceUnreadable(f"source {src} cannot be read: {err.strerror}") from err
+        if top is None:
+            reporter.warning(f"{src} is not a file, directory or symlink; skipped")
+            continue
+        entries.append(top)
+        if top.kind == "dir":
+            _walk(src, name, "", selector, False, entries, control, reporter)
+    return entries
+
+
+def _walk(directory: Path, rel_dir: str, inner_dir: str, selector: Selector,
+          parent_included: bool, out: list[Entry], control: RunControl,
+          reporter: Reporter) -> None:
+    control.safe_point()
+    try:
+        with os.scandir(directory) as it:
+            children = sorted(it, key=lambda e: e.name)
+    except FileNotFoundError:
+        reporter.warning(f"{directory} vanished during the backup; skipped")
+        return
+    except OSError as err:
+        reporter.warning(f"{directory} cannot be read ({err.strerror}); skipped")
+        return
+    for child in children:
+        inner = f"{inner_dir}/{child.name}" if inner_dir else child.name
+        try:
+            st = child.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            reporter.warning(f"{child.path} vanished during the backup; skipped")
+            continue
+        except OSError as err:
+            reporter.warning(f"{child.path} cannot be read ({err.strerror}); skipped")
+            continue
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if selector.excluded(inner, is_dir):
+            continue
+        taken = selector.included(inner, is_dir, parent_included)
+        try:
+            entry = _entry(f"{rel_dir}/{child.name}", Path(child.path), st)
+        except OSError as err:
+            reporter.warning(f"{child.path} cannot be read ({err.strerror}); skipped")
+            continue
+        if entry is None:
+            reporter.warning(f"{child.path} is a special file; skipped")
+            continue
+        if is_dir:
+            if taken or not selector.include:
+                out.append(entry)
+                _walk(Path(child.path), entry.rel, inner, selector, taken, out, control,
+                      reporter)
+            else:
+                # Not included itself, but something below may be: walk, and add the
+                # directory only if anything under it was taken.
+                mark = len(out)
+                out.append(entry)
+                _walk(Path(child.path), entry.rel, inner, selector, False, out, control,
+                      reporter)
+                if len(out) == mark + 1:
+                    out.pop()
+        elif taken:
+            out.append(entry)

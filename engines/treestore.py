@@ -1,0 +1,333 @@
+"""Snapshots kept as plain directory trees (mirror and rsync): list, restore, verify, delete.
+
+Layout under the destination:
+    <id>/                  a complete snapshot: one directory per source, plain files
+    <id>.manifest.json     what it holds, with hashes (written before the rename below)
+    <id>.partial/          a snapshot being written; never listed, never restored
+A snapshot is complete only once `<id>.partial` has been renamed to `<id>`, which happens
+after its manifest is durable, so a crash at any moment leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from engines.base import (
+    BackupSpec,
+    DiskFull,
+    Engine,
+    EngineError,
+    ProgressMeter,
+    Reporter,
+    RestoreConflict,
+    RestoreResult,
+    RunControl,
+    Snapshot,
+    SnapshotNotFound,
+    VerifyResult,
+)
+from engines.manifest import (
+    SNAPSHOT_ID_RE,
+    Manifest,
+    ManifestError,
+    check_rel_path,
+    check_snapshot_id,
+    sha256_file,
+)
+from storage.atomic import fsync_dir
+
+PARTIAL = ".partial"
+DELETING = ".deleting"
+MANIFEST = ".manifest.json"
+TMP_PREFIX = ".bm-tmp-"
+
+
+def manifest_path(dest: Path, snapshot_id: str) -> Path:
+    """Where a snapshot's manifest lives."""
+    return dest / f"{snapshot_id}{MANIFEST}"
+
+
+def is_disk_full(err: OSError) -> bool:
+    """Whether an OSError means the destination has no space (or quota) left."""
+    return err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(dest: Path, err: OSError) -> DiskFull:
+    """A DiskFull error naming the destination."""
+    return DiskFull(f"destination {dest} is full ({err.strerror}); free some space and "
+                    "run the job again")
+
+
+def set_meta(path: Path, entry: Mapping[str, Any]) -> None:
+    """Give a restored or copied entry its mode and mtime (symlinks: mtime only)."""
+    if entry["type"] == "symlink":
+        with contextlib.suppress(OSError):
+            os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
+        return
+    os.chmod(path, entry["mode"])
+    os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+
+
+COPY_CHUNK = 8 << 20
+
+
+def copy_file(src: Path, dst: Path, on_chunk: Callable[[int], None] | None = None) -> None:
+    """Copy file content with the kernel's copy path (copy_file_range), or read/write.
+
+    `on_chunk(n)` is called after every few MB so callers can count progress and stop at
+    a safe point inside a large file (it may raise to abort the copy).
+    """
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        copied = 0
+        try:
+            while copied < size:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(COPY_CHUNK,
+                                                                          size - copied))
+                if n == 0:
+                    break
+                copied += n
+                if on_chunk is not None:
+                    on_chunk(n)
+        except OSError as err:
+            if copied or err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                           errno.EOPNOTSUPP):
+                raise
+        # The plain way for what is left: all of it where copy_file_range is not
+        # supported, or the tail of a file that grew since fstat.
+        while chunk := fin.read(COPY_CHUNK):
+            fout.write(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+
+
+class TreeSnapshots(Engine):
+    """Listing, restore, verify and delete for engines whose snapshots are directory trees."""
+
+    def snapshot_dir(self, spec: BackupSpec, snapshot_id: str) -> Path:
+        """The directory of a complete snapshot, or SnapshotNotFound."""
+        check_snapshot_id(snapshot_id)
+        path = spec.destination / snapshot_id
+        if not path.is_dir() or not manifest_path(spec.destination, snapshot_id).is_file():
+            raise SnapshotNotFound(f"no complete snapshot {snapshot_id} in {spec.destination}")
+        return path
+
+    def complete_ids(self, dest: Path) -> list[str]:
+        """Ids of complete snapshots (directory and manifest both present), oldest first."""
+        try:
+            names = os.listdir(dest)
+        except FileNotFoundError:
+            return []
+        ids = [n for n in names if SNAPSHOT_ID_RE.match(n) and (dest / n).is_dir()]
+        return sorted(i for i in ids if manifest_path(dest, i).is_file())
+
+    def snapshots(self, spec: BackupSpec) -> list[Snapshot]:
+        """List complete snapshots, oldest first."""
+        out = []
+        for snap_id in self.complete_ids(spec.destination):
+            try:
+                m = Manifest.read(manifest_path(spec.destination, snap_id))
+            except ManifestError:
+                continue  # verify reports it; listing shows what can be restored
+            out.append(Snapshot(snap_id, m.time, m.files, m.size))
+        return sorted(out, key=lambda s: (s.time, s.id))
+
+    def latest(self, spec: BackupSpec) -> tuple[str, Manifest] | None:
+        """The newest complete snapshot with a readable manifest, if any."""
+        for snap_id in reversed(self.complete_ids(spec.destination)):
+            try:
+                return snap_id, Manifest.read(manifest_path(spec.destination, snap_id))
+            except ManifestError:
+                continue
+        return None
+
+    # --- restore ----------------------------------------------------------------------
+
+    def restore(self, spec: BackupSpec, snapshot_id: str, target: Path, control: RunControl,
+                reporter: Reporter, path: str | None = None,
+                overwrite: bool = False) -> RestoreResult:
+        """Copy a snapshot (or one path in it) into target, keeping its paths."""
+        root = self.snapshot_dir(spec, snapshot_id)
+        manifest = Manifest.read(manifest_path(spec.destination, snapshot_id))
+        entries = select_entries(manifest, path)
+        prepare_target(target, entries, overwrite)
+        meter = ProgressMeter(reporter)
+        meter.update(force=True, phase="restoring", counting=False,
+                     files_total=sum(1 for e in entries if e["type"] == "file"),
+                     bytes_total=sum(e.get("size", 0) for e in entries if e["type"] == "file"))
+        real_target = Path(os.path.realpath(target))
+        try:
+            for entry in entries:
+                control.safe_point()
+                out = safe_output_path(real_target, entry["path"])
+                if entry["type"] == "dir":
+                    out.mkdir(parents=True, exist_ok=True)
+                    continue
+                tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                if entry["type"] == "symlink":
+                    os.symlink(entry["target"], tmp)
+                else:
+                    copy_file(root / entry["path"], tmp)
+                set_meta(tmp, entry)
+                os.replace(tmp, out)
+                if entry["type"] == "file":
+                    meter.add(files=1, nbytes=entry["size"], current_file=entry["path"])
+            for entry in reversed(entries):  # directories last, deepest first: mtimes stick
+                if entry["type"] == "dir":
+                    set_meta(safe_output_path(real_target, entry["path"]), entry)
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(target, err) from err
+            raise EngineError(f"restore into {target} failed: {err.strerror} "
+                              f"({err.filename})") from err
+        meter.update(force=True, phase="done", current_file="")
+        return RestoreResult(meter.state.files_done, meter.state.bytes_done)
+
+    # --- verify -----------------------------------------------------------------------
+
+    def verify(self, spec: BackupSpec, snapshot_id: str, control: RunControl,
+               reporter: Reporter) -> VerifyResult:
+        """Re-hash every file of a snapshot and compare it with the manifest."""
+        root = self.snapshot_dir(spec, snapshot_id)
+        try:
+            manifest = Manifest.read(manifest_path(spec.destination, snapshot_id))
+        except ManifestError as err:
+            return VerifyResult(False, (str(err),))
+        meter = ProgressMeter(reporter)
+        meter.update(force=True, phase="verifying", counting=False,
+                     files_total=manifest.files, bytes_total=manifest.size)
+        problems: list[str] = []
+        expected = manifest.by_path()
+        for entry in manifest.entries:
+            control.safe_point()
+            problem = check_entry(root, entry)
+            if problem:
+                problems.append(problem)
+            if entry["type"] == "file":
+                meter.add(files=1, nbytes=entry.get("size", 0), current_file=entry["path"])
+        for rel in walk_rel(root):
+            if rel not in expected:
+                problems.append(f"{rel}: in the snapshot but not in its manifest")
+        meter.update(force=True, phase="done", current_file="")
+        return VerifyResult(not problems, tuple(problems), manifest.files)
+
+    # --- delete and clean-up ------------------------------------------------------------
+
+    def delete_snapshots(self, spec: BackupSpec, snapshot_ids: Sequence[str]) -> None:
+        """Remove snapshots: renamed away first so a half-deleted one is never listed."""
+        dest = spec.destination
+        for snap_id in snapshot_ids:
+            root = self.snapshot_dir(spec, snap_id)
+            doomed = dest / f"{snap_id}{DELETING}"
+            os.replace(root, doomed)
+            fsync_dir(dest)
+            manifest_path(dest, snap_id).unlink(missing_ok=True)
+            remove_tree(doomed)
+
+    def discard_partial(self, spec: BackupSpec, resume: Mapping[str, Any] | None = None) -> None:
+        """Remove partial and half-deleted snapshot directories."""
+        try:
+            names = os.listdir(spec.destination)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith((PARTIAL, DELETING, ".journal")):
+                path = spec.destination / name
+                if path.is_dir() and not path.is_symlink():
+                    remove_tree(path)
+                else:
+                    path.unlink(missing_ok=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a snapshot tree, including read-only directories inside it."""
+    def make_writable(func: Any, p: str, _exc: Any) -> None:
+        parent = os.path.dirname(p)
+        os.chmod(parent, stat.S_IRWXU)
+        func(p)
+
+    shutil.rmtree(path, onerror=make_writable)
+
+
+def select_entries(manifest: Manifest, path: str | None) -> list[dict[str, Any]]:
+    """The manifest entries under `path` (all of them without one), parents first."""
+    if not path:
+        return list(manifest.entries)
+    rel = check_rel_path(path)
+    chosen = [e for e in manifest.entries
+              if e["path"] == rel or e["path"].startswith(rel + "/")]
+    if not chosen:
+        raise SnapshotNotFound(f"{path} is not in snapshot {manifest.snapshot_id}")
+    # The parents of the chosen path exist in the target as plain directories.
+    parents = [p for p in Path(rel).parents if str(p) != "."]
+    by_path = manifest.by_path()
+    head = [by_path[str(p)] for p in reversed(parents) if str(p) in by_path]
+    return head + chosen
+
+
+def safe_output_path(real_target: Path, rel: str) -> Path:
+    """Where an entry goes under target; refuse anything that would land outside it."""
+    rel = check_rel_path(rel)
+    out = real_target / rel
+    parent = Path(os.path.realpath(out.parent))
+    if parent != real_target and real_target not in parent.parents:
+        raise EngineError(f"{rel} would be written outside {real_target}; refused")
+    return out
+
+
+def prepare_target(target: Path, entries: Sequence[Mapping[str, Any]], overwrite: bool) -> None:
+    """Create the target, refusing (before writing anything) to overwrite existing files."""
+    if target.exists() and not target.is_dir():
+        raise RestoreConflict(f"restore target {target} exists and is not a directory")
+    if not overwrite and target.is_dir():
+        clashes = [e["path"] for e in entries if e["type"] != "dir"
+                   and os.path.lexists(target / e["path"])]
+        if clashes:
+            sample = ", ".join(clashes[:3])
+            raise RestoreConflict(
+                f"{len(clashes)} file(s) to restore already exist in {target} ({sample}); "
+                "restore into an empty directory, or allow overwriting")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EngineError(f"restore target {target} cannot be created: {err.strerror}") from err
+
+
+def check_entry(root: Path, entry: Mapping[str, Any]) -> str | None:
+    """Compare one entry on disk with its manifest record; return the problem, if any."""
+    path = root / entry["path"]
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return f"{entry['path']}: missing"
+    kind = entry["type"]
+    if kind == "symlink":
+        if not stat.S_ISLNK(st.st_mode) or os.readlink(path) != entry["target"]:
+            return f"{entry['path']}: symlink changed"
+    elif kind == "dir":
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{entry['path']}: not a directory any more"
+    elif not stat.S_ISREG(st.st_mode):
+        return f"{entry['path']}: not a regular file any more"
+    elif st.st_size != entry["size"]:
+        return f"{entry['path']}: size {st.st_size}, manifest says {entry['size']}"
+    elif sha256_file(path) != entry["sha256"]:
+        return f"{entry['path']}: content does not match its hash (damaged)"
+    return None
+
+
+def walk_rel(root: Path) -> Iterator[str]:
+    """Every path under root, relative, without following symlinks."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath).relative_to(root)
+        for name in dirnames + filenames:
+            yield (base / name).as_posix()

@@ -1,0 +1,99 @@
+"""What only the mirror engine promises: hard links, resume without re-copying, warnings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engines.base import BackupSpec, Interrupted, Progress, RunControl
+from engines.mirror import MirrorEngine
+from tests.engine_helpers import RecordingReporter, make_tree, tree_signature, write
+
+
+def test_unchanged_files_are_hard_links_to_the_previous_snapshot(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    spec = BackupSpec.build([src], tmp_path / "dest")
+    engine = MirrorEngine()
+    first = engine.backup(spec, RunControl(), RecordingReporter())
+    write(src / "run.sh", b"#!/bin/sh\necho changed\n", mode=0o755, mtime=1_800_000_000)
+    second = engine.backup(spec, RunControl(), RecordingReporter())
+    a = spec.destination / first.snapshot_id / "src"
+    b = spec.destination / second.snapshot_id / "src"
+    assert os.stat(a / "big.bin").st_ino == os.stat(b / "big.bin").st_ino
+    assert os.stat(a / "run.sh").st_ino != os.stat(b / "run.sh").st_ino
+    assert (a / "run.sh").read_bytes() != (b / "run.sh").read_bytes()
+
+
+def test_interrupted_run_keeps_its_work_and_resumes_without_recopying(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(40):
+        write(src / f"f{i:02d}.bin", os.urandom(256 * 1024), mtime=1_700_000_000 + i)
+    checkpoints: list[dict[str, object]] = []
+
+    class InterruptAfter(RunControl):
+        """Interrupts at the 25th safe point: about a dozen files in (one thread)."""
+
+        calls = 0
+
+        def safe_point(self) -> None:
+            self.calls += 1
+            if self.calls == 25:
+                self.interrupt()
+            super().safe_point()
+
+    class KeepCheckpoints(RecordingReporter):
+        def checkpoint(self, state: object) -> None:
+            checkpoints.append(dict(state))  # type: ignore[call-overload]
+
+    engine = MirrorEngine()
+    spec = BackupSpec.build([src], tmp_path / "dest", options={"threads": 1})
+    with pytest.raises(Interrupted):
+        engine.backup(spec, InterruptAfter(), KeepCheckpoints())
+    partial = spec.destination / f"{checkpoints[0]['snapshot_id']}.partial" / "src"
+    done_before = {p.name: p.stat().st_ino for p in partial.iterdir()
+                   if not p.name.startswith(".bm-tmp-")}
+    write(src / "added-after-crash.txt", b"new\n")
+    (src / "f39.bin").unlink()
+    assert 10 <= len(done_before) < 40
+    assert engine.snapshots(spec) == []
+    result = engine.backup(spec, RunControl(), RecordingReporter(), resume=checkpoints[-1])
+    final = spec.destination / result.snapshot_id / "src"
+    # Files finished before the interruption are the very same inodes: not copied again.
+    assert all(final.joinpath(n).stat().st_ino == ino for n, ino in done_before.items())
+    assert tree_signature(final) == tree_signature(src)
+    assert not any(n.endswith((".partial", ".journal")) for n in os.listdir(spec.destination))
+
+
+def test_a_file_vanishing_mid_run_is_a_warning(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(30):
+        write(src / f"f{i:02d}.txt", b"x" * 100)
+    spec = BackupSpec.build([src], tmp_path / "dest", options={"threads": 1})
+
+    class DeleteOnCopy(RecordingReporter):
+        def progress(self, progress: Progress) -> None:
+            super().progress(progress)
+            if progress.phase == "copying":
+                (src / "f29.txt").unlink(missing_ok=True)
+
+    reporter = DeleteOnCopy()
+    result = MirrorEngine().backup(spec, RunControl(), reporter)
+    assert result.files == 29
+    assert any("f29.txt vanished" in w for w in result.warnings)
+    assert reporter.warnings == list(result.warnings)
+
+
+def test_two_sources_land_side_by_side_and_same_names_are_refused(tmp_path: Path) -> None:
+    a = make_tree(tmp_path / "a" / "docs", small_files=3, large_bytes=10)
+    b = tmp_path / "b" / "photos"
+    write(b / "p.jpg", b"jpeg")
+    spec = BackupSpec.build([a, b], tmp_path / "dest")
+    result = MirrorEngine().backup(spec, RunControl(), RecordingReporter())
+    snap = spec.destination / result.snapshot_id
+    assert sorted(os.listdir(snap)) == ["docs", "photos"]
+    clash = BackupSpec.build([a, tmp_path / "c" / "docs"], tmp_path / "dest2")
+    (tmp_path / "c" / "docs").mkdir(parents=True)
+    with pytest.raises(Exception, match="same name"):
+        MirrorEngine().backup(clash, RunControl(), RecordingReporter())
