@@ -119,6 +119,7 @@ class MirrorEngine(TreeSnapshots):
                                          control, meter, warn, checkpoint, threads)
             finally:
                 journal.close()
+            control.safe_point()  # a pause or cancel asked for now still takes effect
             meter.update(force=True, phase="finalising", current_file="")
             for entry in reversed(entries):  # deepest first so parents' mtimes stick
                 if entry.kind == "dir":

@@ -35,6 +35,14 @@ def _entry(rel: str, path: Path, st: os.stat_result) -> Entry | None:
     return None  # sockets, fifos, devices: not something a file backup can copy
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def scan(spec: BackupSpec, control: RunControl, reporter: Reporter) -> list[Entry]:
     """List every entry the job takes, sources in order, each tree depth-first and sorted.
 
@@ -71,6 +79,10 @@ def _walk(directory: Path, rel_dir: str, inner_dir: str, selector: Selector,
         reporter.warning(f"{directory} cannot be read ({err.strerror}); skipped")
         return
     for child in children:
+        if not _utf8(child.name):
+            # Manifests and the log are UTF-8 text; a name that is not cannot be recorded.
+            reporter.warning(f"{child.path!r} has a file name that is not valid UTF-8; skipped")
+            continue
         inner = f"{inner_dir}/{child.name}" if inner_dir else child.name
         try:
             st = child.stat(follow_symlinks=False)

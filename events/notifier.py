@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from events.record import StoredEvent
+
+log = logging.getLogger(__name__)
 
 # What a subscriber receives: a committed event, or a transient message (progress ticks)
 # that is broadcast but never stored.
@@ -74,7 +77,13 @@ class Notifier:
 
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
+        self._listeners: list[Callable[[Sequence[StoredEvent]], None]] = []
         self.last_seq = 0
+
+    def add_listener(self, listener: Callable[[Sequence[StoredEvent]], None]) -> None:
+        """Call `listener` with each committed batch, synchronously, before any subscriber
+        wakes: in-memory state is current by the time an append returns to its caller."""
+        self._listeners.append(listener)
 
     def subscribe(self, limit: int = 10_000, transient: bool = True) -> Subscription:
         """Start receiving what is published from now on (transient messages too if asked)."""
@@ -96,6 +105,11 @@ class Notifier:
         if not events:
             return
         self.last_seq = events[-1].seq
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception:  # a reader's bug must not stop the writer
+                log.exception("event listener %r failed", listener)
         for sub in list(self._subscriptions):
             sub.offer(events)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
+
+from models.retention import InvalidRetention, Retention
 
 # Defaults live here so that settings.yaml, built from the log alone, always shows
 # every setting a person can change, even before anyone changed one.
@@ -16,9 +20,61 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 
-def settings_with_changes(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Return a new settings dict with the changes applied over the current values."""
-    merged = dict(current)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+THEMES = ("system", "light", "dark")
+
+
+class SettingsInvalid(ValueError):
+    """Settings failed validation; `errors` maps each bad setting to its message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def _check(key: str, value: Any) -> Any:
+    if key == "max_concurrent_runs":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
+            raise ValueError("must be a whole number from 1 to 32")
+        return value
+    if key == "auto_resume":
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if key == "default_retention":
+        try:
+            policy = Retention.from_dict(value if isinstance(value, Mapping) else {"?": 0})
+        except (InvalidRetention, TypeError) as err:
+            raise ValueError(str(err)) from err
+        return {k: getattr(policy, k) for k in DEFAULT_SETTINGS["default_retention"]}
+    if key == "webhook_url":
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str) or not re.match(r"^https?://[^\s\x00]{1,2000}$", value):
+            raise ValueError("must be an http:// or https:// URL, or empty")
+        return value
+    if key == "log_level":
+        if value not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value
+    if key == "theme":
+        if value not in THEMES:
+            raise ValueError(f"must be one of {', '.join(THEMES)}")
+        return value
+    raise ValueError("is not a setting")
+
+
+def validate_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Check changed settings; return them cleaned or raise SettingsInvalid per key."""
+    if not isinstance(changes, Mapping) or not changes:
+        raise SettingsInvalid({"_": "send at least one setting to change"})
+    clean: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     for key, value in changes.items():
-        merged[key] = value
-    return merged
+        try:
+            clean[str(key)] = _check(str(key), value)
+        except ValueError as err:
+            errors[str(key)[:60]] = str(err)
+    if errors:
+        raise SettingsInvalid(errors)
+    return clean

@@ -10,12 +10,18 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from core.commands import Commands
+from core.recovery import recover_runs
+from core.runlog import RunLogs
+from core.runner import Runner
+from core.state import State
 from events.store import EventStore
 from server import handlers
+from server.api import setup_api_routes
 from server.config import Config
 from server.datadir import lock_data_dir
-from server.errors import error_middleware
-from server.keys import CONFIG, PROJECTOR, STORE, WEBSOCKETS
+from server.errors import api_guard_middleware, error_middleware
+from server.keys import COMMANDS, CONFIG, PROJECTOR, RUNNER, STATE, STORE, WEBSOCKETS
 from server.logs import setup_file_logging
 from server.ws import close_websockets, websocket
 from storage.projector import Projector
@@ -48,6 +54,27 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("event log closed at seq %d", store.last_seq)
 
 
+async def core_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Fold the log into the in-memory state, recover cut-off runs, start the runner."""
+    store = app[STORE]
+    state = State()
+    # Nothing appends before this is built (the server is not serving yet), so the
+    # replay and the listener below neither miss nor repeat an event.
+    async for page in store.iterate(since=0):
+        state.apply_all(page)
+    store.notifier.add_listener(state.apply_all)
+    app[STATE] = state
+    app[COMMANDS] = Commands(store, state)
+    logs = RunLogs(app[CONFIG].logs_dir)
+    runner = Runner(store, state, logs)
+    app[RUNNER] = runner
+    await recover_runs(store, state)
+    runner.start()
+    yield
+    await runner.stop()
+    logs.close()
+
+
 async def projector_ctx(app: web.Application) -> AsyncIterator[None]:
     """Catch the YAML projections up with the log and keep them following it."""
     projector = Projector(app[STORE], app[CONFIG].data_dir)
@@ -65,16 +92,17 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/ws", websocket, name="ws")
     app.router.add_get("/api/events", handlers.api_events, name="api-events")
     app.router.add_static("/static", WEB_DIR / "static", name="static")
+    setup_api_routes(app)
 
 
 def create_app(config: Config) -> web.Application:
     """Build the application; nothing runs until its startup hooks do."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware, api_guard_middleware])
     app[CONFIG] = config
     app[WEBSOCKETS] = set()
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
                          autoescape=True)
-    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, projector_ctx])
+    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, projector_ctx, core_ctx])
     app.on_shutdown.append(close_websockets)
     setup_routes(app)
     return app

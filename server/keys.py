@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from core.commands import Commands
+from core.runner import Runner
+from core.state import State
 from events.store import EventStore
 from server.config import Config
 from storage.projector import Projector
@@ -12,3 +15,6 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", EventStore)
 PROJECTOR = web.AppKey("projector", Projector)
 WEBSOCKETS = web.AppKey("websockets", set[web.WebSocketResponse])
+STATE = web.AppKey("state", State)
+COMMANDS = web.AppKey("commands", Commands)
+RUNNER = web.AppKey("runner", Runner)

@@ -1,0 +1,163 @@
+"""Commands: validate against the current state, then append events in one transaction.
+
+Invalid input raises a CommandError with a message a person can act on and appends
+nothing. The stream's expected version makes a command that raced another fail instead
+of writing on top of a state it did not see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from core.errors import Conflict, Invalid, NotFound
+from core.state import JobView, RunView, State
+from events.store import EventStore
+from events.types import (
+    Event,
+    JobCreated,
+    JobDeleted,
+    JobDisabled,
+    JobEnabled,
+    JobUpdated,
+    RunCancelled,
+    RunDiscarded,
+    RunPaused,
+    RunQueued,
+    RunResumed,
+    SettingsChanged,
+)
+from models.ids import SETTINGS_STREAM, check_job_id, check_run_id, new_job_id, new_run_id
+from models.job import JobInvalid, JobSpec
+from models.settings import SettingsInvalid, validate_settings
+
+
+class Commands:
+    """Every state change a person, a script or the scheduler can ask for."""
+
+    def __init__(self, store: EventStore, state: State) -> None:
+        self.store = store
+        self.state = state
+
+    # --- lookups ------------------------------------------------------------------
+
+    def job(self, job_id: str) -> JobView:
+        """The job with this id, or NotFound."""
+        job = self.state.jobs.get(check_job_id(job_id))
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def run(self, run_id: str) -> RunView:
+        """The run with this id, or NotFound."""
+        run = self.state.runs.get(check_run_id(run_id))
+        if run is None or run.job_id not in self.state.jobs:
+            raise NotFound(f"no run {run_id}")
+        return run
+
+    async def _append(self, stream: str, events: list[Event]) -> None:
+        version = self.store.stream_version(stream)
+        await self.store.append(stream, version, events)
+
+    # --- jobs -----------------------------------------------------------------------
+
+    async def create_job(self, data: Mapping[str, Any]) -> JobView:
+        """Validate a job spec and create the job; return it with its new id."""
+        spec = _validated(data)
+        job_id = new_job_id(spec.name)
+        while job_id in self.state.jobs:
+            job_id = new_job_id(spec.name)
+        await self.store.append(job_id, 0, [JobCreated(job_id=job_id, spec=spec.to_dict())])
+        return self.state.jobs[job_id]
+
+    async def update_job(self, job_id: str, data: Mapping[str, Any]) -> JobView:
+        """Replace a job's spec (fields left out keep their current values)."""
+        job = self.job(job_id)
+        spec = _validated({**job.spec, **data})
+        if spec.to_dict() != job.spec:
+            await self.store.append(job_id, job.version,
+                                    [JobUpdated(job_id=job_id, spec=spec.to_dict())])
+        return self.state.jobs[job_id]
+
+    async def set_enabled(self, job_id: str, enabled: bool) -> JobView:
+        """Switch a job's schedule on or off."""
+        job = self.job(job_id)
+        if job.enabled != enabled:
+            event: Event = JobEnabled(job_id=job_id) if enabled else JobDisabled(job_id=job_id)
+            await self.store.append(job_id, job.version, [event])
+        return self.state.jobs[job_id]
+
+    async def delete_job(self, job_id: str) -> None:
+        """Delete a job; refused while it has a run that is not finished."""
+        job = self.job(job_id)
+        active = self.state.active_runs(job_id)
+        if active:
+            raise Conflict(f"job {job.spec.get('name')} has a run that is {active[0].state}; "
+                           "cancel or discard it first")
+        await self.store.append(job_id, job.version, [JobDeleted(job_id=job_id)])
+
+    # --- runs -----------------------------------------------------------------------
+
+    async def start_run(self, job_id: str, trigger: str = "manual") -> RunView:
+        """Queue a run of a job; refused while the job already has one going."""
+        job = self.job(job_id)
+        active = self.state.active_runs(job_id)
+        if active:
+            raise Conflict(f"job {job.spec.get('name')} already has a run that is "
+                           f"{active[0].state} ({active[0].run_id})")
+        run_id = new_run_id()
+        await self.store.append(job_id, job.version,
+                                [RunQueued(job_id=job_id, run_id=run_id, trigger=trigger)])
+        return self.state.runs[run_id]
+
+    async def pause_run(self, run_id: str) -> RunView:
+        """Ask a running run to hold at its next safe point."""
+        run = self._run_in(run_id, {"running"}, "pause")
+        await self._append(run.job_id, [RunPaused(job_id=run.job_id, run_id=run_id)])
+        return run
+
+    async def resume_run(self, run_id: str) -> RunView:
+        """Continue a paused run, or put an interrupted one back in the queue."""
+        run = self._run_in(run_id, {"paused", "interrupted"}, "resume")
+        await self._append(run.job_id, [RunResumed(job_id=run.job_id, run_id=run_id)])
+        return run
+
+    async def cancel_run(self, run_id: str) -> RunView:
+        """Cancel a queued, running or paused run (its partial snapshot is removed)."""
+        run = self._run_in(run_id, {"queued", "running", "paused"}, "cancel")
+        await self._append(run.job_id, [RunCancelled(job_id=run.job_id, run_id=run_id)])
+        return run
+
+    async def discard_run(self, run_id: str) -> RunView:
+        """Give up an interrupted run; the runner cleans up its partial snapshot."""
+        run = self._run_in(run_id, {"interrupted"}, "discard")
+        await self._append(run.job_id, [RunDiscarded(job_id=run.job_id, run_id=run_id)])
+        return run
+
+    def _run_in(self, run_id: str, states: set[str], verb: str) -> RunView:
+        run = self.run(run_id)
+        if run.state not in states:
+            raise Conflict(f"run {run_id} is {run.state}; only a run that is "
+                           f"{' or '.join(sorted(states))} can {verb}")
+        return run
+
+    # --- settings ------------------------------------------------------------------
+
+    async def change_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and record changed settings; return the settings now in force."""
+        try:
+            clean = validate_settings(changes)
+        except SettingsInvalid as err:
+            raise Invalid(str(err), err.errors) from err
+        changed = {k: v for k, v in clean.items() if self.state.settings.get(k) != v}
+        if changed:
+            await self._append(SETTINGS_STREAM, [SettingsChanged(changes=changed)])
+        return dict(self.state.settings)
+
+
+def _validated(data: Mapping[str, Any]) -> JobSpec:
+    try:
+        return JobSpec.from_input(data)
+    except JobInvalid as err:
+        raise Invalid(str(err), err.errors) from err
+

@@ -1,0 +1,45 @@
+"""Per-run log files under logs/runs/, written by one background thread (never the loop)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class RunLogs:
+    """Appends lines to logs/runs/<run_id>.log off the event loop."""
+
+    def __init__(self, logs_dir: Path) -> None:
+        self.dir = logs_dir / "runs"
+        self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_loop, name="run-logs", daemon=True)
+        self._thread.start()
+
+    def path(self, run_id: str) -> Path:
+        """Where a run's log lives."""
+        return self.dir / f"{run_id}.log"
+
+    def write(self, run_id: str, message: str) -> None:
+        """Queue one line for a run's log (returns at once)."""
+        stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self._queue.put((run_id, f"{stamp} {message}\n"))
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer thread."""
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _write_loop(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        while (item := self._queue.get()) is not None:
+            run_id, line = item
+            try:
+                with open(self.path(run_id), "a", encoding="utf-8") as fh:
+                    fh.write(line)
+            except OSError as err:
+                log.error("cannot write the log of run %s: %s", run_id, err)

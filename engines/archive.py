@@ -1,0 +1,1102 @@
+"""Archive engine: one compressed tar (.tar.zst, or .tar.gz) and one manifest per run.
+
+Layout in the destination, for a snapshot id such as 2026-11-24T025312Z:
+
+    <id>.tar.zst            the archive (<id>.tar.gz with options {"compression": "gzip"})
+    <id>.manifest.json      every entry with type, size, mtime, mode, sha256 or link target
+    <id>.tar.zst.partial    an archive still being written, or left behind by a crash
+
+A snapshot exists when its archive (final name) and its manifest both exist. A run
+writes the archive under the .partial name and fsyncs it, writes the manifest, and only
+then renames the archive into place and fsyncs the directory: a half archive never looks
+complete. Deleting goes the other way (manifest first), so a half-deleted snapshot is
+not listed either.
+
+Crash recovery: a half-written zstd or gzip stream cannot be continued reliably, so this
+engine starts over instead of resuming (`resumes_partial = False`). Each run checkpoints
+{"engine": "archive", "partial": <file name>, "snapshot_id": <id>} before it writes
+anything; `backup(resume=checkpoint)` and `discard_partial` remove that partial archive
+(and a manifest written just before the crash), and the new run begins from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import os
+import secrets
+import stat
+import tarfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import zstandard
+
+from engines.base import (
+    BackupResult,
+    BackupSpec,
+    DestinationNotWritable,
+    DiskFull,
+    Engine,
+    EngineError,
+    Progress,
+    ProgressMeter,
+    Reporter,
+    RestoreConflict,
+    RestoreResult,
+    RunControl,
+    Snapshot,
+    SnapshotNotFound,
+    VerifyResult,
+)
+from engines.manifest import (
+    SNAPSHOT_ID_RE,
+    Manifest,
+    ManifestError,
+    check_rel_path,
+    check_snapshot_id,
+    unique_snapshot_id,
+)
+from engines.scan import Entry, scan
+from storage.atomic import fsync_dir, remove_durable
+
+CHUNK = 1 << 20
+# Pause and cancel are checked between entries and every this many bytes inside one.
+SAFE_POINT_BYTES = 4 << 20
+EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
+LEVELS = {"zstd": (1, 22, 3), "gzip": (1, 9, 6)}  # lowest, highest, default
+PARTIAL = ".partial"
+MANIFEST = ".manifest.json"
+# Restore never sets setuid/setgid: it does not chown, so under an app running as root a
+# user's harmless setuid-to-themselves file would come back setuid-root.
+RESTORE_MODE_MASK = 0o1777
+MAX_PROBLEMS = 50
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# tarfile's own extraction filter (Python 3.11.4+) is a second opinion on top of the checks
+# here, which do not depend on it.
+_TAR_FILTER: Callable[[tarfile.TarInfo, str], tarfile.TarInfo] | None = getattr(
+    tarfile, "tar_filter", None)
+
+
+class ArchiveEngine(Engine):
+    """Backs up to one compressed tarball plus a manifest per run; restarts after a crash."""
+
+    name = "archive"
+    resumes_partial = False
+
+    # --- backup ---------------------------------------------------------------------
+
+    def backup(self, spec: BackupSpec, control: RunControl, reporter: Reporter,
+               resume: Mapping[str, Any] | None = None) -> BackupResult:
+        """Write a new archive and manifest; with `resume`, drop the old partial and start over."""
+        started = time.monotonic()
+        compression, level = _compression(spec.options)  # before anything is created
+        spec.check_sources()
+        spec.check_destination()
+        dest = spec.destination
+        if resume is not None:
+            self.discard_partial(spec, resume)
+        now = datetime.now(UTC)
+        snapshot_id = unique_snapshot_id({n.snapshot_id for n in _listing(dest)}, now)
+        partial = _archive_path(dest, snapshot_id, compression, partial=True)
+        final = _archive_path(dest, snapshot_id, compression)
+        manifest_path = _manifest_path(dest, snapshot_id)
+        reporter.checkpoint({"engine": self.name, "partial": partial.name,
+                             "snapshot_id": snapshot_id})
+        collector = _CollectingReporter(reporter)
+        meter = ProgressMeter(collector)
+        meter.update(force=True, phase="scanning", counting=True)
+        entries = [e for e in scan(spec, control, collector) if _storable(e, collector)]
+        files = [e for e in entries if e.kind == "file"]
+        meter.update(force=True, phase="archiving", counting=False, files_total=len(files),
+                     bytes_total=sum(e.size for e in files))
+        try:
+            raw = open(partial, "xb", buffering=0)  # noqa: SIM115 - closed below, on every path
+        except OSError as err:
+            raise _destination_error(err, dest) from err
+        # From here on everything this run created goes if it does not finish.
+        ours = [partial, manifest_path, final]
+        try:
+            with raw:
+                records = _write_tar(raw, compression, level, entries, control, collector,
+                                     meter)
+                os.fsync(raw.fileno())
+            meter.update(force=True, phase="finalising", current_file="")
+            # The last chance to hold or stop: after this the snapshot becomes visible.
+            control.safe_point()
+            manifest = Manifest(snapshot_id, self.name, now.isoformat().replace("+00:00", "Z"),
+                                {name: str(path) for name, path in spec.source_names().items()},
+                                records)
+            manifest.write(manifest_path)
+            os.replace(partial, final)
+            fsync_dir(dest)
+        except OSError as err:
+            _remove_all(ours, dest)
+            raise _destination_error(err, dest) from err
+        except BaseException:
+            _remove_all(ours, dest)
+            raise
+        meter.update(force=True, phase="done", current_file="")
+        return BackupResult(snapshot_id, manifest.files, manifest.size,
+                            time.monotonic() - started, tuple(collector.warnings))
+
+    # --- listing and deleting --------------------------------------------------------
+
+    def snapshots(self, spec: BackupSpec) -> list[Snapshot]:
+        """List complete archives (archive and manifest both present), oldest first."""
+        dest = spec.destination
+        found: list[Snapshot] = []
+        for snapshot_id in _complete(dest):
+            try:
+                manifest = Manifest.read(_manifest_path(dest, snapshot_id))
+                when = manifest.time
+                snap = Snapshot(snapshot_id, when if when.tzinfo else when.replace(tzinfo=UTC),
+                                manifest.files, manifest.size)
+            except (ManifestError, ValueError, KeyError, TypeError, AttributeError):
+                # Still listed (its time read from its id) so that verify can name the
+                # damage and prune can remove it.
+                snap = Snapshot(snapshot_id, _time_from_id(snapshot_id), 0, 0)
+            found.append(snap)
+        return sorted(found, key=lambda s: (s.time, s.id))
+
+    def delete_snapshots(self, spec: BackupSpec, snapshot_ids: Sequence[str]) -> None:
+        """Remove snapshots: the manifest first, then the archive, so half-deleted is unlisted."""
+        dest = spec.destination
+        present = {n.snapshot_id for n in _listing(dest) if n.kind != "partial"}
+        for snapshot_id in snapshot_ids:
+            if check_snapshot_id(snapshot_id) not in present:
+                raise SnapshotNotFound(f"snapshot {snapshot_id} is not in {dest}")
+        for snapshot_id in snapshot_ids:
+            try:
+                remove_durable(_manifest_path(dest, snapshot_id))
+                for compression in EXTENSIONS:
+                    remove_durable(_archive_path(dest, snapshot_id, compression))
+            except OSError as err:
+                raise DestinationNotWritable(f"snapshot {snapshot_id} cannot be removed from "
+                                             f"{dest}: {err.strerror or err}") from err
+
+    def discard_partial(self, spec: BackupSpec, resume: Mapping[str, Any] | None = None) -> None:
+        """Remove what an interrupted run left: its partial archive and a manifest without one.
+
+        With a checkpoint only that run's leftovers go (another job may share the
+        destination); without one, every partial archive in the destination goes.
+        """
+        dest = spec.destination
+        names = _listing(dest)
+        if resume is None:
+            doomed = [n for n in names if n.kind == "partial"]
+        else:
+            parsed = _parse_name(str(resume.get("partial", "")))
+            doomed = [parsed] if parsed and parsed.kind == "partial" else []
+            if not doomed and isinstance(resume.get("snapshot_id"), str):
+                doomed = [n for n in names
+                          if n.kind == "partial" and n.snapshot_id == resume["snapshot_id"]]
+        finished = {n.snapshot_id for n in names if n.kind == "archive"}
+        paths = [dest / n.file_name for n in doomed]
+        # A crash between writing the manifest and renaming the archive leaves a manifest
+        # that belongs to no archive; stale temp files of that manifest go too.
+        for snapshot_id in {n.snapshot_id for n in doomed} - finished:
+            paths.append(_manifest_path(dest, snapshot_id))
+            paths.extend(dest / n for n in _names(dest)
+                         if n.startswith(f".{snapshot_id}{MANIFEST}.") and n.endswith(".tmp"))
+        try:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            if paths:
+                fsync_dir(dest)
+        except OSError as err:
+            raise DestinationNotWritable(f"cannot remove the unfinished archive in {dest}: "
+                                         f"{err.strerror or err}") from err
+
+    # --- restore ----------------------------------------------------------------------
+
+    def restore(self, spec: BackupSpec, snapshot_id: str, target: Path, control: RunControl,
+                reporter: Reporter, path: str | None = None,
+                overwrite: bool = False) -> RestoreResult:
+        """Restore a snapshot, or the entries under `path` in it, to target/<path>."""
+        archive, compression, manifest_path = _locate(spec, snapshot_id)
+        index = _index(Manifest.read(manifest_path))
+        prefix = check_rel_path(path) if path else ""
+        wanted = {p: e for p, e in index.items()
+                  if not prefix or p == prefix or p.startswith(prefix + "/")}
+        if not wanted:
+            raise EngineError(f"{prefix!r} is not in snapshot {snapshot_id}")
+        if not target.is_absolute():
+            raise EngineError(f"restore target {target} is not an absolute path")
+        _check_conflicts(target, wanted.values(), overwrite)  # before anything is written
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _target_error(err, target) from err
+        files = [e for e in wanted.values() if e["type"] == "file"]
+        meter = ProgressMeter(reporter)
+        meter.update(force=True, phase="restoring", counting=False, files_total=len(files),
+                     bytes_total=sum(e["size"] for e in files))
+        pacer = _Pacer(meter, control)
+        problems: list[str] = []
+        seen: set[str] = set()
+        done_files = done_bytes = 0
+        try:
+            writer = _TargetWriter(target, overwrite)
+            try:
+                with _read_archive(archive, compression) as (tar, _):
+                    # Stop reading once everything wanted is out (a sub-path near the start
+                    # of a big archive should not cost a full read).
+                    while len(seen) < len(wanted) and (member := tar.next()) is not None:
+                        control.safe_point()
+                        entry = _entry_for_member(member, index)
+                        if member.name not in wanted:
+                            continue
+                        if member.name in seen:
+                            raise EngineError(f"the archive holds {member.name!r} twice; "
+                                              "restore refused")
+                        seen.add(member.name)
+                        problems.extend(_metadata_problems(member, entry))
+                        if entry["type"] == "dir":
+                            writer.directory(member, entry)
+                        elif entry["type"] == "symlink":
+                            writer.symlink(member, entry)
+                        else:
+                            meter.update(current_file=member.name)
+                            size, digest = writer.file(member, entry, _member_data(tar, member),
+                                                       pacer)
+                            problems.extend(_content_problems(member.name, entry, size, digest))
+                            done_files, done_bytes = done_files + 1, done_bytes + size
+                            meter.add(files=1)
+                writer.finish()
+            finally:
+                writer.close()
+        except (_ArchiveDamaged, tarfile.TarError) as err:
+            raise EngineError(f"archive {archive} is damaged or cannot be read ({err}); the "
+                              "restore stopped part way, run verify for details") from err
+        except OSError as err:
+            raise _target_error(err, target) from err
+        missing = [p for p in wanted if p not in seen]
+        if missing:
+            problems.append(f"{_count(missing, 'entry', 'entries')} listed in the manifest "
+                            f"are not in the archive: {_some(missing)}")
+        meter.update(force=True, phase="done", current_file="")
+        if problems:
+            raise EngineError(f"the restore into {target} finished with problems: "
+                              + "; ".join(problems[:5]))
+        return RestoreResult(done_files, done_bytes)
+
+    # --- verify -------------------------------------------------------------------------
+
+    def verify(self, spec: BackupSpec, snapshot_id: str, control: RunControl,
+               reporter: Reporter) -> VerifyResult:
+        """Read the whole archive and check every entry, hash and size against the manifest."""
+        archive, compression, manifest_path = _locate(spec, snapshot_id)
+        try:
+            manifest = Manifest.read(manifest_path)
+            index = _index(manifest)
+        except ManifestError as err:
+            return VerifyResult(False, (str(err),))
+        problems: list[str] = []
+        if manifest.snapshot_id != snapshot_id:
+            problems.append(f"the manifest is for snapshot {manifest.snapshot_id!r}")
+        files = [e for e in index.values() if e["type"] == "file"]
+        meter = ProgressMeter(reporter)
+        meter.update(force=True, phase="verifying", counting=False, files_total=len(files),
+                     bytes_total=sum(e["size"] for e in files))
+        pacer = _Pacer(meter, control)
+        seen: set[str] = set()
+        checked = 0
+        try:
+            with _read_archive(archive, compression) as (tar, counter):
+                while (member := tar.next()) is not None:
+                    control.safe_point()
+                    checked += _verify_member(tar, member, index, seen, problems, meter, pacer)
+                problems.extend(_end_problems(tar, counter))
+            if compression == "zstd" and not problems:
+                problems.extend(_zstd_frame_problems(archive))
+        except (_ArchiveDamaged, tarfile.TarError) as err:
+            problems.append(f"the archive is damaged: {err}")
+        missing = [p for p in index if p not in seen]
+        if missing:
+            problems.append(f"{_count(missing, 'entry', 'entries')} listed in the manifest "
+                            f"are not in the archive: {_some(missing)}")
+        meter.update(force=True, phase="done", current_file="")
+        if len(problems) > MAX_PROBLEMS:
+            problems[MAX_PROBLEMS:] = [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+        return VerifyResult(not problems, tuple(problems), checked)
+
+
+# --- names in the destination ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Name:
+    """A file name this engine owns in a destination, taken apart."""
+
+    file_name: str
+    snapshot_id: str
+    kind: str  # "archive", "partial" or "manifest"
+    compression: str  # "" for a manifest
+
+
+def _parse_name(name: str) -> _Name | None:
+    """Take a destination file name apart, or None if it is not one of ours."""
+    if name.endswith(MANIFEST):
+        snapshot_id, kind, compression = name[: -len(MANIFEST)], "manifest", ""
+    else:
+        is_partial = name.endswith(PARTIAL)
+        stem = name[: -len(PARTIAL)] if is_partial else name
+        found = [(c, ext) for c, ext in EXTENSIONS.items() if stem.endswith(ext)]
+        if not found:
+            return None
+        compression, ext = found[0]
+        snapshot_id, kind = stem[: -len(ext)], "partial" if is_partial else "archive"
+    if not SNAPSHOT_ID_RE.match(snapshot_id):
+        return None
+    return _Name(name, snapshot_id, kind, compression)
+
+
+def _names(dest: Path) -> list[str]:
+    """Every name in the destination (none if it does not exist yet)."""
+    try:
+        return os.listdir(dest)
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise EngineError(f"destination {dest} cannot be read: {err.strerror or err}") from err
+
+
+def _listing(dest: Path) -> list[_Name]:
+    """The archives, partial archives and manifests in the destination."""
+    return [parsed for name in _names(dest) if (parsed := _parse_name(name))]
+
+
+def _complete(dest: Path) -> dict[str, str]:
+    """Complete snapshots (archive and manifest both present): id -> compression."""
+    names = _listing(dest)
+    manifests = {n.snapshot_id for n in names if n.kind == "manifest"}
+    return {n.snapshot_id: n.compression for n in names
+            if n.kind == "archive" and n.snapshot_id in manifests}
+
+
+def _archive_path(dest: Path, snapshot_id: str, compression: str,
+                  partial: bool = False) -> Path:
+    return dest / f"{snapshot_id}{EXTENSIONS[compression]}{PARTIAL if partial else ''}"
+
+
+def _manifest_path(dest: Path, snapshot_id: str) -> Path:
+    return dest / f"{snapshot_id}{MANIFEST}"
+
+
+def _locate(spec: BackupSpec, snapshot_id: str) -> tuple[Path, str, Path]:
+    """The archive, its compression and its manifest for a complete snapshot."""
+    compression = _complete(spec.destination).get(check_snapshot_id(snapshot_id))
+    if compression is None:
+        raise SnapshotNotFound(f"snapshot {snapshot_id} is not in {spec.destination}")
+    return (_archive_path(spec.destination, snapshot_id, compression), compression,
+            _manifest_path(spec.destination, snapshot_id))
+
+
+def _time_from_id(snapshot_id: str) -> datetime:
+    """When a snapshot started, read from its id (ids are UTC times)."""
+    return datetime.strptime(snapshot_id[:18], "%Y-%m-%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def _remove_all(paths: Iterable[Path], dest: Path) -> None:
+    """Best-effort removal of a failed run's files (the run's own error is what matters)."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        fsync_dir(dest)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def _destination_error(err: OSError, dest: Path) -> EngineError:
+    """A person-readable error for a failed write to the destination."""
+    reason = err.strerror or str(err)
+    if err.errno in _FULL_ERRNOS:
+        return DiskFull(f"destination {dest} is full ({reason}); the unfinished archive was "
+                        "removed, free some space and run the backup again")
+    if err.errno == errno.EFBIG:
+        # The file system (or a size limit on this process) caps the archive's size:
+        # the same remedy as a full disk, another place to write it.
+        return DiskFull(f"destination {dest} is full for an archive this large ({reason}); "
+                        "the unfinished archive was removed")
+    return DestinationNotWritable(f"cannot write the archive in {dest}: {reason}")
+
+
+def _target_error(err: OSError, target: Path) -> EngineError:
+    """A person-readable error for a failed write into a restore target."""
+    reason = err.strerror or str(err)
+    where = f"{target} ({err.filename})" if err.filename else str(target)
+    if err.errno in _FULL_ERRNOS or err.errno == errno.EFBIG:
+        return DiskFull(f"restore target {where} is full ({reason})")
+    return EngineError(f"cannot write into restore target {where}: {reason}")
+
+
+class _ArchiveDamaged(Exception):
+    """The compressed stream could not be read (internal; becomes a problem or an error)."""
+
+
+# --- options and what goes in ---------------------------------------------------------------
+
+
+def _compression(options: Mapping[str, Any]) -> tuple[str, int]:
+    """The compression and level a job asks for, or a clear error."""
+    name = options.get("compression") or "zstd"
+    if name not in EXTENSIONS:
+        raise EngineError(f"archive compression must be one of {', '.join(EXTENSIONS)}, "
+                          f"not {name!r}")
+    low, high, default = LEVELS[name]
+    level = options.get("level")
+    if level is None:
+        level = default
+    if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
+        raise EngineError(f"{name} level must be a whole number from {low} to {high}, "
+                          f"not {level!r}")
+    return name, level
+
+
+def _storable(entry: Entry, reporter: Reporter) -> bool:
+    """Whether an entry's name can go in the manifest (JSON needs valid UTF-8)."""
+    try:
+        entry.rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(entry.path).decode("utf-8", "replace")
+        reporter.warning(f"{shown}: the name is not valid UTF-8, so it cannot be listed in "
+                         "the manifest; skipped")
+        return False
+    return True
+
+
+class _CollectingReporter:
+    """Passes everything on to the run's reporter and keeps the warnings for the result."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+        self.warnings: list[str] = []
+
+    def progress(self, progress: Progress) -> None:
+        """Pass a progress update on."""
+        self.inner.progress(progress)
+
+    def checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Pass a checkpoint on."""
+        self.inner.checkpoint(state)
+
+    def warning(self, message: str) -> None:
+        """Keep a warning and pass it on."""
+        self.warnings.append(message)
+        self.inner.warning(message)
+
+
+class _Pacer:
+    """Counts bytes into the progress meter and stops at a safe point every few MB."""
+
+    def __init__(self, meter: ProgressMeter, control: RunControl) -> None:
+        self.meter = meter
+        self.control = control
+        self._since_safe_point = 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.meter.add(nbytes=nbytes)
+        self._since_safe_point += nbytes
+        if self._since_safe_point >= SAFE_POINT_BYTES:
+            self._since_safe_point = 0
+            self.control.safe_point()
+
+
+# --- writing an archive -------------------------------------------------------------------
+
+
+def _write_tar(raw: IO[bytes], compression: str, level: int, entries: Sequence[Entry],
+               control: RunControl, reporter: Reporter,
+               meter: ProgressMeter) -> list[dict[str, Any]]:
+    """Stream entries, in scan order, into a compressed tar on raw; return manifest entries."""
+    sink: zstandard.ZstdCompressionWriter | gzip.GzipFile
+    if compression == "zstd":
+        # write_checksum: a flipped byte breaks the frame checksum, which verify reports.
+        sink = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True
+                                        ).stream_writer(raw, closefd=False)
+    else:
+        sink = gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=raw)
+    # Not `with`: on an error, closing would flush into the failed file (see except below).
+    tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT,  # noqa: SIM115
+                       bufsize=CHUNK)
+    # Copy (and hash, and count) file data in 1 MiB pieces rather than tarfile's 16 KiB;
+    # typeshed does not declare the attribute tarfile reads for that.
+    tar.copybufsize = CHUNK  # type: ignore[attr-defined]
+    pacer = _Pacer(meter, control)
+    records: list[dict[str, Any]] = []
+    try:
+        for entry in entries:
+            control.safe_point()
+            record = _add_entry(tar, entry, reporter, meter, pacer)
+            if record is not None:
+                records.append(record)
+        tar.close()  # the end-of-archive blocks
+        sink.close()  # ends the compressed stream; raw stays open (closefd=False)
+    except BaseException:
+        # Abandoned: close quietly so nothing tries to flush into a closed file later.
+        with contextlib.suppress(Exception):
+            tar.close()
+        with contextlib.suppress(Exception):
+            sink.close()
+        raise
+    return records
+
+
+def _add_entry(tar: tarfile.TarFile, entry: Entry, reporter: Reporter, meter: ProgressMeter,
+               pacer: _Pacer) -> dict[str, Any] | None:
+    """Write one entry into the tar; return its manifest entry (None if it was skipped)."""
+    meter.update(current_file=entry.rel)
+    if entry.kind == "file":
+        return _add_file(tar, entry, reporter, meter, pacer)
+    info = tarfile.TarInfo(entry.rel)
+    info.mtime = entry.mtime_ns // 1_000_000_000  # tar keeps seconds; the manifest keeps ns
+    info.mode = entry.mode
+    record: dict[str, Any] = {"path": entry.rel, "type": entry.kind, "size": 0,
+                              "mtime_ns": entry.mtime_ns, "mode": entry.mode}
+    if entry.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    else:
+        info.type = tarfile.SYMTYPE
+        info.linkname = record["target"] = entry.target
+    tar.addfile(info)
+    return record
+
+
+def _add_file(tar: tarfile.TarFile, entry: Entry, reporter: Reporter, meter: ProgressMeter,
+              pacer: _Pacer) -> dict[str, Any] | None:
+    """Stream one file into the tar, hashing it on the way; warn if it changes meanwhile."""
+    try:
+        # O_NOFOLLOW: it was a file at scan time, a symlink now is a change, not a file to
+        # follow; O_NONBLOCK: a FIFO swapped in must not hang the run.
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        reporter.warning(f"{entry.path} vanished during the backup; skipped")
+        return None
+    except OSError as err:
+        reporter.warning(f"{entry.path} cannot be read ({err.strerror or err}); skipped")
+        return None
+    with open(fd, "rb") as fh:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            reporter.warning(f"{entry.path} is no longer a regular file; skipped")
+            return None
+        size = before.st_size
+        if size != entry.size:  # grew or shrank since the scan: keep the totals honest
+            meter.update(bytes_total=(meter.state.bytes_total or 0) + size - entry.size)
+        info = tarfile.TarInfo(entry.rel)
+        info.size = size
+        info.mtime = before.st_mtime_ns // 1_000_000_000
+        info.mode = stat.S_IMODE(before.st_mode)
+        source = _SourceReader(fh, size, pacer)
+        tar.addfile(info, source)
+        after = os.fstat(fd)
+    if source.error:
+        reporter.warning(f"{entry.path} could not be read to the end ({source.error}); the "
+                         "archive holds it with the unread rest filled with zeros")
+    elif source.shortfall:
+        reporter.warning(f"{entry.path} shrank by {source.shortfall} bytes while it was backed "
+                         "up; the archive holds it padded with zeros to its earlier size")
+    elif after.st_size != size or after.st_mtime_ns != before.st_mtime_ns:
+        reporter.warning(f"{entry.path} changed while it was backed up; the archived copy may "
+                         "mix old and new content")
+    meter.add(files=1)
+    return {"path": entry.rel, "type": "file", "size": size, "mtime_ns": before.st_mtime_ns,
+            "mode": info.mode, "sha256": source.digest.hexdigest()}
+
+
+class _SourceReader:
+    """Gives tarfile exactly `size` bytes of an open file, hashing them on the way.
+
+    tar writes a member's size before its data, so a file that shrinks or fails part way
+    is padded with zeros to keep the archive well formed; `shortfall` and `error` say so.
+    """
+
+    def __init__(self, fh: IO[bytes], size: int, on_bytes: Callable[[int], None]) -> None:
+        self._fh = fh
+        self._left = size
+        self._on_bytes = on_bytes
+        self._ended = False
+        self.digest = hashlib.sha256()
+        self.shortfall = 0
+        self.error = ""
+
+    def read(self, size: int = -1) -> bytes:
+        """Read up to `size` bytes of the declared length (padding past an early end)."""
+        want = self._left if size < 0 else min(size, self._left)
+        data = b""
+        if not self._ended:
+            try:
+                data = self._fh.read(want)
+            except OSError as err:
+                self.error = err.strerror or str(err)
+            if len(data) < want:
+                self._ended = True
+        if len(data) < want:
+            if not self.error:
+                self.shortfall += want - len(data)
+            data += bytes(want - len(data))
+        self._left -= want
+        self.digest.update(data)
+        self._on_bytes(want)
+        return data
+
+
+# --- reading an archive ----------------------------------------------------------------------
+
+
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+class _CountingReader:
+    """The decompressed tar stream as tarfile reads it: counts bytes, names damage."""
+
+    def __init__(self, inner: _Readable) -> None:
+        self._inner = inner
+        self.total = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Read decompressed bytes; a broken stream becomes _ArchiveDamaged."""
+        try:
+            data = self._inner.read(size)
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as err:
+            raise _ArchiveDamaged(str(err) or type(err).__name__) from err
+        self.total += len(data)
+        return data
+
+    def write(self, data: bytes, /) -> int:
+        """Not writable (tarfile's file protocol asks for the method)."""
+        raise OSError("the archive is open for reading")
+
+    def tell(self) -> int:
+        """How many decompressed bytes were read."""
+        return self.total
+
+    def seek(self, pos: int, /) -> int:
+        """Not seekable (tarfile's stream mode never seeks)."""
+        raise OSError("the archive stream cannot seek")
+
+    def close(self) -> None:
+        """Nothing to do: the raw file is closed by its owner."""
+
+
+@contextlib.contextmanager
+def _read_archive(path: Path, compression: str
+                  ) -> Iterator[tuple[tarfile.TarFile, _CountingReader]]:
+    """Open an archive as a tar stream, decompressing as it is read (never all in memory)."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        raise _ArchiveDamaged(f"cannot open it: {err.strerror or err}") from err
+    with raw:
+        inner: _Readable
+        if compression == "zstd":
+            inner = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK,
+                                                               read_across_frames=True)
+        else:
+            inner = gzip.GzipFile(filename="", mode="rb", fileobj=raw)
+        counter = _CountingReader(inner)
+        with tarfile.open(fileobj=counter, mode="r|", bufsize=CHUNK) as tar:
+            yield tar, counter
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.isreg():
+        return "file"
+    if member.isdir():
+        return "dir"
+    if member.issym():
+        return "symlink"
+    return "special file"
+
+
+def _member_data(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    data = tar.extractfile(member)
+    if data is None:  # only for non-files, which callers never pass
+        raise _ArchiveDamaged(f"{member.name!r} has no data")
+    return data
+
+
+def _hash_stream(data: IO[bytes], pacer: _Pacer,
+                 sink: Callable[[bytes], object] | None = None) -> tuple[int, str]:
+    """Read a member to its end: its size and sha256 (and each chunk to sink)."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := data.read(CHUNK):
+        digest.update(chunk)
+        if sink is not None:
+            sink(chunk)
+        size += len(chunk)
+        pacer(len(chunk))
+    return size, digest.hexdigest()
+
+
+def _metadata_problems(member: tarfile.TarInfo, entry: Mapping[str, Any]) -> list[str]:
+    """How a member's mode, mtime or link target differ from its manifest entry."""
+    problems = []
+    if member.mode & 0o7777 != entry["mode"]:
+        problems.append(f"{member.name}: mode {member.mode & 0o7777:o} in the archive, "
+                        f"{entry['mode']:o} in the manifest")
+    if int(member.mtime) != entry["mtime_ns"] // 1_000_000_000:
+        problems.append(f"{member.name}: modification time differs from the manifest")
+    if entry["type"] == "symlink" and member.linkname != entry["target"]:
+        problems.append(f"{member.name}: link target {member.linkname!r} in the archive, "
+                        f"{entry['target']!r} in the manifest")
+    return problems
+
+
+def _content_problems(name: str, entry: Mapping[str, Any], size: int, digest: str) -> list[str]:
+    """How a file's content differs from its manifest entry."""
+    if size != entry["size"]:
+        return [f"{name}: {size} bytes in the archive, {entry['size']} in the manifest"]
+    if digest != entry["sha256"]:
+        return [f"{name}: content does not match the manifest (sha256 differs)"]
+    return []
+
+
+def _verify_member(tar: tarfile.TarFile, member: tarfile.TarInfo,
+                   index: Mapping[str, Mapping[str, Any]], seen: set[str], problems: list[str],
+                   meter: ProgressMeter, pacer: _Pacer) -> int:
+    """Check one member against the manifest; return 1 if it was a file that was read."""
+    entry = index.get(member.name)
+    if entry is None:
+        problems.append(f"{member.name!r} is in the archive but not in the manifest")
+        return 0
+    if member.name in seen:
+        problems.append(f"{member.name} is in the archive twice")
+        return 0
+    seen.add(member.name)
+    kind = _member_kind(member)
+    if kind != entry["type"]:
+        problems.append(f"{member.name}: a {kind} in the archive, a {entry['type']} in the "
+                        "manifest")
+        return 0
+    problems.extend(_metadata_problems(member, entry))
+    if kind != "file":
+        return 0
+    meter.update(current_file=member.name)
+    size, digest = _hash_stream(_member_data(tar, member), pacer)
+    problems.extend(_content_problems(member.name, entry, size, digest))
+    meter.add(files=1)
+    return 1
+
+
+def _end_problems(tar: tarfile.TarFile, counter: _CountingReader) -> list[str]:
+    """Read to the end of the stream (zstd and gzip check their checksum there) and check
+    the tar ends as written: two zero blocks, padded to whole records."""
+    while counter.read(CHUNK):
+        pass
+    if (counter.total < tar.offset + 2 * tarfile.BLOCKSIZE
+            or counter.total % tarfile.RECORDSIZE):
+        return ["the archive ends early: its end-of-archive marker is missing"]
+    return []
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = 0x184D2A50  # the low 4 bits vary
+
+
+def _zstd_frame_problems(path: Path) -> list[str]:
+    """Walk the zstd frames' block headers to the last byte.
+
+    A stream cut short by up to its 4-byte checksum still decompresses in full, and
+    python-zstandard's stream reader does not report the unfinished frame; this does.
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            pos = 0
+            while pos < size:
+                fh.seek(pos)
+                head = fh.read(8)
+                magic = int.from_bytes(head[:4], "little")
+                if len(head) >= 8 and magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
+                    pos += 8 + int.from_bytes(head[4:8], "little")
+                    continue
+                if len(head) < 5 or magic != _ZSTD_MAGIC:
+                    return [f"the archive has bytes that are not zstd at offset {pos}"]
+                descriptor = head[4]
+                single_segment = descriptor >> 5 & 1
+                pos += (5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+                        + (single_segment, 2, 4, 8)[descriptor >> 6])
+                last = 0
+                while not last:
+                    fh.seek(pos)
+                    block = int.from_bytes(fh.read(3).ljust(3, b"\xff"), "little")
+                    last, kind, block_size = block & 1, block >> 1 & 3, block >> 3
+                    pos += 3 + (1 if kind == 1 else block_size)  # kind 1: one byte repeated
+                    if pos > size:
+                        break
+                pos += 4 * (descriptor >> 2 & 1)  # the content checksum, when written
+    except OSError as err:
+        return [f"the archive cannot be read: {err.strerror or err}"]
+    if pos != size:
+        return ["the archive ends early: its compressed stream is cut short"]
+    return []
+
+
+# --- restoring --------------------------------------------------------------------------------
+
+
+def _index(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """The manifest's entries by path, after checking each is well formed and safe to restore.
+
+    A manifest is data from disk: a path that leaves the snapshot, or an entry under a
+    symlink (`a -> /etc`, then `a/passwd`), is refused here, before anything is written.
+    """
+    index: dict[str, dict[str, Any]] = {}
+    for entry in manifest.entries:
+        if not isinstance(entry, dict):
+            raise ManifestError("the manifest has an entry that is not an object")
+        path, kind = entry.get("path"), entry.get("type")
+        if not isinstance(path, str) or not _is_snapshot_path(path):
+            raise ManifestError(f"the manifest lists {path!r}, which is not a safe path "
+                                "inside the snapshot")
+        if kind not in ("file", "dir", "symlink"):
+            raise ManifestError(f"the manifest gives {path!r} an unknown type {kind!r}")
+        numbers = [entry.get(k) for k in ("size", "mtime_ns", "mode")]
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
+            raise ManifestError(f"the manifest entry for {path!r} lacks size, mtime or mode")
+        if kind == "file" and not (isinstance(entry.get("sha256"), str)
+                                   and len(entry["sha256"]) == 64):
+            raise ManifestError(f"the manifest entry for {path!r} has no sha256")
+        if kind == "symlink" and not isinstance(entry.get("target"), str):
+            raise ManifestError(f"the manifest entry for {path!r} has no link target")
+        if path in index:
+            raise ManifestError(f"the manifest lists {path!r} twice")
+        index[path] = entry
+    for path in index:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            parent = index.get("/".join(parts[:depth]))
+            if parent is not None and parent["type"] != "dir":
+                raise ManifestError(f"the manifest lists {path!r} under a {parent['type']}; "
+                                    "restoring it would write outside the target")
+    return index
+
+
+def _is_snapshot_path(path: str) -> bool:
+    """Whether path is a plain, normalised path inside a snapshot (no '..', not absolute)."""
+    try:
+        return path != "" and check_rel_path(path) == path
+    except EngineError:
+        return False
+
+
+def _entry_for_member(member: tarfile.TarInfo,
+                      index: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest entry a member stands for; refuse a member that could escape the target."""
+    name = member.name
+    if name.startswith("/") or ".." in name.split("/") or "\x00" in name:
+        raise EngineError(f"the archive holds {name!r}, which points outside the restore "
+                          "target; restore refused (the archive may have been tampered with)")
+    entry = index.get(name)
+    if entry is None:
+        raise EngineError(f"the archive holds {name!r}, which its manifest does not list; "
+                          "restore refused (the archive may have been tampered with)")
+    kind = _member_kind(member)
+    if kind != entry["type"]:
+        raise EngineError(f"{name!r} is a {kind} in the archive but a {entry['type']} in the "
+                          "manifest; restore refused (the archive may have been tampered with)")
+    return entry
+
+
+def _check_conflicts(target: Path, entries: Iterable[Mapping[str, Any]],
+                     overwrite: bool) -> None:
+    """Refuse, before writing anything, a restore that would replace what is in target."""
+    clashes: list[str] = []
+    blocked: list[str] = []
+    for entry in entries:
+        try:
+            st = os.lstat(target / entry["path"])
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:
+            raise EngineError(f"restore target {target / entry['path']} cannot be checked: "
+                              f"{err.strerror or err}") from err
+        if stat.S_ISDIR(st.st_mode):
+            if entry["type"] != "dir":
+                blocked.append(entry["path"])
+        else:
+            clashes.append(entry["path"])
+    if blocked:
+        raise RestoreConflict(f"{_count(blocked, 'path', 'paths')} to restore already exist in "
+                              f"{target} as directories ({_some(blocked)}); restore does not "
+                              "replace a directory with a file, remove them first")
+    if clashes and not overwrite:
+        raise RestoreConflict(f"{_count(clashes, 'path', 'paths')} to restore already exist in "
+                              f"{target} ({_some(clashes)}); choose overwrite or another target")
+
+
+class _TargetWriter:
+    """Writes entries under a target directory without ever following a symlink in it.
+
+    Every directory on the way is opened with O_NOFOLLOW relative to its parent, and
+    every new name is made relative to an open directory, so a symlink planted in the
+    target (or earlier in the same archive) cannot redirect a write outside it.
+    """
+
+    def __init__(self, target: Path, overwrite: bool) -> None:
+        self.target = target
+        self.overwrite = overwrite
+        self.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._dirs: list[tuple[str, int, int]] = []
+
+    def close(self) -> None:
+        """Release the target directory."""
+        os.close(self.root_fd)
+
+    def directory(self, member: tarfile.TarInfo, entry: Mapping[str, Any]) -> None:
+        """Make a directory (or keep the one there); its mode and mtime are set by finish()."""
+        parent_fd, leaf = self._parent(entry["path"])
+        try:
+            exists = self._clear(parent_fd, leaf, entry)
+            self._second_opinion(member)
+            if not exists:
+                os.mkdir(leaf, 0o700, dir_fd=parent_fd)
+        finally:
+            os.close(parent_fd)
+        self._dirs.append((entry["path"], entry["mode"] & RESTORE_MODE_MASK, entry["mtime_ns"]))
+
+    def symlink(self, member: tarfile.TarInfo, entry: Mapping[str, Any]) -> None:
+        """Make a symlink, replacing what was there only through a rename."""
+        parent_fd, leaf = self._parent(entry["path"])
+        try:
+            self._clear(parent_fd, leaf, entry)
+            self._second_opinion(member)
+            tmp = _temp_name()
+            os.symlink(member.linkname, tmp, dir_fd=parent_fd)
+            try:
+                os.utime(tmp, ns=(entry["mtime_ns"], entry["mtime_ns"]), dir_fd=parent_fd,
+                         follow_symlinks=False)
+                os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=parent_fd)
+                raise
+        finally:
+            os.close(parent_fd)
+
+    def file(self, member: tarfile.TarInfo, entry: Mapping[str, Any], data: IO[bytes],
+             pacer: _Pacer) -> tuple[int, str]:
+        """Write a file under a temporary name, set mode and mtime, rename it into place."""
+        parent_fd, leaf = self._parent(entry["path"])
+        try:
+            self._clear(parent_fd, leaf, entry)
+            self._second_opinion(member)
+            tmp = _temp_name()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
+            try:
+                with open(fd, "wb", closefd=False) as out:
+                    size, digest = _hash_stream(data, pacer, out.write)
+                os.fchmod(fd, entry["mode"] & RESTORE_MODE_MASK)
+                os.utime(fd, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+                os.close(fd)
+                fd = -1
+                os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=parent_fd)
+                raise
+        finally:
+            os.close(parent_fd)
+        return size, digest
+
+    def finish(self) -> None:
+        """Give directories their modes and mtimes, deepest first (writing inside changes them)."""
+        for rel, mode, mtime_ns in reversed(self._dirs):
+            parent_fd, leaf = self._parent(rel)
+            try:
+                fd = os.open(leaf, _DIR_FLAGS, dir_fd=parent_fd)
+            finally:
+                os.close(parent_fd)
+            try:
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+
+    def _parent(self, rel: str) -> tuple[int, str]:
+        """Open the directory that holds rel (creating missing ones) and return it and the leaf."""
+        *parents, leaf = rel.split("/")
+        fd = os.dup(self.root_fd)
+        try:
+            for depth, part in enumerate(parents, 1):
+                try:
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    os.mkdir(part, 0o777, dir_fd=fd)  # umask applies, as for mkdir -p
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as err:
+                    if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    where = self.target.joinpath(*parents[:depth])
+                    raise EngineError(f"{where} is a symlink or a file, not a directory; "
+                                      "restore will not write through it") from err
+                os.close(fd)
+                fd = next_fd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, leaf
+
+    def _clear(self, parent_fd: int, leaf: str, entry: Mapping[str, Any]) -> bool:
+        """Make way for an entry; return whether a directory it can reuse is already there."""
+        try:
+            st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if entry["type"] == "dir":
+                return True
+            raise RestoreConflict(f"{self.target / entry['path']} is a directory; restore does "
+                                  f"not replace a directory with a {entry['type']}")
+        if not self.overwrite:
+            raise RestoreConflict(f"{self.target / entry['path']} already exists")
+        if entry["type"] == "dir" or stat.S_ISLNK(st.st_mode):
+            # unlink removes a symlink itself, never what it points at. A regular file
+            # stays until the new one is renamed over it, so it is never lost half way.
+            os.unlink(leaf, dir_fd=parent_fd)
+        return False
+
+    def _second_opinion(self, member: tarfile.TarInfo) -> None:
+        """Ask tarfile's "tar" filter too; its changed modes are not used (it drops g+w)."""
+        if _TAR_FILTER is None:
+            return
+        try:
+            _TAR_FILTER(member, str(self.target))
+        except tarfile.FilterError as err:
+            raise EngineError(f"the archive member {member.name!r} was refused: {err}; "
+                              "restore stopped") from err
+
+
+def _temp_name() -> str:
+    # Short and fixed-length, so it fits wherever the real name fits.
+    return f".restore-{secrets.token_hex(8)}.tmp"
+
+
+# --- wording -------------------------------------------------------------------------------
+
+
+def _count(items: Sequence[object], one: str, many: str) -> str:
+    return f"{len(items)} {one if len(items) == 1 else many}"
+
+
+def _some(paths: Sequence[str], limit: int = 5) -> str:
+    """A few paths for a message, and how many more there are."""
+    shown = ", ".join(paths[:limit])
+    return shown if len(paths) <= limit else f"{shown} and {len(paths) - limit} more"

@@ -1,0 +1,145 @@
+"""The JSON API (/api): the same commands and reads as the UI, for scripts and tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from core import operations
+from core.state import JobView
+from server.errors import BadRequest
+from server.keys import COMMANDS, STATE, STORE
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (the content type was checked by the middleware)."""
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"the body is not valid JSON: {err}") from err
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def job_json(request: web.Request, job: JobView) -> dict[str, Any]:
+    """A job as the API shows it: id, spec, and its latest runs."""
+    state = request.app[STATE]
+    runs = state.job_runs(job.job_id)
+    last_success = next((r for r in runs if r.state == "succeeded"), None)
+    return {"id": job.job_id, **job.spec, "created": job.created, "updated": job.updated,
+            "last_run": runs[0].as_dict() if runs else None,
+            "last_success": last_success.as_dict() if last_success else None}
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """All jobs."""
+    jobs = sorted(request.app[STATE].jobs.values(), key=lambda j: str(j.spec.get("name")))
+    return web.json_response({"jobs": [job_json(request, j) for j in jobs]})
+
+
+async def create_job(request: web.Request) -> web.Response:
+    """Create a job from a JSON spec."""
+    job = await request.app[COMMANDS].create_job(await _json_body(request))
+    return web.json_response(job_json(request, job), status=201)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """One job with its recent runs."""
+    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    body = job_json(request, job)
+    body["runs"] = [r.as_dict() for r in request.app[STATE].job_runs(job.job_id)[:20]]
+    return web.json_response(body)
+
+
+async def update_job(request: web.Request) -> web.Response:
+    """Change a job's spec."""
+    job = await request.app[COMMANDS].update_job(request.match_info["job_id"],
+                                                 await _json_body(request))
+    return web.json_response(job_json(request, job))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    """Delete a job (refused while a run is going)."""
+    await request.app[COMMANDS].delete_job(request.match_info["job_id"])
+    return web.json_response({"deleted": request.match_info["job_id"]})
+
+
+async def start_job(request: web.Request) -> web.Response:
+    """Queue a run of a job now."""
+    run = await request.app[COMMANDS].start_run(request.match_info["job_id"])
+    return web.json_response({"run_id": run.run_id, "state": run.state}, status=202)
+
+
+async def get_run(request: web.Request) -> web.Response:
+    """One run with its state."""
+    run = request.app[COMMANDS].run(request.match_info["run_id"])
+    return web.json_response(run.as_dict())
+
+
+async def run_action(request: web.Request) -> web.Response:
+    """Pause, resume, cancel or discard a run."""
+    commands = request.app[COMMANDS]
+    action = {"pause": commands.pause_run, "resume": commands.resume_run,
+              "cancel": commands.cancel_run, "discard": commands.discard_run}
+    run = await action[request.match_info["action"]](request.match_info["run_id"])
+    return web.json_response(commands.run(run.run_id).as_dict())
+
+
+async def list_snapshots(request: web.Request) -> web.Response:
+    """A job's complete snapshots."""
+    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    snaps = await operations.list_snapshots(job)
+    return web.json_response({"snapshots": [
+        {"id": s.id, "time": s.time.isoformat(), "files": s.files, "size": s.size}
+        for s in snaps]})
+
+
+async def restore_snapshot(request: web.Request) -> web.Response:
+    """Restore a snapshot into a target directory."""
+    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    result = await operations.restore_snapshot(request.app[STORE], job,
+                                               request.match_info["snapshot_id"],
+                                               await _json_body(request))
+    return web.json_response(result)
+
+
+async def verify_snapshot(request: web.Request) -> web.Response:
+    """Verify a snapshot."""
+    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    return web.json_response(await operations.verify_snapshot(
+        request.app[STORE], job, request.match_info["snapshot_id"]))
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    """The settings in force."""
+    return web.json_response(request.app[STATE].settings)
+
+
+async def put_settings(request: web.Request) -> web.Response:
+    """Change settings (only the keys sent)."""
+    return web.json_response(await request.app[COMMANDS].change_settings(
+        await _json_body(request)))
+
+
+def setup_api_routes(app: web.Application) -> None:
+    """Declare the API routes, by name."""
+    r = app.router
+    r.add_get("/api/jobs", list_jobs, name="api-jobs")
+    r.add_post("/api/jobs", create_job, name="api-jobs-create")
+    r.add_get("/api/jobs/{job_id}", get_job, name="api-job")
+    r.add_put("/api/jobs/{job_id}", update_job, name="api-job-update")
+    r.add_delete("/api/jobs/{job_id}", delete_job, name="api-job-delete")
+    r.add_post("/api/jobs/{job_id}/start", start_job, name="api-job-start")
+    r.add_get("/api/jobs/{job_id}/snapshots", list_snapshots, name="api-snapshots")
+    r.add_post("/api/jobs/{job_id}/snapshots/{snapshot_id}/restore", restore_snapshot,
+               name="api-restore")
+    r.add_post("/api/jobs/{job_id}/snapshots/{snapshot_id}/verify", verify_snapshot,
+               name="api-verify")
+    r.add_get("/api/runs/{run_id}", get_run, name="api-run")
+    r.add_post("/api/runs/{run_id}/{action:pause|resume|cancel|discard}", run_action,
+               name="api-run-action")
+    r.add_get("/api/settings", get_settings, name="api-settings")
+    r.add_put("/api/settings", put_settings, name="api-settings-update")

@@ -1,0 +1,147 @@
+"""The JSON API through the real app: a job's whole life with a real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.keys import STORE
+from tests.engine_helpers import make_tree, tree_signature, write
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def wait_run(client: Client, run_id: str, states: set[str],
+                   within: float = 60) -> dict[str, Any]:
+    """Poll a run until it reaches one of `states`."""
+    async with asyncio.timeout(within):
+        while True:
+            run = await (await client.get(f"/api/runs/{run_id}")).json()
+            if run["state"] in states:
+                return run  # type: ignore[no-any-return]
+            await asyncio.sleep(0.05)
+
+
+async def test_full_lifecycle_with_the_mirror_engine(app_client: Client, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    resp = await app_client.post("/api/jobs", json={
+        "name": "Home docs", "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "backups"), "retention": {"keep_last": 2}})
+    assert resp.status == 201, await resp.text()
+    job = await resp.json()
+    job_id = job["id"]
+    assert job_id.startswith("home-docs-") and job["engine"] == "mirror"
+
+    start = await app_client.post(f"/api/jobs/{job_id}/start", json={})
+    assert start.status == 202
+    run_id = (await start.json())["run_id"]
+    run = await wait_run(app_client, run_id, {"succeeded", "failed"})
+    assert run["state"] == "succeeded", run
+    assert run["files"] > 100 and run["snapshot_id"]
+
+    snaps = (await (await app_client.get(f"/api/jobs/{job_id}/snapshots")).json())["snapshots"]
+    assert [s["id"] for s in snaps] == [run["snapshot_id"]]
+    target = tmp_path / "restored"
+    restored = await app_client.post(
+        f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore", json={"target": str(target)})
+    assert restored.status == 200, await restored.text()
+    assert tree_signature(target / "src") == tree_signature(src)
+    again = await app_client.post(
+        f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore", json={"target": str(target)})
+    assert again.status == 409 and "already exist" in (await again.json())["error"]
+    verified = await app_client.post(
+        f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/verify", json={})
+    assert (await verified.json())["ok"] is True
+
+    detail = await (await app_client.get(f"/api/jobs/{job_id}")).json()
+    assert detail["last_success"]["run_id"] == run_id
+    types = [e["type"] for e in (await (await app_client.get(
+        "/api/events?since=0")).json())["events"]]
+    for expected in ("JobCreated", "RunQueued", "RunStarted", "RunSucceeded", "RestoreStarted",
+                     "RestoreFinished", "VerifyFinished"):
+        assert expected in types
+
+    deleted = await app_client.delete(f"/api/jobs/{job_id}")
+    assert deleted.status == 200
+    assert (await app_client.get(f"/api/jobs/{job_id}")).status == 404
+
+
+async def test_pause_resume_and_cancel_through_the_api(app_client: Client,
+                                                      tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(4):
+        write(src / f"big{i}.bin", os.urandom(64 * 1024 * 1024))
+    job = await (await app_client.post("/api/jobs", json={
+        "name": "Big", "engine": "archive", "sources": [str(src)],
+        "destination": str(tmp_path / "backups")})).json()
+    run_id = (await (await app_client.post(f"/api/jobs/{job['id']}/start", json={})).json())[
+        "run_id"]
+    await wait_run(app_client, run_id, {"running"})
+    paused = await app_client.post(f"/api/runs/{run_id}/pause", json={})
+    assert paused.status == 200 and (await paused.json())["state"] == "paused"
+    twice = await app_client.post(f"/api/jobs/{job['id']}/start", json={})
+    assert twice.status == 409 and "already has a run" in (await twice.json())["error"]
+    resumed = await app_client.post(f"/api/runs/{run_id}/resume", json={})
+    assert (await resumed.json())["state"] == "running"
+    cancelled = await app_client.post(f"/api/runs/{run_id}/cancel", json={})
+    assert (await cancelled.json())["state"] == "cancelled"
+    for _ in range(200):
+        if not any(n.endswith(".partial") for n in os.listdir(tmp_path / "backups")):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(n.endswith(".partial") for n in os.listdir(tmp_path / "backups"))
+    again = await app_client.post(f"/api/runs/{run_id}/pause", json={})
+    assert again.status == 409 and "is cancelled" in (await again.json())["error"]
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({"name": "", "engine": "mirror", "sources": ["/a"], "destination": "/b"}, "name",
+     "required"),
+    ({"name": "x", "engine": "tape", "sources": ["/a"], "destination": "/b"}, "engine",
+     "choose an engine"),
+    ({"name": "x", "engine": "mirror", "sources": ["rel/path"], "destination": "/b"},
+     "sources", "absolute"),
+    ({"name": "x", "engine": "mirror", "sources": ["/a/../etc"], "destination": "/b"},
+     "sources", "'..'"),
+    ({"name": "x", "engine": "mirror", "sources": ["/a"], "destination": "/a/b"},
+     "destination", "Destination /a/b is inside source /a"),
+    ({"name": "x", "engine": "mirror", "sources": ["/a"], "destination": "/b",
+      "schedule": "every day at noon"}, "schedule", "not a valid schedule"),
+    ({"name": "x", "engine": "mirror", "sources": ["/a"], "destination": "/b",
+      "retention": {"keep_last": -1}}, "retention", "whole number"),
+    ({"name": "x", "engine": "mirror", "sources": ["/a\x00"], "destination": "/b"},
+     "sources", "NUL"),
+])
+async def test_bad_job_input_is_a_400_per_field_and_appends_nothing(
+        app_client: Client, body: dict[str, Any], field: str, words: str) -> None:
+    before = app_client.app[STORE].last_seq
+    resp = await app_client.post("/api/jobs", json=body)
+    assert resp.status == 400
+    answer = await resp.json()
+    assert words in answer["fields"][field]
+    assert app_client.app[STORE].last_seq == before
+
+
+async def test_api_refuses_non_json_and_foreign_origins(app_client: Client) -> None:
+    form = await app_client.post("/api/jobs", data={"name": "x"})
+    assert form.status == 415
+    foreign = await app_client.post("/api/jobs", json={}, headers={"Origin": "https://evil.example"})
+    assert foreign.status == 403
+    assert (await app_client.get("/api/runs/not-a-run")).status == 404
+    assert (await app_client.get("/api/jobs/..%2f..%2fetc")).status == 404
+
+
+async def test_settings_are_validated_and_applied(app_client: Client) -> None:
+    ok = await app_client.put("/api/settings", json={"max_concurrent_runs": 3})
+    assert (await ok.json())["max_concurrent_runs"] == 3
+    bad = await app_client.put("/api/settings", json={"max_concurrent_runs": 0, "nope": 1})
+    assert bad.status == 400
+    fields = (await bad.json())["fields"]
+    assert "1 to 32" in fields["max_concurrent_runs"] and "not a setting" in fields["nope"]
+    assert (await (await app_client.get("/api/settings")).json())["max_concurrent_runs"] == 3
