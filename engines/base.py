@@ -257,6 +257,35 @@ class ProgressMeter:
         return max(0.0, (s.bytes_total - s.bytes_done) / s.rate)
 
 
+class RateLimiter:
+    """Keeps the bytes written per second under a limit, shared by every worker thread."""
+
+    def __init__(self, bytes_per_second: float) -> None:
+        self.rate = bytes_per_second
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._total = 0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RateLimiter | None:
+        """A limiter from the `bwlimit` option (KiB/s, like rsync's), or None without one."""
+        raw = options.get("bwlimit")
+        if raw in (None, 0, ""):
+            return None
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+            raise EngineError(f"option bwlimit must be a whole number of KiB/s, not {raw!r}")
+        return cls(raw * 1024)
+
+    def consume(self, nbytes: int) -> None:
+        """Count bytes just written and sleep as long as the limit asks."""
+        with self._lock:
+            self._total += nbytes
+            due = self._start + self._total / self.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 # --- pause, resume, cancel ------------------------------------------------------------
 
 

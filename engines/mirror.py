@@ -29,6 +29,7 @@ from engines.base import (
     CollectingReporter,
     EngineError,
     ProgressMeter,
+    RateLimiter,
     Reporter,
     RunControl,
 )
@@ -87,6 +88,7 @@ class MirrorEngine(TreeSnapshots):
 
     name = "mirror"
     resumes_partial = True
+    _limiter: RateLimiter | None = None
 
     def backup(self, spec: BackupSpec, control: RunControl, reporter: Reporter,
                resume: Mapping[str, Any] | None = None) -> BackupResult:
@@ -102,6 +104,7 @@ class MirrorEngine(TreeSnapshots):
         warn = CollectingReporter(reporter)
         meter = ProgressMeter(warn)
         threads = int(spec.options.get("threads") or min(8, (os.cpu_count() or 2) * 2))
+        self._limiter = RateLimiter.from_options(spec.options)
         try:
             meter.update(force=True, phase="scanning", counting=True)
             entries = scan(spec, control, warn)
@@ -239,6 +242,8 @@ class MirrorEngine(TreeSnapshots):
                 nonlocal copied
                 copied += n
                 meter.add(nbytes=n, current_file=rel)
+                if self._limiter is not None:
+                    self._limiter.consume(n)
                 control.safe_point()  # pause or cancel inside a large file too
 
             placed = self._place_file(entry, partial / entry.rel, prev_root, prev_files,

@@ -75,7 +75,7 @@ def set_meta(path: Path, entry: Mapping[str, Any]) -> None:
     os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
 
 
-COPY_CHUNK = 8 << 20
+COPY_CHUNK = 4 << 20
 
 
 def copy_file(src: Path, dst: Path, on_chunk: Callable[[int], None] | None = None) -> None:

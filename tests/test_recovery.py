@@ -1,0 +1,150 @@
+"""Crash recovery and graceful restarts, with a real server process and a real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.cli_helpers import REPO, cli, free_port, running_server
+from tests.engine_helpers import tree_signature, write
+from tests.test_projection import projection_files
+
+
+def big_source(root: Path) -> Path:
+    """A source that takes a couple of seconds at the job's bandwidth limit."""
+    for i in range(4):
+        write(root / f"large-{i}.bin", os.urandom(8 * 1024 * 1024))
+    for i in range(200):
+        write(root / "small" / f"s{i:03d}.txt", f"small {i}\n".encode())
+    return root
+
+
+class Api:
+    """A tiny client for the running server's JSON API."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self.session, self.base = session, f"http://127.0.0.1:{port}"
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        """Call the API and return the JSON answer (asserting a 2xx status)."""
+        kwargs = {"json": body} if method in ("POST", "PUT") else {}
+        async with self.session.request(method, self.base + path, **kwargs) as resp:
+            data = await resp.json()
+            assert resp.status < 300, data
+            return data
+
+    async def wait_state(self, run_id: str, states: set[str], within: float = 60) -> Any:
+        """Poll a run until it is in one of the states."""
+        async with asyncio.timeout(within):
+            while True:
+                run = await self.call("GET", f"/api/runs/{run_id}")
+                if run["state"] in states:
+                    return run
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def start_paused_run(api: Api, src: Path, dest: Path) -> tuple[str, str]:
+    """Create a mirror job, start it and pause it mid-way; return job and run ids."""
+    job = await api.call("POST", "/api/jobs", {"name": "Big", "engine": "mirror",
+                                               "sources": [str(src)],
+                                               "destination": str(dest),
+                                               # 16 MiB/s: the run is still going when
+                                               # the test pauses it.
+                                               "options": {"bwlimit": 16384}})
+    run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
+    await api.wait_state(run_id, {"running"})
+    await api.call("POST", f"/api/runs/{run_id}/pause", {})
+    return job["id"], run_id
+
+
+def spawn_server(data: Path, port: int) -> subprocess.Popen[str]:
+    """Start a server process (stopped by the test itself)."""
+    return subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port),
+                             "--data", str(data)], cwd=REPO, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def wait_healthy(session: aiohttp.ClientSession, port: int) -> None:
+    """Wait until /healthz answers."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def check_after(api: Api, job_id: str, run_id: str, src: Path, data: Path,
+                      tmp_path: Path) -> list[str]:
+    """The resumed run succeeded with a snapshot equal to the source; return event types."""
+    run = await api.wait_state(run_id, {"succeeded", "failed"}, within=120)
+    assert run["state"] == "succeeded", run
+    target = tmp_path / "restored"
+    await api.call("POST", f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore",
+                   {"target": str(target)})
+    assert tree_signature(target / src.name) == tree_signature(src)
+    snaps = (await api.call("GET", f"/api/jobs/{job_id}/snapshots"))["snapshots"]
+    assert [s["id"] for s in snaps] == [run["snapshot_id"]]
+    events = (await api.call("GET", "/api/events?since=0&limit=1000"))["events"]
+    return [f"{e['type']}:{e['data'].get('reason', '')}".rstrip(":") for e in events
+            if e["data"].get("run_id") == run_id and e["type"] != "RunCheckpointed"]
+
+
+async def test_sigkill_mid_backup_then_restart_resumes(session: aiohttp.ClientSession,
+                                                       tmp_path: Path) -> None:
+    src, dest, data = big_source(tmp_path / "src"), tmp_path / "dest", tmp_path / "data"
+    port = free_port()
+    proc = spawn_server(data, port)
+    try:
+        await wait_healthy(session, port)
+        api = Api(session, port)
+        job_id, run_id = await start_paused_run(api, src, dest)
+        assert any(n.endswith(".partial") for n in os.listdir(dest))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with running_server(data, port):
+        types = await check_after(Api(session, port), job_id, run_id, src, data, tmp_path)
+    assert types == ["RunQueued", "RunStarted", "RunPaused", "RunInterrupted:crash",
+                     "RunResumed", "RunStarted", "RunSucceeded"]
+    assert cli("events", "verify", "--data", str(data)).returncode == 0
+    assert cli("events", "replay", "--out", str(tmp_path / "rebuilt"),
+               "--data", str(data)).returncode == 0
+    assert projection_files(tmp_path / "rebuilt") == projection_files(data)
+
+
+async def test_sigterm_interrupts_cleanly_and_the_next_start_resumes(
+        session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    src, dest, data = big_source(tmp_path / "src"), tmp_path / "dest", tmp_path / "data"
+    port = free_port()
+    with running_server(data, port) as (proc, _):
+        api = Api(session, port)
+        job_id, run_id = await start_paused_run(api, src, dest)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert "interrupted by shutdown" in (data / "logs" / "runs" / f"{run_id}.log").read_text()
+    with running_server(data, port):
+        types = await check_after(Api(session, port), job_id, run_id, src, data, tmp_path)
+    assert types == ["RunQueued", "RunStarted", "RunPaused", "RunInterrupted:shutdown",
+                     "RunResumed", "RunStarted", "RunSucceeded"]

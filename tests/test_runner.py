@@ -1,0 +1,89 @@
+"""The runner's limits: concurrent runs, one run per destination, queue order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.engine_helpers import write
+from tests.test_api import wait_run
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def make_job(client: Client, tmp_path: Path, name: str, dest: str,
+                   slow: bool = False) -> str:
+    """A mirror job over a small source; `slow` ones are rate limited so they last."""
+    src = tmp_path / f"src-{name}"
+    write(src / "data.bin", os.urandom(4 * 1024 * 1024 if slow else 1024))
+    options: dict[str, Any] = {"bwlimit": 1024} if slow else {}
+    resp = await client.post("/api/jobs", json={
+        "name": name, "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / dest), "options": options})
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
+
+
+async def start(client: Client, job_id: str) -> str:
+    """Start a job; return the run id."""
+    resp = await client.post(f"/api/jobs/{job_id}/start", json={})
+    assert resp.status == 202, await resp.text()
+    return str((await resp.json())["run_id"])
+
+
+async def state_of(client: Client, run_id: str) -> str:
+    """A run's current state."""
+    return str((await (await client.get(f"/api/runs/{run_id}")).json())["state"])
+
+
+async def test_global_limit_holds_runs_in_queue_order(app_client: Client,
+                                                      tmp_path: Path) -> None:
+    await app_client.put("/api/settings", json={"max_concurrent_runs": 1})
+    blocker = await start(app_client, await make_job(app_client, tmp_path, "blocker", "d0",
+                                                     slow=True))
+    await wait_run(app_client, blocker, {"running"})
+    waiting = [await start(app_client, await make_job(app_client, tmp_path, f"j{i}", f"d{i + 1}"))
+               for i in range(3)]
+    await asyncio.sleep(0.3)
+    assert [await state_of(app_client, r) for r in waiting] == ["queued"] * 3
+    await app_client.post(f"/api/runs/{blocker}/cancel", json={})
+    for run_id in waiting:
+        assert (await wait_run(app_client, run_id, {"succeeded", "failed"}))["state"] == \
+            "succeeded"
+    events = (await (await app_client.get("/api/events?since=0&limit=1000")).json())["events"]
+    started = [e["data"]["run_id"] for e in events if e["type"] == "RunStarted"]
+    assert started == [blocker, *waiting]  # first come, first served
+
+
+async def test_one_run_per_destination(app_client: Client, tmp_path: Path) -> None:
+    await app_client.put("/api/settings", json={"max_concurrent_runs": 4})
+    first = await start(app_client, await make_job(app_client, tmp_path, "a", "shared",
+                                                   slow=True))
+    await wait_run(app_client, first, {"running"})
+    same = await start(app_client, await make_job(app_client, tmp_path, "b", "shared"))
+    other = await start(app_client, await make_job(app_client, tmp_path, "c", "elsewhere"))
+    assert (await wait_run(app_client, other, {"succeeded"}))["state"] == "succeeded"
+    assert await state_of(app_client, same) == "queued"
+    await app_client.post(f"/api/runs/{first}/cancel", json={})
+    assert (await wait_run(app_client, same, {"succeeded"}))["state"] == "succeeded"
+
+
+async def test_a_run_that_cannot_start_fails_with_a_clear_message(app_client: Client,
+                                                                  tmp_path: Path) -> None:
+    resp = await app_client.post("/api/jobs", json={
+        "name": "gone", "engine": "mirror", "sources": [str(tmp_path / "missing")],
+        "destination": str(tmp_path / "dest")})
+    run_id = await start(app_client, str((await resp.json())["id"]))
+    run = await wait_run(app_client, run_id, {"failed", "succeeded"})
+    assert run["state"] == "failed" and "does not exist" in run["error"]
+    log_file = tmp_path / "data" / "logs" / "runs" / f"{run_id}.log"
+    for _ in range(100):  # written by the run-log thread, a moment later
+        if log_file.exists() and "FAILED" in log_file.read_text():
+            break
+        await asyncio.sleep(0.02)
+    assert "does not exist" in log_file.read_text()
