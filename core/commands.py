@@ -96,6 +96,16 @@ class Commands:
                            "cancel or discard it first")
         await self.store.append(job_id, job.version, [JobDeleted(job_id=job_id)])
 
+    async def stop_runs(self, job_id: str) -> None:
+        """Cancel a job's queued, running and paused runs and discard interrupted ones."""
+        job = self.job(job_id)
+        events: list[Event] = []
+        for run in self.state.active_runs(job_id):
+            kind = RunDiscarded if run.state == "interrupted" else RunCancelled
+            events.append(kind(job_id=job_id, run_id=run.run_id))
+        if events:
+            await self.store.append(job_id, job.version, events)
+
     # --- runs -----------------------------------------------------------------------
 
     async def start_run(self, job_id: str, trigger: str = "manual") -> RunView:

@@ -184,6 +184,16 @@ class Runner:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def wait_stopped(self, job_id: str, within: float = 60.0) -> None:
+        """Wait until no run of the job is executing here and its clean-ups are done."""
+        tasks: list[asyncio.Task[Any]] = [a.task for a in self.active.values()
+                                          if a.run.job_id == job_id and a.task is not None]
+        tasks += self._pending
+        if tasks:
+            _, unfinished = await asyncio.wait(tasks, timeout=within)
+            if unfinished:
+                raise TimeoutError(f"runs of job {job_id} still going after {within:.0f} s")
+
     # --- scheduling slots ---------------------------------------------------------------
 
     async def _loop(self) -> None:

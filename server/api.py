@@ -8,9 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from core import operations
+from core.errors import Conflict
 from core.state import JobView
 from server.errors import BadRequest
-from server.keys import COMMANDS, STATE, STORE
+from server.keys import COMMANDS, RUNNER, STATE, STORE
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -62,8 +63,16 @@ async def update_job(request: web.Request) -> web.Response:
 
 
 async def delete_job(request: web.Request) -> web.Response:
-    """Delete a job (refused while a run is going)."""
-    await request.app[COMMANDS].delete_job(request.match_info["job_id"])
+    """Delete a job; refused while a run is going unless `?cancel=true` stops it first."""
+    job_id = request.match_info["job_id"]
+    commands = request.app[COMMANDS]
+    if request.query.get("cancel", "").lower() in ("1", "true", "yes"):
+        await commands.stop_runs(job_id)
+        try:
+            await request.app[RUNNER].wait_stopped(job_id)
+        except TimeoutError as err:
+            raise Conflict("the job's run did not stop within a minute; try again") from err
+    await commands.delete_job(job_id)
     return web.json_response({"deleted": request.match_info["job_id"]})
 
 

@@ -145,3 +145,21 @@ async def test_settings_are_validated_and_applied(app_client: Client) -> None:
     fields = (await bad.json())["fields"]
     assert "1 to 32" in fields["max_concurrent_runs"] and "not a setting" in fields["nope"]
     assert (await (await app_client.get("/api/settings")).json())["max_concurrent_runs"] == 3
+
+
+async def test_delete_refuses_a_running_job_unless_asked_to_cancel(app_client: Client,
+                                                                   tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "data.bin", os.urandom(4 * 1024 * 1024))
+    job = await (await app_client.post("/api/jobs", json={
+        "name": "slow", "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "backups"), "options": {"bwlimit": 1024}})).json()
+    run_id = (await (await app_client.post(f"/api/jobs/{job['id']}/start", json={})).json())[
+        "run_id"]
+    await wait_run(app_client, run_id, {"running"})
+    refused = await app_client.delete(f"/api/jobs/{job['id']}")
+    assert refused.status == 409 and "cancel" in (await refused.json())["error"]
+    deleted = await app_client.delete(f"/api/jobs/{job['id']}?cancel=true")
+    assert deleted.status == 200, await deleted.text()
+    assert (await app_client.get(f"/api/jobs/{job['id']}")).status == 404
+    assert not any(n.endswith(".partial") for n in os.listdir(tmp_path / "backups"))
