@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.runlog import RunLogs
 from core.state import RunView, State
+from core.webhooks import WebhookSender
 from engines.base import (
     BackupResult,
     BackupSpec,
@@ -93,10 +94,10 @@ class Runner:
     """Executes queued runs with engines, within the concurrency limits."""
 
     def __init__(self, store: EventStore, state: State, logs: RunLogs,
-                 on_finished: Callable[[RunView, str, str | None], None] | None = None) -> None:
+                 webhooks: WebhookSender | None = None) -> None:
         self.store, self.state, self.logs = store, state, logs
         self.active: dict[str, ActiveRun] = {}
-        self.on_finished = on_finished
+        self.webhooks = webhooks
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -231,7 +232,7 @@ class Runner:
         run = active.run
         job = self.state.jobs[run.job_id]
         spec = dict(job.spec)
-        outcome, error = "failed", None
+        outcome, error, detail = "failed", None, {}
         try:
             resume = run.checkpoint if run.resumes else None
             await self.store.append(run.job_id, None,
@@ -245,6 +246,9 @@ class Runner:
                 _run_engine, engine, bspec, active.control, reporter, resume)
             await self._succeeded(run, spec, result)
             outcome = "succeeded"
+            detail = {"snapshot_id": result.snapshot_id, "files": result.files,
+                      "bytes": result.bytes, "duration": round(result.duration, 3),
+                      "warnings": len(result.warnings)}
         except Cancelled:
             outcome = "cancelled"
             self.logs.write(run.run_id, "cancelled; the partial snapshot was removed")
@@ -255,6 +259,8 @@ class Runner:
             self.logs.write(run.run_id, "interrupted by shutdown; it resumes on the next start")
         except EngineError as err:
             error = str(err)
+            if isinstance(err, CannotStart):
+                outcome = "cannot_start"
             await self._append(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
                                                       error=error)])
             self.logs.write(run.run_id, f"FAILED {error}")
@@ -267,8 +273,11 @@ class Runner:
         finally:
             self.active.pop(run.run_id, None)
             self._wake.set()
-        if self.on_finished is not None and outcome in ("succeeded", "failed"):
-            self.on_finished(run, outcome, error)
+        if self.webhooks is not None and outcome in ("succeeded", "failed", "cannot_start"):
+            if error is not None:
+                detail = {"error": error}
+            self.webhooks.notify(run.job_id, str(spec.get("name", run.job_id)), f"run.{outcome}",
+                                 run.run_id, detail)
 
     async def _succeeded(self, run: RunView, spec: Mapping[str, Any],
                          result: BackupResult) -> None:
@@ -296,9 +305,18 @@ class Runner:
                                         f"{', '.join(removed)}")
 
 
+class CannotStart(EngineError):
+    """A run could not even begin: a source or the destination missing, a binary missing."""
+
+
 def _run_engine(engine: Any, spec: BackupSpec, control: RunControl, reporter: _Reporter,
                 resume: Mapping[str, Any] | None) -> BackupResult:
-    """Check the engine can run, then back up (in a worker thread)."""
-    engine.check_ready(spec)
+    """Check the run can begin, then back up (in a worker thread)."""
+    try:
+        engine.check_ready(spec)
+        spec.check_sources()
+        spec.check_destination()
+    except EngineError as err:
+        raise CannotStart(str(err)) from err
     result: BackupResult = engine.backup(spec, control, reporter, resume)
     return result

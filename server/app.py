@@ -15,6 +15,7 @@ from core.recovery import recover_runs
 from core.runlog import RunLogs
 from core.runner import Runner
 from core.state import State
+from core.webhooks import WebhookSender
 from events.store import EventStore
 from server import handlers
 from server.api import setup_api_routes
@@ -66,12 +67,14 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STATE] = state
     app[COMMANDS] = Commands(store, state)
     logs = RunLogs(app[CONFIG].logs_dir)
-    runner = Runner(store, state, logs)
+    webhooks = WebhookSender(state)
+    runner = Runner(store, state, logs, webhooks)
     app[RUNNER] = runner
     await recover_runs(store, state)
     runner.start()
     yield
     await runner.stop()
+    await webhooks.close()  # after the runner: runs ending at shutdown still notify
     logs.close()
 
 
