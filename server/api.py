@@ -11,7 +11,7 @@ from core import operations
 from core.errors import Conflict
 from core.state import JobView
 from server.errors import BadRequest
-from server.keys import COMMANDS, RUNNER, STATE, STORE
+from server.keys import COMMANDS, RUNNER, SCHEDULER, STATE, STORE
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -30,7 +30,9 @@ def job_json(request: web.Request, job: JobView) -> dict[str, Any]:
     state = request.app[STATE]
     runs = state.job_runs(job.job_id)
     last_success = next((r for r in runs if r.state == "succeeded"), None)
+    next_run = request.app[SCHEDULER].next_run(job)
     return {"id": job.job_id, **job.spec, "created": job.created, "updated": job.updated,
+            "next_run": next_run.isoformat().replace("+00:00", "Z") if next_run else None,
             "last_run": runs[0].as_dict() if runs else None,
             "last_success": last_success.as_dict() if last_success else None}
 

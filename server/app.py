@@ -14,6 +14,7 @@ from core.commands import Commands
 from core.recovery import recover_runs
 from core.runlog import RunLogs
 from core.runner import Runner
+from core.scheduler import Scheduler
 from core.state import State
 from core.webhooks import WebhookSender
 from events.store import EventStore
@@ -22,7 +23,16 @@ from server.api import setup_api_routes
 from server.config import Config
 from server.datadir import lock_data_dir
 from server.errors import api_guard_middleware, error_middleware
-from server.keys import COMMANDS, CONFIG, PROJECTOR, RUNNER, STATE, STORE, WEBSOCKETS
+from server.keys import (
+    COMMANDS,
+    CONFIG,
+    PROJECTOR,
+    RUNNER,
+    SCHEDULER,
+    STATE,
+    STORE,
+    WEBSOCKETS,
+)
 from server.logs import setup_file_logging
 from server.ws import close_websockets, websocket
 from storage.projector import Projector
@@ -70,9 +80,14 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     webhooks = WebhookSender(state)
     runner = Runner(store, state, logs, webhooks)
     app[RUNNER] = runner
+    scheduler = Scheduler(state, app[COMMANDS])
+    store.notifier.add_listener(scheduler.on_events)
+    app[SCHEDULER] = scheduler
     await recover_runs(store, state)
     runner.start()
+    scheduler.start()
     yield
+    await scheduler.stop()
     await runner.stop()
     await webhooks.close()  # after the runner: runs ending at shutdown still notify
     logs.close()

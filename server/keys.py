@@ -6,6 +6,7 @@ from aiohttp import web
 
 from core.commands import Commands
 from core.runner import Runner
+from core.scheduler import Scheduler
 from core.state import State
 from events.store import EventStore
 from server.config import Config
@@ -18,3 +19,4 @@ WEBSOCKETS = web.AppKey("websockets", set[web.WebSocketResponse])
 STATE = web.AppKey("state", State)
 COMMANDS = web.AppKey("commands", Commands)
 RUNNER = web.AppKey("runner", Runner)
+SCHEDULER = web.AppKey("scheduler", Scheduler)

@@ -37,6 +37,10 @@ async def test_full_lifecycle_with_the_mirror_engine(app_client: Client, tmp_pat
     job = await resp.json()
     job_id = job["id"]
     assert job_id.startswith("home-docs-") and job["engine"] == "mirror"
+    assert job["next_run"] is None  # manual only
+    hourly = await app_client.put(f"/api/jobs/{job_id}", json={"schedule": "0 * * * *"})
+    assert (await hourly.json())["next_run"].endswith(":00:00Z")
+    await app_client.put(f"/api/jobs/{job_id}", json={"schedule": None})
 
     start = await app_client.post(f"/api/jobs/{job_id}/start", json={})
     assert start.status == 202

@@ -137,7 +137,8 @@ def test_pause_holds_then_resume_finishes(engine_name: str, tmp_path: Path) -> N
     class PauseOnFirstBytes(RecordingReporter):
         def progress(self, progress: Progress) -> None:
             reporter.progress(progress)
-            if progress.bytes_done > 0 and not moving.is_set():
+            copying = progress.phase not in ("starting", "scanning")
+            if (copying or progress.bytes_done > 0) and not moving.is_set():
                 control.pause()
                 moving.set()
 
