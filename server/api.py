@@ -78,6 +78,13 @@ async def delete_job(request: web.Request) -> web.Response:
     return web.json_response({"deleted": request.match_info["job_id"]})
 
 
+async def set_enabled(request: web.Request) -> web.Response:
+    """Switch a job's schedule on or off."""
+    enabled = request.match_info["switch"] == "enable"
+    job = await request.app[COMMANDS].set_enabled(request.match_info["job_id"], enabled)
+    return web.json_response(job_json(request, job))
+
+
 async def start_job(request: web.Request) -> web.Response:
     """Queue a run of a job now."""
     run = await request.app[COMMANDS].start_run(request.match_info["job_id"])
@@ -144,6 +151,7 @@ def setup_api_routes(app: web.Application) -> None:
     r.add_put("/api/jobs/{job_id}", update_job, name="api-job-update")
     r.add_delete("/api/jobs/{job_id}", delete_job, name="api-job-delete")
     r.add_post("/api/jobs/{job_id}/start", start_job, name="api-job-start")
+    r.add_post("/api/jobs/{job_id}/{switch:enable|disable}", set_enabled, name="api-job-switch")
     r.add_get("/api/jobs/{job_id}/snapshots", list_snapshots, name="api-snapshots")
     r.add_post("/api/jobs/{job_id}/snapshots/{snapshot_id}/restore", restore_snapshot,
                name="api-restore")

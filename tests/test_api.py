@@ -167,3 +167,71 @@ async def test_delete_refuses_a_running_job_unless_asked_to_cancel(app_client: C
     assert deleted.status == 200, await deleted.text()
     assert (await app_client.get(f"/api/jobs/{job['id']}")).status == 404
     assert not any(n.endswith(".partial") for n in os.listdir(tmp_path / "backups"))
+
+
+async def test_run_commands_refuse_bad_ids_and_states_and_append_nothing(
+        app_client: Client, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "a.txt", b"a")
+    job = await (await app_client.post("/api/jobs", json={
+        "name": "small", "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "backups")})).json()
+    run_id = (await (await app_client.post(f"/api/jobs/{job['id']}/start", json={})).json())[
+        "run_id"]
+    await wait_run(app_client, run_id, {"succeeded"})
+    store = app_client.app[STORE]
+    before = store.last_seq
+    for action in ("pause", "resume", "cancel", "discard"):
+        done = await app_client.post(f"/api/runs/{run_id}/{action}", json={})
+        assert done.status == 409 and "succeeded" in (await done.json())["error"]
+        missing = await app_client.post(f"/api/runs/r-000000000000/{action}", json={})
+        assert missing.status == 404
+        bad = await app_client.post(f"/api/runs/..%2Fx/{action}", json={})
+        assert bad.status == 404
+    for path in ("/api/jobs/nope-123/start", "/api/jobs/NOPE/enable"):
+        assert (await app_client.post(path, json={})).status == 404
+    assert (await app_client.put("/api/jobs/nope-1", json={"name": "x"})).status == 404
+    assert (await app_client.put(f"/api/jobs/{job['id']}", json={"engine": "tape"})).status == 400
+    bad_json = await app_client.post("/api/jobs", data=b"{not json",
+                                     headers={"Content-Type": "application/json"})
+    assert bad_json.status == 400 and "not valid JSON" in (await bad_json.json())["error"]
+    assert store.last_seq == before
+
+
+async def test_disable_and_enable(app_client: Client, tmp_path: Path) -> None:
+    job = await (await app_client.post("/api/jobs", json={
+        "name": "s", "engine": "mirror", "sources": ["/srv/a"], "destination": "/srv/b",
+        "schedule": "every 1 hours"})).json()
+    off = await (await app_client.post(f"/api/jobs/{job['id']}/disable", json={})).json()
+    assert off["enabled"] is False and off["next_run"] is None
+    on = await (await app_client.post(f"/api/jobs/{job['id']}/enable", json={})).json()
+    assert on["enabled"] is True and on["next_run"]
+
+
+async def test_progress_is_broadcast_live_but_never_stored(app_client: Client,
+                                                          tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "data.bin", os.urandom(16 * 1024 * 1024))
+    job = await (await app_client.post("/api/jobs", json={
+        "name": "watched", "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "backups"), "options": {"bwlimit": 8192}})).json()
+    ws = await app_client.ws_connect("/ws")
+    await ws.receive_json()  # hello
+    run_id = (await (await app_client.post(f"/api/jobs/{job['id']}/start", json={})).json())[
+        "run_id"]
+    progress: list[dict[str, Any]] = []
+    async with asyncio.timeout(30):
+        while True:
+            msg = await ws.receive_json()
+            if msg.get("kind") == "progress" and msg["run_id"] == run_id:
+                progress.append(msg)
+            if msg.get("type") == "RunSucceeded":
+                break
+    await ws.close()
+    assert len(progress) >= 3
+    assert any(0 < p["bytes_done"] < p["bytes_total"] for p in progress)
+    assert progress[-1]["bytes_done"] == 16 * 1024 * 1024
+    # A 2-second run at the limit: a few updates a second, not one per chunk or file.
+    assert len(progress) <= 20
+    stored = (await (await app_client.get("/api/events?since=0")).json())["events"]
+    assert not any(e["type"].lower().startswith("progress") for e in stored)
