@@ -1,10 +1,11 @@
-"""Run the benchmarks: `python -m bench [--only append,replay,ws,engines]` (`make bench`).
+"""Run the benchmarks: `python -m bench [--only append,replay,ws,engines,runtime]` (`make bench`).
 
 Knobs (environment): BENCH_APPEND_SECONDS (3), BENCH_REPLAY_EVENTS (1000000),
 BENCH_WS_CLIENTS (500), BENCH_WS_EVENTS (200), BENCH_WS_SPACING_MS (10),
 BENCH_WS_CLIENT_PROCS (2, for the aiohttp-client run); engines: BENCH_ENGINE_REPEATS (3),
 BENCH_SMALL_FILES (20000), BENCH_LARGE_MB (200, four such files), BENCH_NOCHANGE_FILES
-(100000), BENCH_DATA (/tmp/bm-bench-data, where generated data is kept between runs).
+(100000), BENCH_DATA (/tmp/bm-bench-data, where generated data is kept between runs);
+runtime: BENCH_RUNTIME_RUNS (50), BENCH_RUNTIME_JOBS (1000), BENCH_RUNTIME_STARTS (200).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench import engines, eventlog
+from bench import engines, eventlog, runtime
 
-BENCHMARKS = ("append", "replay", "ws", "engines")
+BENCHMARKS = ("append", "replay", "ws", "engines", "runtime")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,10 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"SQLite {sqlite3.sqlite_version}, {platform.machine()}, "
           f"temp data under {eventlog.TMP_ROOT}")
     started = time.perf_counter()
-    log_benchmarks = [name for name in selected if name != "engines"]
+    log_benchmarks = [name for name in selected if name not in ("engines", "runtime")]
     figures = asyncio.run(eventlog.run(log_benchmarks)) if log_benchmarks else []
     if "engines" in selected:
         figures += engines.run_engines()
+    if "runtime" in selected:
+        figures += asyncio.run(runtime.run_runtime())
     print(f"\n== summary ({time.perf_counter() - started:.0f} s in all; figures are "
           f"printed, never asserted) ==")
     print(eventlog.format_table(figures))

@@ -1,0 +1,263 @@
+"""Job runtime benchmarks: start request -> RunStarted on a WebSocket, and start latency.
+
+The app is served on 127.0.0.1 in this process, and the HTTP and WebSocket clients share
+its event loop, so every figure includes the client's own work. Nothing asserts; temporary
+data lives in tempfile.TemporaryDirectory under /tmp and is removed when each part ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench.eventlog import TMP_ROOT, Figure, env_int, percentile
+from server.app import create_app
+from server.config import Config
+
+PATIENCE = 30.0  # seconds to wait for any one event, response or run before giving up
+RUN_ENDS = frozenset({"RunSucceeded", "RunFailed", "RunCancelled", "RunInterrupted"})
+SETTLED = frozenset({"succeeded", "failed", "cancelled", "interrupted", "discarded"})
+MAX_CONCURRENT_RUNS = 32  # the highest the settings accept
+FILES_PER_SOURCE = 4
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _summary(latencies: list[float]) -> str:
+    """p50, p99 and max of latencies (seconds) as milliseconds."""
+    return (f"p50 {_ms(percentile(latencies, 50)):.2f} ms, "
+            f"p99 {_ms(percentile(latencies, 99)):.2f} ms, "
+            f"max {_ms(max(latencies, default=math.nan)):.2f} ms")
+
+
+@contextlib.asynccontextmanager
+async def _serve(data_dir: Path) -> AsyncIterator[aiohttp.ClientSession]:
+    """Serve a fresh app on a free loopback port; yield a JSON client session bound to it."""
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    app = create_app(Config(data_dir=data_dir, log_to_file=False, log_level="WARNING"))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        timeout = aiohttp.ClientTimeout(total=PATIENCE)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as session:
+            yield session
+    finally:
+        await runner.cleanup()
+
+
+async def _call(session: aiohttp.ClientSession, method: str, path: str,
+                body: dict[str, Any] | None, expect: int) -> dict[str, Any]:
+    """Send one API request (JSON body when given); return the JSON answer or raise."""
+    async with session.request(method, path, json=body) as resp:
+        answer: dict[str, Any] = await resp.json()
+        if resp.status != expect:
+            raise RuntimeError(f"{method} {path} answered {resp.status}: {answer}")
+        return answer
+
+
+async def _set_concurrency(session: aiohttp.ClientSession) -> None:
+    """Let as many runs go at once as the settings allow."""
+    await _call(session, "PUT", "/api/settings", {"max_concurrent_runs": MAX_CONCURRENT_RUNS},
+                200)
+
+
+class _Tail:
+    """Stamp run events as they reach one WebSocket client; let callers wait for them."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.waiting: dict[tuple[str, str], asyncio.Future[tuple[str, float]]] = {}
+        self.task = asyncio.create_task(self._read())
+
+    def _future(self, key: tuple[str, str]) -> asyncio.Future[tuple[str, float]]:
+        fut = self.waiting.get(key)
+        if fut is None:
+            fut = self.waiting[key] = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def _read(self) -> None:
+        """Take each message as it comes; stamp RunStarted and run ends by run id."""
+        async for msg in self.ws:
+            now = time.perf_counter()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            message = json.loads(msg.data)
+            kind = message.get("type")
+            data = message.get("data")
+            run_id = data.get("run_id") if isinstance(data, dict) else None
+            if not isinstance(run_id, str):
+                continue
+            if kind == "RunStarted":
+                fut = self._future(("started", run_id))
+            elif kind in RUN_ENDS:
+                fut = self._future(("ended", run_id))
+            else:
+                continue
+            if not fut.done():
+                fut.set_result((str(kind), now))
+
+    async def wait(self, what: str, run_id: str, patience: float) -> tuple[str, float] | None:
+        """(event type, receive time) of a run's 'started' or 'ended' event; None if late."""
+        key = (what, run_id)
+        try:
+            return await asyncio.wait_for(self._future(key), patience)
+        except TimeoutError:
+            return None
+        finally:
+            self.waiting.pop(key, None)
+
+    async def close(self) -> None:
+        """Stop reading."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def _make_sources(root: Path, jobs: int) -> list[tuple[Path, Path]]:
+    """Give each job a tiny source tree of a few files and an empty destination."""
+    pairs = []
+    for i in range(jobs):
+        src, dest = root / "src" / f"job-{i:04d}", root / "dest" / f"job-{i:04d}"
+        (src / "sub").mkdir(parents=True)
+        for f in range(FILES_PER_SOURCE):
+            (src / ("sub" if f % 2 else "") / f"file-{f}.txt").write_text(f"job {i} file {f}\n")
+        dest.mkdir(parents=True)
+        pairs.append((src, dest))
+    return pairs
+
+
+async def bench_start_to_event(runs: int) -> tuple[list[float], Counter[str]]:
+    """Start `runs` small mirror jobs one after another; time start request -> RunStarted."""
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory(prefix="bench-runtime-", dir=TMP_ROOT) as tmp:
+        root = Path(tmp)
+        pairs = await asyncio.to_thread(_make_sources, root, runs)
+        async with _serve(root / "data") as session:
+            await _set_concurrency(session)
+            job_ids = []
+            for i, (src, dest) in enumerate(pairs):
+                job = await _call(session, "POST", "/api/jobs", {
+                    "name": f"runtime bench {i}", "engine": "mirror", "sources": [str(src)],
+                    "destination": str(dest)}, 201)
+                job_ids.append(str(job["id"]))
+            async with session.ws_connect("/ws") as ws:
+                # The server subscribes before it sends the hello: after it, nothing is missed.
+                await ws.receive_json(timeout=PATIENCE)
+                tail = _Tail(ws)
+                try:
+                    for job_id in job_ids:
+                        started = time.perf_counter()
+                        run = await _call(session, "POST", f"/api/jobs/{job_id}/start", {}, 202)
+                        run_id = str(run["run_id"])
+                        seen = await tail.wait("started", run_id, PATIENCE)
+                        latencies.append(seen[1] - started if seen else math.inf)
+                        # Let the run finish before the next one, so runs do not pile up.
+                        ended = await tail.wait("ended", run_id, PATIENCE)
+                        outcomes[ended[0] if ended else "not finished in time"] += 1
+                finally:
+                    await tail.close()
+    return latencies, outcomes
+
+
+async def bench_start_api(jobs: int, starts: int) -> tuple[list[float], float, Counter[str],
+                                                           str | None]:
+    """Define `jobs` jobs, then time `starts` start calls on distinct ones that fail fast.
+
+    Returns (start latencies, seconds to create the jobs, final run states, one error).
+    """
+    latencies: list[float] = []
+    states: Counter[str] = Counter()
+    error: str | None = None
+    with tempfile.TemporaryDirectory(prefix="bench-runtime-api-", dir=TMP_ROOT) as tmp:
+        root = Path(tmp)
+        async with _serve(root / "data") as session:
+            await _set_concurrency(session)
+            created = time.perf_counter()
+            job_ids = []
+            for i in range(jobs):
+                # Sources that do not exist: each run ends at "cannot start" right away.
+                job = await _call(session, "POST", "/api/jobs", {
+                    "name": f"api bench {i}", "engine": "mirror",
+                    "sources": [str(root / "missing" / f"src-{i:05d}")],
+                    "destination": str(root / "dest" / f"job-{i:05d}")}, 201)
+                job_ids.append(str(job["id"]))
+            create_seconds = time.perf_counter() - created
+            chosen = [job_ids[i * len(job_ids) // starts] for i in range(starts)]
+            run_ids = []
+            for job_id in chosen:
+                started = time.perf_counter()
+                run = await _call(session, "POST", f"/api/jobs/{job_id}/start", {}, 202)
+                latencies.append(time.perf_counter() - started)
+                run_ids.append(str(run["run_id"]))
+            # Untimed: see how the runs ended, so the figure is known to be of fast failures.
+            deadline = time.perf_counter() + PATIENCE
+            for run_id in run_ids:
+                state = "?"
+                while time.perf_counter() < deadline:
+                    answer = await _call(session, "GET", f"/api/runs/{run_id}", None, 200)
+                    state = str(answer.get("state"))
+                    if state in SETTLED:
+                        error = error or answer.get("error")
+                        break
+                    await asyncio.sleep(0.05)
+                states[state] += 1
+    return latencies, create_seconds, states, error
+
+
+async def run_runtime() -> list[Figure]:
+    """Run both job runtime benchmarks, print as they go; return their figures."""
+    figures: list[Figure] = []
+    runs = env_int("BENCH_RUNTIME_RUNS", 50)
+    print(f"\n== job start -> RunStarted on a WebSocket: {runs} small mirror jobs "
+          f"({FILES_PER_SOURCE} files each), started one at a time ==")
+    print("  Server, runner, HTTP client and one live-tail /ws client share this process's "
+          "event loop;\n  latency = time the WebSocket client read RunStarted - time before "
+          "POST /api/jobs/{id}/start.\n  Each run finishes before the next start.", flush=True)
+    latencies, outcomes = await bench_start_to_event(runs)
+    missing = sum(1 for lat in latencies if math.isinf(lat))
+    print(f"  {len(latencies) - missing} of {runs} RunStarted events seen: {_summary(latencies)}"
+          f"; runs ended: {', '.join(f'{n} {k}' for k, n in sorted(outcomes.items()))}",
+          flush=True)
+    name = f"start -> RunStarted on ws, {runs} runs"
+    figures.append(Figure(f"{name}, p50", _ms(percentile(latencies, 50)), "ms"))
+    figures.append(Figure(f"{name}, p99", _ms(percentile(latencies, 99)), "ms"))
+    figures.append(Figure(f"{name}, max", _ms(max(latencies, default=math.nan)), "ms"))
+
+    jobs = env_int("BENCH_RUNTIME_JOBS", 1_000)
+    starts = min(env_int("BENCH_RUNTIME_STARTS", 200), jobs)
+    print(f"\n== start API latency with {jobs:,} jobs defined: {starts} POST "
+          f"/api/jobs/{{id}}/start calls on distinct jobs, one after another ==")
+    print("  Their sources do not exist, so each queued run fails at 'cannot start' in the "
+          "background,\n  concurrently with the later calls (up to "
+          f"{MAX_CONCURRENT_RUNS} at once). Latency = request sent -> 202 body read.",
+          flush=True)
+    latencies, create_seconds, states, error = await bench_start_api(jobs, starts)
+    print(f"  created {jobs:,} jobs through the API in {create_seconds:.1f} s "
+          f"({jobs / create_seconds:,.0f} jobs/s)")
+    print(f"  start calls: {_summary(latencies)}; target p99 < 10 ms")
+    print(f"  runs ended: {', '.join(f'{n} {k}' for k, n in sorted(states.items()))}"
+          + (f" (e.g. {error!r})" if error else ""), flush=True)
+    name = f"start API, {jobs:,} jobs defined"
+    figures.append(Figure(f"{name}, p50", _ms(percentile(latencies, 50)), "ms"))
+    figures.append(Figure(f"{name}, p99", _ms(percentile(latencies, 99)), "ms", target=10.0,
+                          higher_is_better=False))
+    figures.append(Figure(f"{name}, max", _ms(max(latencies, default=math.nan)), "ms"))
+    return figures
