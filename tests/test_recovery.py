@@ -148,3 +148,34 @@ async def test_sigterm_interrupts_cleanly_and_the_next_start_resumes(
         types = await check_after(Api(session, port), job_id, run_id, src, data, tmp_path)
     assert types == ["RunQueued", "RunStarted", "RunPaused", "RunInterrupted:shutdown",
                      "RunResumed", "RunStarted", "RunSucceeded"]
+
+
+async def test_without_auto_resume_a_cut_off_run_waits_and_discard_cleans_up(
+        session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    src, dest, data = big_source(tmp_path / "src"), tmp_path / "dest", tmp_path / "data"
+    port = free_port()
+    proc = spawn_server(data, port)
+    try:
+        await wait_healthy(session, port)
+        api = Api(session, port)
+        await api.call("PUT", "/api/settings", {"auto_resume": False})
+        _, run_id = await start_paused_run(api, src, dest)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with running_server(data, port):
+        api = Api(session, port)
+        run = await api.call("GET", f"/api/runs/{run_id}")
+        assert run["state"] == "interrupted" and run["interrupted_reason"] == "crash"
+        await asyncio.sleep(0.5)
+        assert (await api.call("GET", f"/api/runs/{run_id}"))["state"] == "interrupted"
+        assert any(n.endswith(".partial") for n in os.listdir(dest))
+        discarded = await api.call("POST", f"/api/runs/{run_id}/discard", {})
+        assert discarded["state"] == "discarded"
+        async with asyncio.timeout(10):  # the runner removes it in the background
+            while True:
+                if not any(n.endswith(".partial") for n in os.listdir(dest)):
+                    break
+                await asyncio.sleep(0.05)
