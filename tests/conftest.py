@@ -46,3 +46,17 @@ async def app_client(aiohttp_client: AppClient, tmp_path: Path
     """A test client talking to the real app over a loopback socket."""
     config = Config(data_dir=tmp_path / "data", log_to_file=False)
     return await aiohttp_client(create_app(config))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Kill any process a failed test left behind (a paused rsync or restic would hold
+    the output pipe open and hang `make test`)."""
+    import contextlib
+    import os
+    import signal
+
+    from tests.engine_contract_helpers import descendants
+
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
