@@ -42,11 +42,11 @@ import zstandard
 from engines.base import (
     BackupResult,
     BackupSpec,
+    CollectingReporter,
     DestinationNotWritable,
     DiskFull,
     Engine,
     EngineError,
-    Progress,
     ProgressMeter,
     Reporter,
     RestoreConflict,
@@ -111,7 +111,7 @@ class ArchiveEngine(Engine):
         manifest_path = _manifest_path(dest, snapshot_id)
         reporter.checkpoint({"engine": self.name, "partial": partial.name,
                              "snapshot_id": snapshot_id})
-        collector = _CollectingReporter(reporter)
+        collector = CollectingReporter(reporter)
         meter = ProgressMeter(collector)
         meter.update(force=True, phase="scanning", counting=True)
         entries = [e for e in scan(spec, control, collector) if _storable(e, collector)]
@@ -474,27 +474,6 @@ def _storable(entry: Entry, reporter: Reporter) -> bool:
                          "the manifest; skipped")
         return False
     return True
-
-
-class _CollectingReporter:
-    """Passes everything on to the run's reporter and keeps the warnings for the result."""
-
-    def __init__(self, inner: Reporter) -> None:
-        self.inner = inner
-        self.warnings: list[str] = []
-
-    def progress(self, progress: Progress) -> None:
-        """Pass a progress update on."""
-        self.inner.progress(progress)
-
-    def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Pass a checkpoint on."""
-        self.inner.checkpoint(state)
-
-    def warning(self, message: str) -> None:
-        """Keep a warning and pass it on."""
-        self.warnings.append(message)
-        self.inner.warning(message)
 
 
 class _Pacer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -55,14 +56,16 @@ def check_rel_path(path: str) -> str:
     return "" if str(pure) == "." else str(pure)
 
 
-def sha256_file(path: Path) -> str:
-    """Hash a file's content in chunks."""
+def sha256_file(path: Path, on_chunk: Callable[[int], None] | None = None) -> str:
+    """Hash a file's content in chunks, calling on_chunk(n) after each (it may raise)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         buf = bytearray(HASH_CHUNK)
         view = memoryview(buf)
         while n := fh.readinto(buf):
             digest.update(view[:n])
+            if on_chunk is not None:
+                on_chunk(n)
     return digest.hexdigest()
 
 

@@ -33,10 +33,9 @@ from engines.base import (
     Reporter,
     RunControl,
 )
-from engines.manifest import Manifest, check_snapshot_id, sha256_file, unique_snapshot_id
+from engines.manifest import Manifest, sha256_file
 from engines.scan import Entry, scan
 from engines.treestore import (
-    PARTIAL,
     TMP_PREFIX,
     TreeSnapshots,
     copy_file,
@@ -97,7 +96,7 @@ class MirrorEngine(TreeSnapshots):
         spec.check_sources()
         spec.check_destination()
         dest = spec.destination
-        snap_id, partial, resuming = self._partial_for(spec, resume)
+        snap_id, partial, resuming = self.partial_for(spec, resume)
         journal_path = dest / f"{snap_id}.journal"
         checkpoint = {"engine": self.name, "snapshot_id": snap_id, "partial": partial.name}
         reporter.checkpoint(checkpoint)
@@ -150,21 +149,6 @@ class MirrorEngine(TreeSnapshots):
         meter.update(force=True, phase="done")
         return BackupResult(snap_id, manifest.files, manifest.size,
                             time.monotonic() - started, tuple(warn.warnings))
-
-    def _partial_for(self, spec: BackupSpec,
-                     resume: Mapping[str, Any] | None) -> tuple[str, Path, bool]:
-        """The partial directory to write into: the checkpoint's, or a new one."""
-        dest = spec.destination
-        if resume and isinstance(resume.get("snapshot_id"), str):
-            snap_id = check_snapshot_id(resume["snapshot_id"])
-            partial = dest / f"{snap_id}{PARTIAL}"
-            if partial.is_dir():
-                return snap_id, partial, True
-        taken = {n.split(".", 1)[0] for n in os.listdir(dest)}
-        snap_id = unique_snapshot_id(taken)
-        partial = dest / f"{snap_id}{PARTIAL}"
-        partial.mkdir()
-        return snap_id, partial, False
 
     def _copy_all(self, entries: list[Entry], partial: Path, prev_root: Path | None,
                   prev_files: dict[str, dict[str, Any]], journal: _Journal,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
-import hashlib
 import os
 import re
 import shutil
@@ -51,10 +50,9 @@ from engines.base import (
     Reporter,
     RunControl,
 )
-from engines.manifest import HASH_CHUNK, Manifest, check_snapshot_id, unique_snapshot_id
+from engines.manifest import Manifest, sha256_file
 from engines.scan import Entry, scan
 from engines.treestore import (
-    PARTIAL,
     TreeSnapshots,
     disk_full,
     is_disk_full,
@@ -530,18 +528,6 @@ def run_rsync(argv: list[str], control: RunControl, meter: ProgressMeter,
 # --- the engine ---------------------------------------------------------------------------
 
 
-def hash_file(path: Path, on_chunk: Callable[[int], None]) -> str:
-    """Hash a file in chunks, calling on_chunk(n) after each (it may raise to stop)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        buf = bytearray(HASH_CHUNK)
-        view = memoryview(buf)
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-            on_chunk(n)
-    return digest.hexdigest()
-
-
 def _walk_tree(root: Path, rel: str) -> Iterator[tuple[str, Path, os.stat_result]]:
     """Every entry at and under root, parents first, names sorted (the scan's order)."""
     st = root.lstat()
@@ -587,7 +573,7 @@ class RsyncEngine(TreeSnapshots):
         spec.check_destination()
         bwlimit = _bwlimit(spec.options)
         dest = spec.destination
-        snap_id, partial, resuming = self._partial_for(spec, resume)
+        snap_id, partial, resuming = self.partial_for(spec, resume)
         checkpoint = {"engine": self.name, "snapshot_id": snap_id, "partial": partial.name}
         warn = CollectingReporter(reporter)
         meter = ProgressMeter(warn)
@@ -646,21 +632,6 @@ class RsyncEngine(TreeSnapshots):
                                   bytes_done=manifest.size, bytes_total=manifest.size)
         return BackupResult(snap_id, manifest.files, manifest.size,
                             time.monotonic() - started, tuple(warn.warnings))
-
-    def _partial_for(self, spec: BackupSpec,
-                     resume: Mapping[str, Any] | None) -> tuple[str, Path, bool]:
-        """The snapshot id and partial directory to write, and whether it is a resume."""
-        dest = spec.destination
-        if resume and isinstance(resume.get("snapshot_id"), str):
-            snap_id = check_snapshot_id(resume["snapshot_id"])
-            partial = dest / f"{snap_id}{PARTIAL}"
-            if partial.is_dir():
-                return snap_id, partial, True
-        taken = {n.split(".", 1)[0] for n in os.listdir(dest)}
-        snap_id = unique_snapshot_id(taken)
-        partial = dest / f"{snap_id}{PARTIAL}"
-        partial.mkdir()
-        return snap_id, partial, False
 
     def _copy_sources(self, rsync: str, spec: BackupSpec, entries: list[Entry],
                       partial: Path, work: Path, prev_root: Path | None,
@@ -778,7 +749,7 @@ def _linked_hash(st: os.stat_result, prev_root: Path | None, rel: str,
 def _hash_readable(path: Path, mode: int, on_chunk: Callable[[int], None]) -> str:
     """Hash a file rsync wrote, even one whose mode gives its owner no read permission."""
     try:
-        return hash_file(path, on_chunk)
+        return sha256_file(path, on_chunk)
     except PermissionError:
         if os.geteuid() == 0 or mode & stat.S_IRUSR:
             raise
@@ -786,7 +757,7 @@ def _hash_readable(path: Path, mode: int, on_chunk: Callable[[int], None]) -> st
     # other snapshot's file.
     os.chmod(path, mode | stat.S_IRUSR)
     try:
-        return hash_file(path, on_chunk)
+        return sha256_file(path, on_chunk)
     finally:
         os.chmod(path, mode)
 

@@ -40,6 +40,7 @@ from engines.manifest import (
     check_rel_path,
     check_snapshot_id,
     sha256_file,
+    unique_snapshot_id,
 )
 from storage.atomic import fsync_dir
 
@@ -138,6 +139,21 @@ class TreeSnapshots(Engine):
                 continue  # verify reports it; listing shows what can be restored
             out.append(Snapshot(snap_id, m.time, m.files, m.size))
         return sorted(out, key=lambda s: (s.time, s.id))
+
+    def partial_for(self, spec: BackupSpec,
+                    resume: Mapping[str, Any] | None) -> tuple[str, Path, bool]:
+        """The snapshot id and partial directory to write, and whether it is a resume."""
+        dest = spec.destination
+        if resume and isinstance(resume.get("snapshot_id"), str):
+            snap_id = check_snapshot_id(resume["snapshot_id"])
+            partial = dest / f"{snap_id}{PARTIAL}"
+            if partial.is_dir():
+                return snap_id, partial, True
+        taken = {n.split(".", 1)[0] for n in os.listdir(dest)}
+        snap_id = unique_snapshot_id(taken)
+        partial = dest / f"{snap_id}{PARTIAL}"
+        partial.mkdir()
+        return snap_id, partial, False
 
     def latest(self, spec: BackupSpec) -> tuple[str, Manifest] | None:
         """The newest complete snapshot with a readable manifest, if any."""

@@ -206,13 +206,13 @@ def test_unchanged_files_are_hard_links_and_are_not_hashed_again(
     time.sleep(1.05)  # snapshot ids have one-second resolution
     write(src / "big.bin", b"changed\n", mtime=1_700_009_000)
     hashed: list[str] = []
-    real_hash = rsync_engine.hash_file
+    real_hash = rsync_engine.sha256_file
 
     def counting_hash(path: Path, on_chunk: Callable[[int], None]) -> str:
         hashed.append(path.name)
         return real_hash(path, on_chunk)
 
-    monkeypatch.setattr(rsync_engine, "hash_file", counting_hash)
+    monkeypatch.setattr(rsync_engine, "sha256_file", counting_hash)
     reporter = RecordingReporter()
     second = run_backup(spec, reporter)
     old, new = tmp_path / "dest" / first.snapshot_id, tmp_path / "dest" / second.snapshot_id
