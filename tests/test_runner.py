@@ -87,3 +87,63 @@ async def test_a_run_that_cannot_start_fails_with_a_clear_message(app_client: Cl
             break
         await asyncio.sleep(0.02)
     assert "does not exist" in log_file.read_text()
+
+
+async def test_retention_prunes_after_success_and_records_it(app_client: Client,
+                                                              tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "a.txt", b"a")
+    resp = await app_client.post("/api/jobs", json={
+        "name": "kept", "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "dest"), "retention": {"keep_last": 2}})
+    job_id = str((await resp.json())["id"])
+    snapshot_ids = []
+    for i in range(3):
+        write(src / "a.txt", f"v{i}".encode(), mtime=1_700_000_000 + i)
+        run = await wait_run(app_client, await start(app_client, job_id), {"succeeded"})
+        snapshot_ids.append(run["snapshot_id"])
+        await asyncio.sleep(1.05)  # snapshot ids have one-second resolution
+    snaps = (await (await app_client.get(f"/api/jobs/{job_id}/snapshots")).json())["snapshots"]
+    assert [s["id"] for s in snaps] == snapshot_ids[1:]
+    events = (await (await app_client.get("/api/events?since=0")).json())["events"]
+    pruned = [e["data"]["snapshot_id"] for e in events if e["type"] == "SnapshotPruned"]
+    assert pruned == snapshot_ids[:1]
+
+
+async def test_webhook_hears_of_success_and_of_a_run_that_cannot_start(
+        app_client: Client, tmp_path: Path) -> None:
+    received: list[dict[str, Any]] = []
+    two_arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        if len(received) >= 2:
+            two_arrived.set()
+        return web.Response(text="ok")
+
+    hook_app = web.Application()
+    hook_app.router.add_post("/hook", hook)
+    runner = web.AppRunner(hook_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        await app_client.put("/api/settings", json={"webhook_url": f"http://127.0.0.1:{port}/hook"})
+        src = tmp_path / "src"
+        write(src / "a.txt", b"a")
+        good = await make_job(app_client, tmp_path, "good", "d-good")
+        bad = (await (await app_client.post("/api/jobs", json={
+            "name": "bad", "engine": "mirror", "sources": [str(tmp_path / "missing")],
+            "destination": str(tmp_path / "d-bad")})).json())["id"]
+        good_run = await start(app_client, good)
+        bad_run = await start(app_client, bad)
+        async with asyncio.timeout(20):
+            await two_arrived.wait()
+        by_run = {m["run_id"]: m for m in received}
+        assert by_run[good_run]["event"] == "run.succeeded" and by_run[good_run]["snapshot_id"]
+        assert by_run[bad_run]["event"] == "run.cannot_start"
+        assert "does not exist" in by_run[bad_run]["error"]
+        assert by_run[bad_run]["job_name"] == "bad"
+    finally:
+        await runner.cleanup()
