@@ -142,6 +142,7 @@ def run_engines() -> list[Figure]:
         mspec = BackupSpec.build([msrc], mdest2)
         shutil.rmtree(mdest2, ignore_errors=True)
         mirror.backup(mspec, ctrl, rep)
+        rdest2.mkdir(parents=True, exist_ok=True)
         _run(["rsync", "-a", f"{msrc}/", str(rdest2 / "base")])
         counter = iter(range(10_000))
 
