@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -17,6 +18,7 @@ from core.runner import Runner
 from core.scheduler import Scheduler
 from core.state import State
 from core.webhooks import WebhookSender
+from events.record import StoredEvent
 from events.store import EventStore
 from server import handlers
 from server.api import setup_api_routes
@@ -65,6 +67,13 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("event log closed at seq %d", store.last_seq)
 
 
+def apply_log_level(settings: Mapping[str, Any]) -> None:
+    """Set the application log level from the settings (changes apply without restart)."""
+    level = settings.get("log_level")
+    if isinstance(level, str) and level in logging.getLevelNamesMapping():
+        logging.getLogger().setLevel(level)
+
+
 async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     """Fold the log into the in-memory state, recover cut-off runs, start the runner."""
     store = app[STORE]
@@ -76,6 +85,13 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     store.notifier.add_listener(state.apply_all)
     app[STATE] = state
     app[COMMANDS] = Commands(store, state)
+    apply_log_level(state.settings)
+
+    def on_settings(events: Sequence[StoredEvent]) -> None:
+        if any(ev.type == "SettingsChanged" for ev in events):
+            apply_log_level(state.settings)
+
+    store.notifier.add_listener(on_settings)
     logs = RunLogs(app[CONFIG].logs_dir)
     webhooks = WebhookSender(state)
     runner = Runner(store, state, logs, webhooks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,14 @@ async def test_progress_is_broadcast_live_but_never_stored(app_client: Client,
     assert len(progress) <= 20
     stored = (await (await app_client.get("/api/events?since=0")).json())["events"]
     assert not any(e["type"].lower().startswith("progress") for e in stored)
+
+
+async def test_log_level_setting_applies_without_restart(app_client: Client) -> None:
+    before = logging.getLogger().level
+    try:
+        await app_client.put("/api/settings", json={"log_level": "DEBUG"})
+        assert logging.getLogger().level == logging.DEBUG
+        await app_client.put("/api/settings", json={"log_level": "WARNING"})
+        assert logging.getLogger().level == logging.WARNING
+    finally:
+        logging.getLogger().setLevel(before)
