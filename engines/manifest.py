@@ -56,7 +56,7 @@ def check_rel_path(path: str) -> str:
     return "" if str(pure) == "." else str(pure)
 
 
-def sha256_file(path: Path, on_chunk: Callable[[int], None] | None = None) -> str:
+def sha256_file(path: str | Path, on_chunk: Callable[[int], None] | None = None) -> str:
     """Hash a file's content in chunks, calling on_chunk(n) after each (it may raise)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -88,6 +88,7 @@ class MirrorEngine(TreeSnapshots):
     name = "mirror"
     resumes_partial = True
     _limiter: RateLimiter | None = None
+    _resuming = False
 
     def backup(self, spec: BackupSpec, control: RunControl, reporter: Reporter,
                resume: Mapping[str, Any] | None = None) -> BackupResult:
@@ -97,6 +98,7 @@ class MirrorEngine(TreeSnapshots):
         spec.check_destination()
         dest = spec.destination
         snap_id, partial, resuming = self.partial_for(spec, resume)
+        self._resuming = resuming
         journal_path = dest / f"{snap_id}.journal"
         checkpoint = {"engine": self.name, "snapshot_id": snap_id, "partial": partial.name}
         reporter.checkpoint(checkpoint)
@@ -157,6 +159,8 @@ class MirrorEngine(TreeSnapshots):
         """Create directories and symlinks, then copy or link files on worker threads."""
         records: dict[str, dict[str, Any]] = {}
         for entry in entries:
+            if entry.kind == "file":
+                continue
             out = partial / entry.rel
             if entry.kind == "dir":
                 out.mkdir(exist_ok=True)
@@ -230,60 +234,64 @@ class MirrorEngine(TreeSnapshots):
                     self._limiter.consume(n)
                 control.safe_point()  # pause or cancel inside a large file too
 
-            placed = self._place_file(entry, partial / entry.rel, prev_root, prev_files,
-                                      journal_done, warn, on_chunk)
+            placed = self._place_file(entry, os.path.join(partial, entry.rel),
+                                      prev_root, prev_files, journal_done, warn, on_chunk)
             out.append((entry, *placed) if placed else None)
             # Count the whole file as done: linked, kept or copied, and any size change.
             meter.add(files=1, nbytes=max(0, entry.size - copied), current_file=entry.rel)
         return out
 
-    def _place_file(self, entry: Entry, out: Path, prev_root: Path | None,
+    def _place_file(self, entry: Entry, out: str, prev_root: Path | None,
                     prev_files: dict[str, dict[str, Any]],
                     journal_done: dict[str, tuple[int, int, str]], warn: Reporter,
                     on_chunk: Callable[[int], None]) -> tuple[str, int] | None:
-        """Put one file in the snapshot (kept, linked or copied); return sha256 and size."""
+        """Put one file in the snapshot (kept, linked or copied); return sha256 and size.
+
+        Paths are plain strings here: this runs once per file, and building Path objects
+        cost more than the hard link itself on a no-change run.
+        """
         key = (entry.size, entry.mtime_ns)
-        # Resume: already complete in the partial directory from an interrupted run.
-        with contextlib.suppress(FileNotFoundError):
-            st = out.lstat()
-            if (st.st_size, st.st_mtime_ns) == key:
-                known = journal_done.get(entry.rel)
-                if known and known[:2] == key:
-                    return known[2], entry.size
-                return sha256_file(out), entry.size
+        # Resume: a file already complete in the partial directory is kept. A fresh
+        # partial directory is empty, so the look is skipped (a syscall per file).
+        if self._resuming:
+            kept = _already_in_place(entry, out, journal_done)
+            if kept is not None:
+                return kept
         prev = prev_files.get(entry.rel)
         if prev_root is not None and prev and prev.get("type") == "file" and \
                 (prev["size"], prev["mtime_ns"]) == key and prev.get("mode") == entry.mode:
+            linked = os.path.join(prev_root, entry.rel)
             try:
-                os.link(prev_root / entry.rel, out)
+                os.link(linked, out)
                 return str(prev["sha256"]), entry.size
             except FileExistsError:
-                out.unlink()
-                os.link(prev_root / entry.rel, out)
+                os.unlink(out)
+                os.link(linked, out)
                 return str(prev["sha256"]), entry.size
             except OSError as err:
                 if err.errno not in (errno.EMLINK, errno.EXDEV, errno.ENOENT, errno.EPERM):
                     raise
                 # Too many links, another filesystem or a pruned file: copy instead.
-        tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
+        head, name = os.path.split(out)
+        tmp = os.path.join(head, f"{TMP_PREFIX}{name}")
         try:
             copy_file(entry.path, tmp, on_chunk)
         except FileNotFoundError:
-            if entry.path.exists():
+            if os.path.lexists(entry.path):
                 raise
             warn.warning(f"{entry.path} vanished during the backup; skipped")
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(tmp)
             return None
         except PermissionError as err:
             warn.warning(f"{entry.path} cannot be read ({err.strerror}); skipped")
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(tmp)
             return None
         # Hash what landed in the snapshot (still in the page cache), so the manifest
         # describes the copy even if the source changed while it was read.
         digest = sha256_file(tmp)
-        size = tmp.stat().st_size
+        size = os.stat(tmp).st_size
         if size != entry.size:
             warn.warning(f"{entry.path} changed while it was copied; the snapshot holds "
                          "the version read")
@@ -291,6 +299,22 @@ class MirrorEngine(TreeSnapshots):
         os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
         os.replace(tmp, out)
         return digest, size
+
+
+def _already_in_place(entry: Entry, out: str, journal_done: dict[str, tuple[int, int, str]]
+                      ) -> tuple[str, int] | None:
+    """The hash and size of a file an interrupted run already finished, if it did."""
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return None
+    key = (entry.size, entry.mtime_ns)
+    if (st.st_size, st.st_mtime_ns) != key:
+        return None
+    known = journal_done.get(entry.rel)
+    if known and known[:2] == key:
+        return known[2], entry.size
+    return sha256_file(out), entry.size
 
 
 def _remove_strays(partial: Path, wanted: set[str]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from engines.base import BackupSpec, Reporter, RunControl, SourceUnreadable
 from engines.selection import Selector
@@ -16,7 +15,7 @@ class Entry:
     """One file, directory or symlink to back up."""
 
     rel: str  # path inside the snapshot: "<source name>/<path in source>"
-    path: Path  # where it is now
+    path: str  # where it is now (a str: a Path per file cost more than the walk itself)
     kind: str  # "file", "dir" or "symlink"
     size: int
     mtime_ns: int
@@ -24,7 +23,7 @@ class Entry:
     target: str = ""  # symlink target
 
 
-def _entry(rel: str, path: Path, st: os.stat_result) -> Entry | None:
+def _entry(rel: str, path: str, st: os.stat_result) -> Entry | None:
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISLNK(st.st_mode):
         return Entry(rel, path, "symlink", 0, st.st_mtime_ns, mode, os.readlink(path))
@@ -53,7 +52,7 @@ def scan(spec: BackupSpec, control: RunControl, reporter: Reporter) -> list[Entr
     entries: list[Entry] = []
     for name, src in spec.source_names().items():
         try:
-            top = _entry(name, src, src.lstat())
+            top = _entry(name, str(src), src.lstat())
         except OSError as err:
             raise SourceUnreadable(f"source {src} cannot be read: {err.strerror}") from err
         if top is None:
@@ -61,11 +60,11 @@ def scan(spec: BackupSpec, control: RunControl, reporter: Reporter) -> list[Entr
             continue
         entries.append(top)
         if top.kind == "dir":
-            _walk(src, name, "", selector, False, entries, control, reporter)
+            _walk(str(src), name, "", selector, False, entries, control, reporter)
     return entries
 
 
-def _walk(directory: Path, rel_dir: str, inner_dir: str, selector: Selector,
+def _walk(directory: str, rel_dir: str, inner_dir: str, selector: Selector,
           parent_included: bool, out: list[Entry], control: RunControl,
           reporter: Reporter) -> None:
     control.safe_point()
@@ -97,7 +96,7 @@ def _walk(directory: Path, rel_dir: str, inner_dir: str, selector: Selector,
             continue
         taken = selector.included(inner, is_dir, parent_included)
         try:
-            entry = _entry(f"{rel_dir}/{child.name}", Path(child.path), st)
+            entry = _entry(f"{rel_dir}/{child.name}", child.path, st)
         except OSError as err:
             reporter.warning(f"{child.path} cannot be read ({err.strerror}); skipped")
             continue
@@ -107,15 +106,13 @@ def _walk(directory: Path, rel_dir: str, inner_dir: str, selector: Selector,
         if is_dir:
             if taken or not selector.include:
                 out.append(entry)
-                _walk(Path(child.path), entry.rel, inner, selector, taken, out, control,
-                      reporter)
+                _walk(child.path, entry.rel, inner, selector, taken, out, control, reporter)
             else:
                 # Not included itself, but something below may be: walk, and add the
                 # directory only if anything under it was taken.
                 mark = len(out)
                 out.append(entry)
-                _walk(Path(child.path), entry.rel, inner, selector, False, out, control,
-                      reporter)
+                _walk(child.path, entry.rel, inner, selector, False, out, control, reporter)
                 if len(out) == mark + 1:
                     out.pop()
         elif taken:

@@ -79,7 +79,8 @@ def set_meta(path: Path, entry: Mapping[str, Any]) -> None:
 COPY_CHUNK = 4 << 20
 
 
-def copy_file(src: Path, dst: Path, on_chunk: Callable[[int], None] | None = None) -> None:
+def copy_file(src: str | Path, dst: str | Path,
+              on_chunk: Callable[[int], None] | None = None) -> None:
     """Copy file content with the kernel's copy path (copy_file_range), or read/write.
 
     `on_chunk(n)` is called after every few MB so callers can count progress and stop at
