@@ -78,6 +78,7 @@ from engines.base import (
     VerifyResult,
 )
 from engines.manifest import check_rel_path
+from engines.procs import process_alive, stop_leftover
 from engines.scan import scan
 
 log = logging.getLogger(__name__)
@@ -345,23 +346,6 @@ def _error(repo: _Repo, what: str, fin: _Finished, full_place: Path | None = Non
     return EngineError(f"restic {what} failed (exit code {fin.code}): {reason}")
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether a process with this pid is alive (a zombie is not); unsure means alive."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return status.rsplit(")", 1)[-1].split()[:1] != ["Z"]
-
-
 def _pack_files(repo_path: Path) -> list[os.DirEntry[str]]:
     out: list[os.DirEntry[str]] = []
     with contextlib.suppress(FileNotFoundError), os.scandir(repo_path / "data") as buckets:
@@ -396,23 +380,8 @@ def _remove_half_written(repo_path: Path, since: float) -> None:
 
 def _stop_orphan(repo: _Repo, resume: Mapping[str, Any] | None) -> None:
     """Kill the restic of a crashed attempt if it is still there: one that was paused
-    (SIGSTOP) would stay stopped for good, holding its lock. Only a process that is
-    restic working on this repository, by its command line, is touched."""
-    pid = resume.get("pid") if resume else None
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
-        return
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return
-    if os.path.basename(argv[0]) != b"restic" or os.fsencode(str(repo.path)) not in argv:
-        return
-    log.warning("stopping restic process %s left running by an interrupted run", pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + CANCEL_GRACE
-    while _process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(POLL)
+    (SIGSTOP) would stay stopped for good, holding its lock."""
+    stop_leftover(resume, "restic", str(repo.path))
 
 
 def _started(resume: Mapping[str, Any] | None) -> float | None:
@@ -774,7 +743,7 @@ class ResticEngine(Engine):
             if lock is None or lock.get("hostname") != host:
                 continue  # gone already, or another machine's: this one cannot tell
             pid = lock.get("pid")
-            if not isinstance(pid, int) or _process_alive(pid):
+            if not isinstance(pid, int) or process_alive(pid):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 (locks / name).unlink()

@@ -51,6 +51,7 @@ from engines.base import (
     RunControl,
 )
 from engines.manifest import Manifest, sha256_file
+from engines.procs import stop_leftover
 from engines.scan import Entry, scan
 from engines.treestore import (
     TreeSnapshots,
@@ -484,6 +485,10 @@ def run_rsync(argv: list[str], control: RunControl, meter: ProgressMeter,
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True, env=_rsync_env())
     assert proc.stdout is not None and proc.stderr is not None
+    # The pid in the checkpoint lets a resume or a discard stop this rsync if the worker
+    # dies without it (engines.procs).
+    checkpointer.state["pid"] = proc.pid
+    checkpointer.emit()
     stderr: deque[str] = deque(maxlen=STDERR_KEEP)
     dropped = [0]
     reader = threading.Thread(target=_collect_lines, args=(proc.stderr, stderr, dropped),
@@ -560,6 +565,12 @@ class RsyncEngine(TreeSnapshots):
     name = "rsync"
     resumes_partial = True
 
+    def discard_partial(self, spec: BackupSpec, resume: Mapping[str, Any] | None = None) -> None:
+        """Stop an rsync the interrupted run left behind, then remove partial snapshots."""
+        stop_leftover(resume, "rsync", str(spec.destination / str((resume or {}).get(
+            "partial", ""))))
+        super().discard_partial(spec, resume)
+
     def check_ready(self, spec: BackupSpec) -> None:
         """Raise BinaryMissing unless rsync is installed."""
         rsync_binary()
@@ -573,6 +584,7 @@ class RsyncEngine(TreeSnapshots):
         spec.check_destination()
         bwlimit = _bwlimit(spec.options)
         dest = spec.destination
+        stop_leftover(resume, "rsync", str(dest / str((resume or {}).get("partial", ""))))
         snap_id, partial, resuming = self.partial_for(spec, resume)
         checkpoint = {"engine": self.name, "snapshot_id": snap_id, "partial": partial.name}
         warn = CollectingReporter(reporter)

@@ -3,7 +3,10 @@ with mirror, hard links, pause/cancel of the rsync process, and resume."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from engines.base import (
 )
 from engines.manifest import Manifest
 from engines.mirror import MirrorEngine
+from engines.procs import process_alive
 from engines.rsync import (
     RSYNC_MISSING,
     RsyncEngine,
@@ -36,6 +40,7 @@ from engines.rsync import (
 )
 from engines.scan import Entry, scan
 from engines.treestore import manifest_path
+from tests.cli_helpers import REPO
 from tests.engine_contract_helpers import descendants
 from tests.engine_helpers import RecordingReporter, make_tree, tree_signature, write
 
@@ -420,3 +425,41 @@ def test_interrupt_keeps_the_partial_and_resume_does_not_copy_finished_files(
     assert tree_signature(snap) == tree_signature(src)
     assert RsyncEngine().verify(fast, result.snapshot_id, RunControl(), RecordingReporter()).ok
     assert sorted(os.listdir(dest)) == [result.snapshot_id, f"{result.snapshot_id}.manifest.json"]
+
+
+def test_resume_stops_a_paused_rsync_that_a_killed_worker_left_behind(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "big.bin", os.urandom(2 * 1024 * 1024))
+    dest = tmp_path / "dest"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"engine": "rsync", "sources": [str(src)],
+                                     "destination": str(dest),
+                                     "options": {"bwlimit": 512}}))
+    cmd = [sys.executable, "-m", "engines.worker", "backup", str(spec_file)]
+    worker = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert worker.stdin is not None and worker.stdout is not None
+    checkpoint: dict[str, Any] = {}
+    for line in worker.stdout:
+        msg = json.loads(line)
+        if msg["kind"] == "checkpoint" and "pid" in msg["state"]:
+            checkpoint = msg["state"]
+            break
+    worker.stdin.write("pause\n")
+    worker.stdin.flush()
+    leftover = int(checkpoint["pid"])
+    for _ in range(100):  # rsync is stopped (state T) once the pause lands
+        if Path(f"/proc/{leftover}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "T":
+            break
+        time.sleep(0.02)
+    worker.kill()  # the worker only: its paused rsync stays behind, as after a crash
+    worker.wait(timeout=10)
+    assert process_alive(leftover)
+    (tmp_path / "checkpoint.json").write_text(json.dumps(checkpoint))
+    resumed = subprocess.run([*cmd, "--resume", str(tmp_path / "checkpoint.json")], cwd=REPO,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert json.loads(resumed.stdout.splitlines()[-1])["kind"] == "result", resumed.stdout
+    assert not process_alive(leftover)
+    snaps = RsyncEngine().snapshots(BackupSpec.build([src], dest))
+    assert len(snaps) == 1
+    assert tree_signature(dest / snaps[0].id / "src") == tree_signature(src)
