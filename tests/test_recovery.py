@@ -93,6 +93,26 @@ async def wait_healthy(session: aiohttp.ClientSession, port: int) -> None:
             await asyncio.sleep(0.1)
 
 
+async def killed_mid_backup(session: aiohttp.ClientSession, src: Path, dest: Path, data: Path,
+                            port: int, settings: dict[str, Any] | None = None
+                            ) -> tuple[str, str]:
+    """Serve, start a backup, pause it half-way, then SIGKILL the server; return the ids."""
+    proc = spawn_server(data, port)
+    try:
+        await wait_healthy(session, port)
+        api = Api(session, port)
+        if settings:
+            await api.call("PUT", "/api/settings", settings)
+        job_id, run_id = await start_paused_run(api, src, dest)
+        assert any(n.endswith(".partial") for n in os.listdir(dest))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return job_id, run_id
+
+
 async def check_after(api: Api, job_id: str, run_id: str, src: Path, data: Path,
                       tmp_path: Path) -> list[str]:
     """The resumed run succeeded with a snapshot equal to the source; return event types."""
@@ -113,17 +133,7 @@ async def test_sigkill_mid_backup_then_restart_resumes(session: aiohttp.ClientSe
                                                        tmp_path: Path) -> None:
     src, dest, data = big_source(tmp_path / "src"), tmp_path / "dest", tmp_path / "data"
     port = free_port()
-    proc = spawn_server(data, port)
-    try:
-        await wait_healthy(session, port)
-        api = Api(session, port)
-        job_id, run_id = await start_paused_run(api, src, dest)
-        assert any(n.endswith(".partial") for n in os.listdir(dest))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    job_id, run_id = await killed_mid_backup(session, src, dest, data, port)
     with running_server(data, port):
         types = await check_after(Api(session, port), job_id, run_id, src, data, tmp_path)
     assert types == ["RunQueued", "RunStarted", "RunPaused", "RunInterrupted:crash",
@@ -154,17 +164,8 @@ async def test_without_auto_resume_a_cut_off_run_waits_and_discard_cleans_up(
         session: aiohttp.ClientSession, tmp_path: Path) -> None:
     src, dest, data = big_source(tmp_path / "src"), tmp_path / "dest", tmp_path / "data"
     port = free_port()
-    proc = spawn_server(data, port)
-    try:
-        await wait_healthy(session, port)
-        api = Api(session, port)
-        await api.call("PUT", "/api/settings", {"auto_resume": False})
-        _, run_id = await start_paused_run(api, src, dest)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _, run_id = await killed_mid_backup(session, src, dest, data, port,
+                                        settings={"auto_resume": False})
     with running_server(data, port):
         api = Api(session, port)
         run = await api.call("GET", f"/api/runs/{run_id}")
