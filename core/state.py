@@ -61,7 +61,6 @@ class JobView:
     created: str
     updated: str
     run_ids: list[str] = field(default_factory=list)
-    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -108,17 +107,15 @@ class State:
                           ev.time, ev.seq)
             self.runs[run.run_id] = run
             job.run_ids.append(run.run_id)
-        elif ev.type == "SnapshotPruned":
-            job.snapshots.pop(p.get("snapshot_id", ""), None)
         elif ev.type.startswith("Run"):
-            self._apply_run(job, ev)
+            self._apply_run(ev)
 
     def apply_all(self, events: Iterable[StoredEvent]) -> None:
         """Fold committed events in order."""
         for ev in events:
             self.apply(ev)
 
-    def _apply_run(self, job: JobView, ev: StoredEvent) -> None:
+    def _apply_run(self, ev: StoredEvent) -> None:
         p = ev.payload
         run = self.runs.get(p.get("run_id", ""))
         if run is None:
@@ -141,8 +138,6 @@ class State:
             run.snapshot_id = p.get("snapshot_id")
             run.files, run.bytes = int(p.get("files", 0)), int(p.get("bytes", 0))
             run.duration = float(p.get("duration", 0.0))
-            job.snapshots[str(run.snapshot_id)] = {"id": run.snapshot_id, "run_id": run.run_id,
-                                                   "created": ev.time}
         elif ev.type == "RunFailed":
             run.error = p.get("error")
         if run.state in TERMINAL_STATES:

@@ -56,6 +56,7 @@ from engines.base import (
     SnapshotNotFound,
     VerifyResult,
 )
+from engines.fsutil import is_disk_full
 from engines.manifest import (
     SNAPSHOT_ID_RE,
     Manifest,
@@ -79,7 +80,6 @@ MANIFEST = ".manifest.json"
 RESTORE_MODE_MASK = 0o1777
 MAX_PROBLEMS = 50
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # tarfile's own extraction filter (Python 3.11.4+) is a second opinion on top of the checks
 # here, which do not depend on it.
 _TAR_FILTER: Callable[[tarfile.TarInfo, str], tarfile.TarInfo] | None = getattr(
@@ -421,7 +421,7 @@ def _remove_all(paths: Iterable[Path], dest: Path) -> None:
 def _destination_error(err: OSError, dest: Path) -> EngineError:
     """A person-readable error for a failed write to the destination."""
     reason = err.strerror or str(err)
-    if err.errno in _FULL_ERRNOS:
+    if is_disk_full(err):
         return DiskFull(f"destination {dest} is full ({reason}); the unfinished archive was "
                         "removed, free some space and run the backup again")
     if err.errno == errno.EFBIG:
@@ -436,7 +436,7 @@ def _target_error(err: OSError, target: Path) -> EngineError:
     """A person-readable error for a failed write into a restore target."""
     reason = err.strerror or str(err)
     where = f"{target} ({err.filename})" if err.filename else str(target)
-    if err.errno in _FULL_ERRNOS or err.errno == errno.EFBIG:
+    if is_disk_full(err) or err.errno == errno.EFBIG:
         return DiskFull(f"restore target {where} is full ({reason})")
     return EngineError(f"cannot write into restore target {where}: {reason}")
 

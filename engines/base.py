@@ -257,6 +257,16 @@ class ProgressMeter:
         return max(0.0, (s.bytes_total - s.bytes_done) / s.rate)
 
 
+def bwlimit_option(options: Mapping[str, Any]) -> int | None:
+    """The `bwlimit` option in KiB/s (as rsync reads it), checked; None when unset or 0."""
+    raw = options.get("bwlimit")
+    if raw in (None, 0, ""):
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise EngineError(f"option bwlimit must be a whole number of KiB/s, not {raw!r}")
+    return int(raw)
+
+
 class RateLimiter:
     """Keeps the bytes written per second under a limit, shared by every worker thread."""
 
@@ -268,13 +278,9 @@ class RateLimiter:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RateLimiter | None:
-        """A limiter from the `bwlimit` option (KiB/s, like rsync's), or None without one."""
-        raw = options.get("bwlimit")
-        if raw in (None, 0, ""):
-            return None
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-            raise EngineError(f"option bwlimit must be a whole number of KiB/s, not {raw!r}")
-        return cls(raw * 1024)
+        """A limiter from the `bwlimit` option, or None without one."""
+        limit = bwlimit_option(options)
+        return None if limit is None else cls(limit * 1024)
 
     def consume(self, nbytes: int) -> None:
         """Count bytes just written and sleep as long as the limit asks."""

@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +34,7 @@ from engines.base import (
     Reporter,
     RunControl,
 )
+from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest, sha256_file
 from engines.scan import Entry, scan
 from engines.treestore import (
@@ -40,9 +42,7 @@ from engines.treestore import (
     TreeSnapshots,
     copy_file,
     disk_full,
-    is_disk_full,
     manifest_path,
-    remove_tree,
     set_meta,
 )
 from storage.atomic import fsync_dir
@@ -87,8 +87,6 @@ class MirrorEngine(TreeSnapshots):
 
     name = "mirror"
     resumes_partial = True
-    _limiter: RateLimiter | None = None
-    _resuming = False
 
     def backup(self, spec: BackupSpec, control: RunControl, reporter: Reporter,
                resume: Mapping[str, Any] | None = None) -> BackupResult:
@@ -98,14 +96,13 @@ class MirrorEngine(TreeSnapshots):
         spec.check_destination()
         dest = spec.destination
         snap_id, partial, resuming = self.partial_for(spec, resume)
-        self._resuming = resuming
         journal_path = dest / f"{snap_id}.journal"
         checkpoint = {"engine": self.name, "snapshot_id": snap_id, "partial": partial.name}
         reporter.checkpoint(checkpoint)
         warn = CollectingReporter(reporter)
         meter = ProgressMeter(warn)
         threads = int(spec.options.get("threads") or min(8, (os.cpu_count() or 2) * 2))
-        self._limiter = RateLimiter.from_options(spec.options)
+        limiter = RateLimiter.from_options(spec.options)
         try:
             meter.update(force=True, phase="scanning", counting=True)
             entries = scan(spec, control, warn)
@@ -118,9 +115,12 @@ class MirrorEngine(TreeSnapshots):
             prev_root = dest / previous[0] if previous else None
             prev_files = previous[1].by_path() if previous else {}
             journal = _Journal(journal_path)
+            copier = _FileCopier(str(partial), str(prev_root) if prev_root else None,
+                                 prev_files, journal.done, control, meter, warn, limiter,
+                                 resuming)
             try:
-                records = self._copy_all(entries, partial, prev_root, prev_files, journal,
-                                         control, meter, warn, checkpoint, threads)
+                records = self._copy_all(entries, partial, copier, journal, checkpoint,
+                                         threads)
             finally:
                 journal.close()
             control.safe_point()  # a pause or cancel asked for now still takes effect
@@ -152,10 +152,9 @@ class MirrorEngine(TreeSnapshots):
         return BackupResult(snap_id, manifest.files, manifest.size,
                             time.monotonic() - started, tuple(warn.warnings))
 
-    def _copy_all(self, entries: list[Entry], partial: Path, prev_root: Path | None,
-                  prev_files: dict[str, dict[str, Any]], journal: _Journal,
-                  control: RunControl, meter: ProgressMeter, warn: Reporter,
-                  checkpoint: dict[str, Any], threads: int) -> dict[str, dict[str, Any]]:
+    def _copy_all(self, entries: list[Entry], partial: Path, copier: _FileCopier,
+                  journal: _Journal, checkpoint: dict[str, Any],
+                  threads: int) -> dict[str, dict[str, Any]]:
         """Create directories and symlinks, then copy or link files on worker threads."""
         records: dict[str, dict[str, Any]] = {}
         for entry in entries:
@@ -190,8 +189,7 @@ class MirrorEngine(TreeSnapshots):
         last_checkpoint = time.monotonic()
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror") as pool:
             pending: set[Future[list[tuple[Entry, str, int] | None]]] = {
-                pool.submit(self._copy_chunk, chunk, partial, prev_root, prev_files,
-                            journal.done, control, meter, warn) for chunk in chunks if chunk}
+                pool.submit(copier.copy_chunk, chunk) for chunk in chunks if chunk}
             try:
                 while pending:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
@@ -206,8 +204,9 @@ class MirrorEngine(TreeSnapshots):
                                     "sha256": digest}
                     if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
                         journal.sync()
-                        warn.checkpoint({**checkpoint, "files_done": meter.state.files_done,
-                                         "bytes_done": meter.state.bytes_done})
+                        state = copier.meter.state
+                        copier.warn.checkpoint({**checkpoint, "files_done": state.files_done,
+                                                "bytes_done": state.bytes_done})
                         last_checkpoint = time.monotonic()
             except BaseException:
                 for fut in pending:
@@ -216,11 +215,29 @@ class MirrorEngine(TreeSnapshots):
         journal.sync()
         return records
 
-    def _copy_chunk(self, chunk: list[Entry], partial: Path, prev_root: Path | None,
-                    prev_files: dict[str, dict[str, Any]],
-                    journal_done: dict[str, tuple[int, int, str]], control: RunControl,
-                    meter: ProgressMeter, warn: Reporter
-                    ) -> list[tuple[Entry, str, int] | None]:
+
+
+@dataclass
+class _FileCopier:
+    """One run's copying of files into its partial snapshot, shared by worker threads.
+
+    Paths are plain strings: this runs once per file, and building Path objects cost
+    more than the hard link itself on a no-change run.
+    """
+
+    partial: str
+    prev_root: str | None
+    prev_files: dict[str, dict[str, Any]]
+    journal_done: dict[str, tuple[int, int, str]]
+    control: RunControl
+    meter: ProgressMeter
+    warn: Reporter
+    limiter: RateLimiter | None
+    resuming: bool
+
+    def copy_chunk(self, chunk: list[Entry]) -> list[tuple[Entry, str, int] | None]:
+        """Place each file of a chunk; return (entry, sha256, size), None for skipped."""
+        control, meter = self.control, self.meter
         out: list[tuple[Entry, str, int] | None] = []
         for entry in chunk:
             control.safe_point()
@@ -230,37 +247,30 @@ class MirrorEngine(TreeSnapshots):
                 nonlocal copied
                 copied += n
                 meter.add(nbytes=n, current_file=rel)
-                if self._limiter is not None:
-                    self._limiter.consume(n)
+                if self.limiter is not None:
+                    self.limiter.consume(n)
                 control.safe_point()  # pause or cancel inside a large file too
 
-            placed = self._place_file(entry, os.path.join(partial, entry.rel),
-                                      prev_root, prev_files, journal_done, warn, on_chunk)
+            placed = self.place_file(entry, os.path.join(self.partial, entry.rel), on_chunk)
             out.append((entry, *placed) if placed else None)
             # Count the whole file as done: linked, kept or copied, and any size change.
             meter.add(files=1, nbytes=max(0, entry.size - copied), current_file=entry.rel)
         return out
 
-    def _place_file(self, entry: Entry, out: str, prev_root: Path | None,
-                    prev_files: dict[str, dict[str, Any]],
-                    journal_done: dict[str, tuple[int, int, str]], warn: Reporter,
-                    on_chunk: Callable[[int], None]) -> tuple[str, int] | None:
-        """Put one file in the snapshot (kept, linked or copied); return sha256 and size.
-
-        Paths are plain strings here: this runs once per file, and building Path objects
-        cost more than the hard link itself on a no-change run.
-        """
+    def place_file(self, entry: Entry, out: str,
+                   on_chunk: Callable[[int], None]) -> tuple[str, int] | None:
+        """Put one file in the snapshot (kept, linked or copied); return sha256 and size."""
         key = (entry.size, entry.mtime_ns)
         # Resume: a file already complete in the partial directory is kept. A fresh
         # partial directory is empty, so the look is skipped (a syscall per file).
-        if self._resuming:
-            kept = _already_in_place(entry, out, journal_done)
+        if self.resuming:
+            kept = _already_in_place(entry, out, self.journal_done)
             if kept is not None:
                 return kept
-        prev = prev_files.get(entry.rel)
-        if prev_root is not None and prev and prev.get("type") == "file" and \
+        prev = self.prev_files.get(entry.rel)
+        if self.prev_root is not None and prev and prev.get("type") == "file" and \
                 (prev["size"], prev["mtime_ns"]) == key and prev.get("mode") == entry.mode:
-            linked = os.path.join(prev_root, entry.rel)
+            linked = os.path.join(self.prev_root, entry.rel)
             try:
                 os.link(linked, out)
                 return str(prev["sha256"]), entry.size
@@ -279,12 +289,12 @@ class MirrorEngine(TreeSnapshots):
         except FileNotFoundError:
             if os.path.lexists(entry.path):
                 raise
-            warn.warning(f"{entry.path} vanished during the backup; skipped")
+            self.warn.warning(f"{entry.path} vanished during the backup; skipped")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             return None
         except PermissionError as err:
-            warn.warning(f"{entry.path} cannot be read ({err.strerror}); skipped")
+            self.warn.warning(f"{entry.path} cannot be read ({err.strerror}); skipped")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             return None
@@ -293,7 +303,7 @@ class MirrorEngine(TreeSnapshots):
         digest = sha256_file(tmp)
         size = os.stat(tmp).st_size
         if size != entry.size:
-            warn.warning(f"{entry.path} changed while it was copied; the snapshot holds "
+            self.warn.warning(f"{entry.path} changed while it was copied; the snapshot holds "
                          "the version read")
         os.chmod(tmp, entry.mode)
         os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))

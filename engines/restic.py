@@ -35,7 +35,6 @@ SIGINT (restic exits 130 without a snapshot), then SIGKILL if it does not exit i
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -70,13 +69,13 @@ from engines.base import (
     Interrupted,
     ProgressMeter,
     Reporter,
-    RestoreConflict,
     RestoreResult,
     RunControl,
     Snapshot,
     SnapshotNotFound,
     VerifyResult,
 )
+from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
 from engines.manifest import check_rel_path
 from engines.procs import process_alive, stop_leftover
 from engines.scan import scan
@@ -497,18 +496,6 @@ class _Node:
     size: int
 
 
-def _remove_tree(path: Path) -> None:
-    """Remove a tree, including read-only directories restic restored into it."""
-    def make_writable(func: Any, p: str, _exc: Any) -> None:
-        os.chmod(os.path.dirname(p), stat.S_IRWXU)
-        func(p)
-
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, onerror=make_writable)
-
-
 def _move_into(src: Path, dst: Path) -> None:
     """Put a restored entry at dst: merge directories, replace anything else."""
     try:
@@ -527,30 +514,13 @@ def _move_into(src: Path, dst: Path) -> None:
         os.chmod(dst, stat.S_IMODE(src_st.st_mode))
         os.utime(dst, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
         return
-    _remove_tree(dst)
+    remove_tree(dst)
     os.rename(src, dst)
 
 
 def _check_target(target: Path, nodes: Sequence[_Node], overwrite: bool) -> None:
     """Refuse, before anything is written, a target that has what the restore would write."""
-    if target.exists() and not target.is_dir():
-        raise RestoreConflict(f"restore target {target} exists and is not a directory")
-    if overwrite or not target.is_dir():
-        return
-    clashes = []
-    for node in nodes:
-        try:
-            st = (target / node.rel).lstat()
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if node.kind == "dir" and stat.S_ISDIR(st.st_mode):
-            continue  # an existing directory is merged into, not replaced
-        clashes.append(node.rel)
-    if clashes:
-        sample = ", ".join(clashes[:3])
-        raise RestoreConflict(
-            f"{len(clashes)} file(s) to restore already exist in {target} ({sample}); "
-            "restore into an empty directory, or allow overwriting")
+    refuse_clashes(target, ((n.rel, n.kind == "dir") for n in nodes), overwrite)
 
 
 # --- reading restic backup's output -----------------------------------------------------
@@ -767,7 +737,7 @@ class ResticEngine(Engine):
             # The directory was empty: clear a half-made repository so the next run can
             # create it instead of finding a non-empty directory.
             for entry in os.listdir(repo.path):
-                _remove_tree(repo.path / entry)
+                remove_tree(repo.path / entry)
             self._raise_if_stopped(fin, "backup")
             raise _error(repo, "init", fin)
 
@@ -1016,13 +986,13 @@ class ResticEngine(Engine):
                 if os.path.lexists(staged):
                     _move_into(staged, target / source)
         except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(err):
                 raise DiskFull(f"restore target {target} is full ({err.strerror})") from err
             raise EngineError(f"restore into {target} failed: {err.strerror} "
                               f"({err.filename})") from err
         finally:
             with contextlib.suppress(FileNotFoundError):
-                _remove_tree(staging)
+                remove_tree(staging)
         meter.update(force=True, phase="done", files_done=total_files, bytes_done=total_bytes,
                      current_file="")
         return RestoreResult(total_files, total_bytes)

@@ -49,16 +49,16 @@ from engines.base import (
     ProgressMeter,
     Reporter,
     RunControl,
+    bwlimit_option,
 )
+from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest, sha256_file
 from engines.procs import stop_leftover
 from engines.scan import Entry, scan
 from engines.treestore import (
     TreeSnapshots,
     disk_full,
-    is_disk_full,
     manifest_path,
-    remove_tree,
     set_meta,
 )
 from storage.atomic import fsync_dir
@@ -364,16 +364,6 @@ def _rsync_env() -> dict[str, str]:
     return env
 
 
-def _bwlimit(options: Mapping[str, Any]) -> int | None:
-    """The `bwlimit` option (KiB/s), checked."""
-    value = options.get("bwlimit")
-    if value in (None, "", 0):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise EngineError(f"option bwlimit must be a whole number of KiB/s, not {value!r}")
-    return value
-
-
 class _Checkpointer:
     """Emits the run's checkpoint now, or when a couple of seconds have passed."""
 
@@ -582,7 +572,7 @@ class RsyncEngine(TreeSnapshots):
         rsync = rsync_binary()
         spec.check_sources()
         spec.check_destination()
-        bwlimit = _bwlimit(spec.options)
+        bwlimit = bwlimit_option(spec.options)
         dest = spec.destination
         stop_leftover(resume, "rsync", str(dest / str((resume or {}).get("partial", ""))))
         snap_id, partial, resuming = self.partial_for(spec, resume)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,13 +25,13 @@ from engines.base import (
     EngineError,
     ProgressMeter,
     Reporter,
-    RestoreConflict,
     RestoreResult,
     RunControl,
     Snapshot,
     SnapshotNotFound,
     VerifyResult,
 )
+from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
 from engines.manifest import (
     SNAPSHOT_ID_RE,
     Manifest,
@@ -53,11 +52,6 @@ TMP_PREFIX = ".bm-tmp-"
 def manifest_path(dest: Path, snapshot_id: str) -> Path:
     """Where a snapshot's manifest lives."""
     return dest / f"{snapshot_id}{MANIFEST}"
-
-
-def is_disk_full(err: OSError) -> bool:
-    """Whether an OSError means the destination has no space (or quota) left."""
-    return err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def disk_full(dest: Path, err: OSError) -> DiskFull:
@@ -265,16 +259,6 @@ class TreeSnapshots(Engine):
                     path.unlink(missing_ok=True)
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a snapshot tree, including read-only directories inside it."""
-    def make_writable(func: Any, p: str, _exc: Any) -> None:
-        parent = os.path.dirname(p)
-        os.chmod(parent, stat.S_IRWXU)
-        func(p)
-
-    shutil.rmtree(path, onerror=make_writable)
-
-
 def select_entries(manifest: Manifest, path: str | None) -> list[dict[str, Any]]:
     """The manifest entries under `path` (all of them without one), parents first."""
     if not path:
@@ -303,16 +287,7 @@ def safe_output_path(real_target: Path, rel: str) -> Path:
 
 def prepare_target(target: Path, entries: Sequence[Mapping[str, Any]], overwrite: bool) -> None:
     """Create the target, refusing (before writing anything) to overwrite existing files."""
-    if target.exists() and not target.is_dir():
-        raise RestoreConflict(f"restore target {target} exists and is not a directory")
-    if not overwrite and target.is_dir():
-        clashes = [e["path"] for e in entries if e["type"] != "dir"
-                   and os.path.lexists(target / e["path"])]
-        if clashes:
-            sample = ", ".join(clashes[:3])
-            raise RestoreConflict(
-                f"{len(clashes)} file(s) to restore already exist in {target} ({sample}); "
-                "restore into an empty directory, or allow overwriting")
+    refuse_clashes(target, ((e["path"], e["type"] == "dir") for e in entries), overwrite)
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as err:
