@@ -14,15 +14,8 @@ from typing import Any
 
 from events.record import StoredEvent
 from models.ids import SETTINGS_STREAM
+from models.runs import ACTIVE_STATES, TERMINAL_STATES, next_run_state
 from models.settings import DEFAULT_SETTINGS
-
-ACTIVE_STATES = frozenset({"queued", "running", "paused", "interrupted"})
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "discarded"})
-_STATE_BY_EVENT = {
-    "RunQueued": "queued", "RunStarted": "running", "RunResumed": "queued",
-    "RunPaused": "paused", "RunSucceeded": "succeeded", "RunFailed": "failed",
-    "RunCancelled": "cancelled", "RunInterrupted": "interrupted", "RunDiscarded": "discarded",
-}
 
 
 @dataclass
@@ -124,9 +117,7 @@ class State:
             run.checkpoint = dict(p.get("checkpoint", {}))
             return
         previous = run.state
-        run.state = _STATE_BY_EVENT.get(ev.type, run.state)
-        if ev.type == "RunResumed" and previous == "paused":
-            run.state = "running"  # a paused run holds its slot and simply continues
+        run.state = next_run_state(previous, ev.type)
         if ev.type == "RunStarted":
             run.started = run.started or ev.time
         elif ev.type == "RunResumed" and previous == "interrupted":

@@ -35,7 +35,7 @@ from server.keys import (
     STORE,
     WEBSOCKETS,
 )
-from server.logs import setup_file_logging
+from server.logs import FileLog
 from server.ws import close_websockets, websocket
 from storage.projector import Projector
 
@@ -48,12 +48,10 @@ async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
     """Lock the data directory and start the application log file in it."""
     config = app[CONFIG]
     lock = lock_data_dir(config.data_dir)
-    handler = setup_file_logging(config.logs_dir, config.log_level) if config.log_to_file \
-        else None
+    file_log = FileLog(config.logs_dir, config.log_level) if config.log_to_file else None
     yield
-    if handler is not None:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+    if file_log is not None:
+        file_log.close()
     lock.close()
 
 

@@ -69,6 +69,13 @@ def _serve(args: argparse.Namespace) -> int:
     config = Config(data_dir=args.data or default_data_dir(), host=args.host, port=args.port,
                     log_level=args.log_level)
     try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        # Said here, before binding, so it is not mistaken for a problem with the port.
+        print(f"error: cannot use {config.data_dir} as the data directory: "
+              f"{err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         web.run_app(create_app(config), host=config.host, port=config.port,
                     print=lambda _msg: log.info("serving on http://%s:%d with data in %s",
                                                 config.host, config.port,

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from events.record import StoredEvent
+from models.runs import RUN_STATE_EVENTS, TERMINAL_STATES, next_run_state
 from models.settings import DEFAULT_SETTINGS
 
 Doc = dict[str, Any]
@@ -20,18 +21,6 @@ Doc = dict[str, Any]
 # runs that are still active are never dropped.
 RUNS_KEPT = 20
 
-RUN_STATE_BY_EVENT = {
-    "RunQueued": "queued",
-    "RunStarted": "running",
-    "RunResumed": "running",
-    "RunPaused": "paused",
-    "RunSucceeded": "succeeded",
-    "RunFailed": "failed",
-    "RunCancelled": "cancelled",
-    "RunInterrupted": "interrupted",
-    "RunDiscarded": "discarded",
-}
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "discarded"})
 
 
 def initial_settings() -> Doc:
@@ -102,7 +91,7 @@ def _fold_run(doc: Doc, ev: StoredEvent) -> None:
         run["checkpoint"] = p.get("checkpoint", {})
         run["checkpointed"] = ev.time
         return
-    run["state"] = RUN_STATE_BY_EVENT[ev.type]
+    run["state"] = next_run_state(run["state"], ev.type)
     if ev.type == "RunStarted":
         run.setdefault("started", ev.time)
     elif ev.type == "RunInterrupted":
@@ -173,7 +162,7 @@ def fold_job(doc: Doc | None, ev: StoredEvent) -> Doc | None:
     elif ev.type in ("JobEnabled", "JobDisabled"):
         doc["enabled"] = ev.type == "JobEnabled"
         doc["updated"] = ev.time
-    elif ev.type in RUN_STATE_BY_EVENT or ev.type == "RunCheckpointed":
+    elif ev.type in RUN_STATE_EVENTS or ev.type == "RunCheckpointed":
         _fold_run(doc, ev)
     elif ev.type in ("SnapshotPruned", "VerifyFinished", "RestoreStarted", "RestoreFinished"):
         _fold_snapshot(doc, ev)

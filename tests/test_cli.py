@@ -191,3 +191,11 @@ def test_env_var_chooses_the_data_dir(data: Path) -> None:
                             text=True, capture_output=True, timeout=60, check=False,
                             env={"BACKUP_MANAGER_DATA": str(data), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0 and json.loads(result.stdout)["events"] == 29
+
+
+def test_serve_explains_an_unusable_data_directory(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = cli("serve", "--port", "1", "--data", str(not_a_dir))
+    assert result.returncode == 2
+    assert f"cannot use {not_a_dir} as the data directory" in result.stderr

@@ -24,7 +24,9 @@ from events.types import (
     RunCheckpointed,
     RunFailed,
     RunInterrupted,
+    RunPaused,
     RunQueued,
+    RunResumed,
     RunStarted,
     RunSucceeded,
     SettingsChanged,
@@ -314,6 +316,34 @@ async def test_files_damaged_while_running_are_put_back(
             await asyncio.sleep(0.01)
         assert projection_files(tmp_path) == good
         assert any("settings.yaml" in r.getMessage() for r in caplog.records)
+    finally:
+        await projector.stop()
+        await store.close()
+
+
+async def test_yaml_and_in_memory_state_agree_on_resumed_runs(tmp_path: Path) -> None:
+    from core.state import State
+
+    store = await EventStore.open(tmp_path / "events.db")
+    state = State()
+    store.notifier.add_listener(state.apply_all)
+    projector = Projector(store, tmp_path)
+    await projector.start()
+    try:
+        await store.append("docs-1", 0, [created("docs-1")])
+        paused, cut = "r-00000000000a", "r-00000000000b"
+        await store.append("docs-1", None, [
+            RunQueued(job_id="docs-1", run_id=paused), RunStarted(job_id="docs-1", run_id=paused),
+            RunPaused(job_id="docs-1", run_id=paused), RunResumed(job_id="docs-1", run_id=paused),
+            RunQueued(job_id="docs-1", run_id=cut), RunStarted(job_id="docs-1", run_id=cut),
+            RunInterrupted(job_id="docs-1", run_id=cut),
+            RunResumed(job_id="docs-1", run_id=cut)])
+        await wait_projected(projector)
+        doc = yaml.safe_load((tmp_path / "jobs/docs-1.yaml").read_text())
+        in_yaml = {r["run_id"]: r["state"] for r in doc["runs"]}
+        # A paused run continues; an interrupted one waits in the queue again.
+        assert in_yaml == {paused: "running", cut: "queued"}
+        assert {r: state.runs[r].state for r in in_yaml} == in_yaml
     finally:
         await projector.stop()
         await store.close()
