@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA ?= ./data
 
-.PHONY: run test lint bench clean sysdeps
+.PHONY: run test lint bench clean sysdeps css webdeps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -21,18 +21,35 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# The engines run the real rsync and restic; install them from the system packages
-# when missing (CI runs as root; elsewhere this needs sudo rights).
-SYSTEM_TOOLS := rsync restic
+# The engines run the real rsync and restic, the browser tests drive the system Chromium
+# (never a downloaded one), and the web assets are built with node/npm; install them from
+# the system packages when missing (CI runs as root; elsewhere this needs sudo rights).
+# Each entry is command:apt-package (the names differ for some tools).
+SYSTEM_TOOLS := rsync:rsync restic:restic chromium:chromium node:nodejs npm:npm
 sysdeps:
-	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(SYSTEM_TOOLS); do \
+	  command -v "$${t%%:*}" >/dev/null || missing="$$missing $${t#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-test: lint sysdeps
+# The front end (Tailwind CSS, htmx) is built ahead of time into web/static/ and
+# committed, so `make run` never needs Node. `make css` rebuilds it; the tests check
+# that the committed files match a fresh build and run axe-core from web/node_modules.
+WEB_STAMP := web/node_modules/.installed-stamp
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm install --no-save --no-audit --no-fund --loglevel=error
+	touch $(WEB_STAMP)
+
+webdeps: $(WEB_STAMP)
+
+css: $(WEB_STAMP)
+	cd web && npm run --silent build
+
+test: lint sysdeps webdeps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) sysdeps

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# Called with (run_id, line without its newline) on the writer thread, after the write.
+LineListener = Callable[[str, str], None]
 
 
 class RunLogs:
@@ -17,6 +21,7 @@ class RunLogs:
     def __init__(self, logs_dir: Path) -> None:
         self.dir = logs_dir / "runs"
         self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        self._listeners: list[LineListener] = []
         self._thread = threading.Thread(target=self._write_loop, name="run-logs", daemon=True)
         self._thread.start()
 
@@ -28,6 +33,15 @@ class RunLogs:
         """Queue one line for a run's log (returns at once)."""
         stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         self._queue.put((run_id, f"{stamp} {message}\n"))
+
+    def add_listener(self, listener: LineListener) -> None:
+        """Call `listener(run_id, line)` on the writer thread after each line is written."""
+        # Copy-on-write: the writer thread iterates the old list without a lock.
+        self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: LineListener) -> None:
+        """Stop calling a listener added with add_listener."""
+        self._listeners = [f for f in self._listeners if f is not listener]
 
     def close(self) -> None:
         """Write what is queued and stop the writer thread."""
@@ -43,3 +57,9 @@ class RunLogs:
                     fh.write(line)
             except OSError as err:
                 log.error("cannot write the log of run %s: %s", run_id, err)
+                continue
+            for listener in self._listeners:
+                try:
+                    listener(run_id, line.rstrip("\n"))
+                except Exception:  # a reader's bug must not stop the writer
+                    log.exception("run log listener %r failed", listener)

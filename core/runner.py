@@ -60,6 +60,7 @@ class ActiveRun:
     destination: str
     control: RunControl = field(default_factory=RunControl)
     task: asyncio.Task[None] | None = None
+    progress: dict[str, Any] | None = None  # the latest progress broadcast, for page renders
 
 
 class _Reporter:
@@ -128,6 +129,9 @@ class Runner:
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Send a transient message (progress) to every live subscriber."""
+        active = self.active.get(message.get("run_id", ""))
+        if active is not None and message.get("kind") == "progress":
+            active.progress = message
         self.store.notifier.broadcast(message)
 
     def append_soon(self, stream: str, event: Event) -> None:

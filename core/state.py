@@ -17,6 +17,9 @@ from models.ids import SETTINGS_STREAM
 from models.runs import ACTIVE_STATES, TERMINAL_STATES, next_run_state
 from models.settings import DEFAULT_SETTINGS
 
+ACTIVITY_TYPES = ("RestoreStarted", "RestoreFinished", "VerifyFinished", "SnapshotPruned")
+MAX_ACTIVITY = 20
+
 
 @dataclass
 class RunView:
@@ -54,6 +57,8 @@ class JobView:
     created: str
     updated: str
     run_ids: list[str] = field(default_factory=list)
+    # Restores, verifies and prunes, newest last, so the job page can show their outcome.
+    activity: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def enabled(self) -> bool:
@@ -69,6 +74,12 @@ class State:
         self.runs: dict[str, RunView] = {}
         self.settings: dict[str, Any] = copy.deepcopy(DEFAULT_SETTINGS)
         self.seq = 0
+        # Runs not finished yet, kept apart so pages and the runner need not walk every
+        # run ever made (tens of thousands after a few years) on each request.
+        self._active: dict[str, RunView] = {}
+        # The seq of the last event that changed what has finished (a run ending, a job
+        # deleted): read models over finished runs are valid while it stays the same.
+        self.finished_seq = 0
 
     def apply(self, ev: StoredEvent) -> None:
         """Fold one committed event (events at or below the applied seq are ignored)."""
@@ -95,13 +106,18 @@ class State:
             job.updated = ev.time
         elif ev.type == "JobDeleted":
             del self.jobs[ev.stream]
+            self.finished_seq = ev.seq
         elif ev.type == "RunQueued":
             run = RunView(p["run_id"], ev.stream, "queued", p.get("trigger", "manual"),
                           ev.time, ev.seq)
             self.runs[run.run_id] = run
+            self._active[run.run_id] = run
             job.run_ids.append(run.run_id)
         elif ev.type.startswith("Run"):
             self._apply_run(ev)
+        elif ev.type in ACTIVITY_TYPES:
+            job.activity.append({"seq": ev.seq, "time": ev.time, "type": ev.type, **p})
+            del job.activity[:-MAX_ACTIVITY]
 
     def apply_all(self, events: Iterable[StoredEvent]) -> None:
         """Fold committed events in order."""
@@ -133,11 +149,15 @@ class State:
             run.error = p.get("error")
         if run.state in TERMINAL_STATES:
             run.finished = ev.time
+            self.finished_seq = ev.seq
+        if run.state in ACTIVE_STATES:
+            self._active[run.run_id] = run
+        else:
+            self._active.pop(run.run_id, None)
 
     def active_runs(self, job_id: str | None = None) -> list[RunView]:
         """Runs not finished yet (queued, running, paused, interrupted), in queue order."""
-        runs = [r for r in self.runs.values() if r.state in ACTIVE_STATES
-                and (job_id is None or r.job_id == job_id)]
+        runs = [r for r in self._active.values() if job_id is None or r.job_id == job_id]
         return sorted(runs, key=lambda r: r.queued_seq)
 
     def job_runs(self, job_id: str) -> list[RunView]:

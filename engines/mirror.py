@@ -38,6 +38,7 @@ from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest, sha256_file
 from engines.scan import Entry, scan
 from engines.treestore import (
+    COPY_CHUNK,
     TMP_PREFIX,
     TreeSnapshots,
     copy_file,
@@ -285,7 +286,11 @@ class _FileCopier:
         head, name = os.path.split(out)
         tmp = os.path.join(head, f"{TMP_PREFIX}{name}")
         try:
-            copy_file(entry.path, tmp, on_chunk)
+            # Under a bandwidth limit, copy in pieces of about a quarter second each so
+            # the rate stays even and progress moves steadily instead of in 4 MB jumps.
+            chunk = (COPY_CHUNK if self.limiter is None
+                     else max(64 << 10, min(COPY_CHUNK, int(self.limiter.rate / 4))))
+            copy_file(entry.path, tmp, on_chunk, chunk)
         except FileNotFoundError:
             if os.path.lexists(entry.path):
                 raise

@@ -74,18 +74,19 @@ COPY_CHUNK = 4 << 20
 
 
 def copy_file(src: str | Path, dst: str | Path,
-              on_chunk: Callable[[int], None] | None = None) -> None:
+              on_chunk: Callable[[int], None] | None = None,
+              chunk_size: int = COPY_CHUNK) -> None:
     """Copy file content with the kernel's copy path (copy_file_range), or read/write.
 
-    `on_chunk(n)` is called after every few MB so callers can count progress and stop at
-    a safe point inside a large file (it may raise to abort the copy).
+    `on_chunk(n)` is called after every `chunk_size` bytes so callers can count progress
+    and stop at a safe point inside a large file (it may raise to abort the copy).
     """
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         size = os.fstat(fin.fileno()).st_size
         copied = 0
         try:
             while copied < size:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(COPY_CHUNK,
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(chunk_size,
                                                                           size - copied))
                 if n == 0:
                     break
@@ -98,7 +99,7 @@ def copy_file(src: str | Path, dst: str | Path,
                 raise
         # The plain way for what is left: all of it where copy_file_range is not
         # supported, or the tail of a file that grew since fstat.
-        while chunk := fin.read(COPY_CHUNK):
+        while chunk := fin.read(chunk_size):
             fout.write(chunk)
             if on_chunk is not None:
                 on_chunk(len(chunk))

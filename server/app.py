@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
-import jinja2
 from aiohttp import web
 
 from core.commands import Commands
+from core.queries import Queries
 from core.recovery import recover_runs
 from core.runlog import RunLogs
 from core.runner import Runner
@@ -22,13 +24,19 @@ from events.record import StoredEvent
 from events.store import EventStore
 from server import handlers
 from server.api import setup_api_routes
+from server.assets import StaticAssets
 from server.config import Config
+from server.csrf import csrf_middleware, csrf_token, load_secret
 from server.datadir import lock_data_dir
 from server.errors import api_guard_middleware, error_middleware
 from server.keys import (
+    ASSETS,
     COMMANDS,
     CONFIG,
+    CSRF_TOKEN,
+    OPERATIONS,
     PROJECTOR,
+    QUERIES,
     RUNNER,
     SCHEDULER,
     STATE,
@@ -36,6 +44,9 @@ from server.keys import (
     WEBSOCKETS,
 )
 from server.logs import FileLog
+from server.logs_page import install_log_broadcast, setup_logs_routes
+from server.page_support import page_context, page_middleware, setup_templates
+from server.pages import setup_page_routes
 from server.ws import close_websockets, websocket
 from storage.projector import Projector
 
@@ -49,6 +60,8 @@ async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     lock = lock_data_dir(config.data_dir)
     file_log = FileLog(config.logs_dir, config.log_level) if config.log_to_file else None
+    app[CSRF_TOKEN] = csrf_token(load_secret(config.data_dir))
+    await asyncio.to_thread(app[ASSETS].load)
     yield
     if file_log is not None:
         file_log.close()
@@ -91,12 +104,14 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
 
     store.notifier.add_listener(on_settings)
     logs = RunLogs(app[CONFIG].logs_dir)
+    stop_log_broadcast = install_log_broadcast(app, logs)
     webhooks = WebhookSender(state)
     runner = Runner(store, state, logs, webhooks)
     app[RUNNER] = runner
     scheduler = Scheduler(state, app[COMMANDS])
     store.notifier.add_listener(scheduler.on_events)
     app[SCHEDULER] = scheduler
+    app[QUERIES] = Queries(state, scheduler)
     await recover_runs(store, state)
     runner.start()
     scheduler.start()
@@ -104,7 +119,18 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     await scheduler.stop()
     await runner.stop()
     await webhooks.close()  # after the runner: runs ending at shutdown still notify
+    stop_log_broadcast()
     logs.close()
+
+
+async def operations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """On shutdown, let restores and verifies started from pages finish and record it."""
+    yield
+    tasks = app[OPERATIONS].copy()
+    if tasks:
+        log.info("waiting for %d restore/verify operation(s) to finish", len(tasks))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 600)
 
 
 async def projector_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -119,22 +145,30 @@ async def projector_ctx(app: web.Application) -> AsyncIterator[None]:
 def setup_routes(app: web.Application) -> None:
     """Declare every route once, by name."""
     app.router.add_get("/", handlers.index, name="index")
-    app.router.add_get("/dashboard", handlers.dashboard, name="dashboard")
     app.router.add_get("/healthz", handlers.healthz, name="healthz")
     app.router.add_get("/ws", websocket, name="ws")
     app.router.add_get("/api/events", handlers.api_events, name="api-events")
-    app.router.add_static("/static", WEB_DIR / "static", name="static")
+    app.router.add_get("/static/{digest}/{name:.+}", app[ASSETS].serve, name="static")
+    setup_page_routes(app)
+    setup_logs_routes(app)
     setup_api_routes(app)
 
 
 def create_app(config: Config) -> web.Application:
     """Build the application; nothing runs until its startup hooks do."""
-    app = web.Application(middlewares=[error_middleware, api_guard_middleware])
+    # The page context is gathered first, so error pages (a refused form, a 404) render
+    # with the layout too; page_middleware is outermost so error pages are not cached.
+    app = web.Application(middlewares=[
+        page_middleware, aiohttp_jinja2.context_processors_middleware, error_middleware,
+        api_guard_middleware, csrf_middleware])
     app[CONFIG] = config
     app[WEBSOCKETS] = set()
-    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
-                         autoescape=True)
-    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, projector_ctx, core_ctx])
+    app[OPERATIONS] = set()
+    app[ASSETS] = StaticAssets(WEB_DIR / "static")
+    setup_templates(app, WEB_DIR / "templates")
+    app[aiohttp_jinja2.APP_CONTEXT_PROCESSORS_KEY] = [aiohttp_jinja2.request_processor,
+                                                      page_context]
+    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, projector_ctx, core_ctx, operations_ctx])
     app.on_shutdown.append(close_websockets)
     setup_routes(app)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import aiohttp_jinja2
 from aiohttp import web
 
 from core.errors import Conflict, Invalid, NotFound
@@ -41,15 +42,31 @@ def _status_for(err: Exception) -> int | None:
     return None
 
 
-def _respond(request: web.Request, status: int, message: str,
-             fields: dict[str, str] | None = None) -> web.Response:
-    if request.path.startswith("/api/") or "application/json" in request.headers.get(
-            "Accept", ""):
+def wants_json(request: web.Request) -> bool:
+    """Whether the caller is a script (the API) rather than a browser."""
+    return request.path.startswith("/api/") or "application/json" in request.headers.get(
+        "Accept", "")
+
+
+def respond_error(request: web.Request, status: int, message: str,
+                  fields: dict[str, str] | None = None) -> web.Response:
+    """An error answer: JSON for scripts, a styled page for browsers."""
+    if wants_json(request):
         body: dict[str, object] = {"error": message}
         if fields:
             body["fields"] = fields
         return web.json_response(body, status=status)
-    return web.Response(text=f"{status}: {message}\n", status=status)
+    if request.headers.get("HX-Request") and not request.headers.get("HX-Boosted"):
+        # A fragment refresh: keep what the page shows rather than swap an error into it.
+        return web.Response(text=f"{status}: {message}\n", status=status,
+                            headers={"HX-Reswap": "none"})
+    try:
+        return aiohttp_jinja2.render_template("error.html", request,
+                                              {"status": status, "message": message},
+                                              status=status)
+    except Exception:  # the error page itself failed: plain text still says what happened
+        log.exception("cannot render the error page")
+        return web.Response(text=f"{status}: {message}\n", status=status)
 
 
 @web.middleware
@@ -60,15 +77,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400 or exc.empty_body:
             raise
-        return _respond(request, exc.status, exc.reason)
+        return respond_error(request, exc.status, exc.reason)
     except Exception as err:
         status = _status_for(err)
         if status is None:
             log.exception("unexpected error on %s %s", request.method, request.path)
-            return _respond(request, 500, "internal error; see the application log")
+            return respond_error(request, 500, "internal error; see the application log")
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, err)
-        return _respond(request, status, str(err), getattr(err, "errors", None))
+        return respond_error(request, status, str(err), getattr(err, "errors", None))
 
 
 @web.middleware
@@ -81,7 +98,7 @@ async def api_guard_middleware(request: web.Request, handler: Handler) -> web.St
     if request.path.startswith("/api/") and request.method not in ("GET", "HEAD", "OPTIONS"):
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"{request.scheme}://{request.host}":
-            return _respond(request, 403, f"cross-origin request from {origin[:100]} refused")
+            return respond_error(request, 403, f"cross-origin request from {origin[:100]} refused")
         if request.method in ("POST", "PUT") and request.content_type != "application/json":
-            return _respond(request, 415, "send the body as application/json")
+            return respond_error(request, 415, "send the body as application/json")
     return await handler(request)

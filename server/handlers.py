@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import aiohttp_jinja2
 from aiohttp import web
 
 from server.errors import BadRequest
@@ -44,13 +41,3 @@ async def api_events(request: web.Request) -> web.Response:
     events = await store.read(since=since, limit=int(raw_limit))
     return web.json_response({"events": [ev.as_dict() for ev in events],
                               "last_seq": store.last_seq})
-
-
-@aiohttp_jinja2.template("dashboard.html")
-async def dashboard(request: web.Request) -> dict[str, Any]:
-    """Show the jobs as projected from the log and the most recent events."""
-    store, projector = request.app[STORE], request.app[PROJECTOR]
-    since = max(0, store.last_seq - 25)
-    recent = list(reversed(await store.read(since=since, limit=25)))
-    jobs = sorted(projector.projection.jobs.values(), key=lambda doc: str(doc["name"]).lower())
-    return {"jobs": jobs, "recent": recent, "last_seq": store.last_seq}

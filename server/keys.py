@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from aiohttp import web
 
 from core.commands import Commands
+from core.queries import Queries
 from core.runner import Runner
 from core.scheduler import Scheduler
 from core.state import State
 from events.store import EventStore
+from server.assets import StaticAssets
 from server.config import Config
 from storage.projector import Projector
 
@@ -20,3 +25,8 @@ STATE = web.AppKey("state", State)
 COMMANDS = web.AppKey("commands", Commands)
 RUNNER = web.AppKey("runner", Runner)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+QUERIES = web.AppKey("queries", Queries)
+ASSETS = web.AppKey("assets", StaticAssets)
+CSRF_TOKEN = web.AppKey("csrf_token", str)
+# Restores and verifies started from a page run in the background; shutdown waits for them.
+OPERATIONS = web.AppKey("operations", set[asyncio.Task[Any]])

@@ -14,6 +14,8 @@ from events.types import JobCreated
 from server.app import create_app
 from server.config import Config
 
+pytest_plugins = ["tests.browser_helpers"]  # Playwright fixtures: live_server, browser, page
+
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[EventStore]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
@@ -29,7 +30,8 @@ async def receive_seqs(ws: ClientWebSocketResponse, count: int,
     return seqs
 
 
-async def test_root_redirects_to_dashboard_which_lists_jobs(app_client: Client) -> None:
+async def test_root_redirects_to_dashboard_and_jobs_lists_a_logged_job(app_client: Client
+                                                                       ) -> None:
     store = app_client.app[STORE]
     await store.append("docs-1", 0, [created("docs-1", name="Home documents")])
     for _ in range(100):
@@ -39,7 +41,8 @@ async def test_root_redirects_to_dashboard_which_lists_jobs(app_client: Client) 
     resp = await app_client.get("/", allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"] == "/dashboard"
     page = await (await app_client.get("/dashboard")).text()
-    assert "Home documents" in page and "JobCreated" in page
+    assert re.search(r'data-stat="jobs">1<', page)
+    assert "Home documents" in await (await app_client.get("/jobs")).text()
 
 
 async def test_healthz_reports_positions(app_client: Client) -> None:

@@ -1,0 +1,77 @@
+"""CSRF protection for forms and htmx requests: a token and a same-origin check.
+
+The token is derived from a secret kept in the data directory (mode 0600), so a page
+rendered before a restart still posts after it. A cross-site page can neither read the
+token nor send a matching Origin, so it cannot drive the server through a form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from server.errors import Handler, respond_error
+from server.keys import CSRF_TOKEN
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+SECRET_FILE = "secret.key"
+
+
+def load_secret(data_dir: Path) -> bytes:
+    """Read the data directory's secret, creating it (0600, atomically) the first time."""
+    path = data_dir / SECRET_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def csrf_token(secret: bytes) -> str:
+    """The token forms and htmx requests must send back."""
+    return hmac.new(secret, b"backup-manager csrf v1", hashlib.sha256).hexdigest()
+
+
+def _same_origin(request: web.Request) -> tuple[bool, str]:
+    """Whether Origin (or, without it, Referer) names this server; absent both, allow."""
+    own = f"{request.scheme}://{request.host}"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin == own, origin
+    referer = request.headers.get("Referer")
+    if referer is not None:
+        parts = urlsplit(referer)
+        return f"{parts.scheme}://{parts.netloc}" == own, referer
+    return True, ""
+
+
+@web.middleware
+async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a form or htmx post without the CSRF token or from another origin."""
+    if request.method in SAFE_METHODS or request.path.startswith("/api/"):
+        return await handler(request)
+    same, origin = _same_origin(request)
+    if not same:
+        return respond_error(request, 403, f"cross-origin request from {origin[:100]} refused")
+    sent = request.headers.get("X-CSRF-Token")
+    if sent is None and request.content_type in ("application/x-www-form-urlencoded",
+                                                 "multipart/form-data"):
+        field = (await request.post()).get("_csrf")
+        sent = field if isinstance(field, str) else None
+    if sent is None or not hmac.compare_digest(sent, request.app[CSRF_TOKEN]):
+        return respond_error(request, 403, "the form's security token is missing or stale; "
+                                           "reload the page and try again")
+    return await handler(request)

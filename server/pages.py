@@ -1,0 +1,363 @@
+"""The pages people use: dashboard, jobs, a job, the job form and settings.
+
+Handlers are thin: read the request, call a command or a query, render. Every form
+posts and redirects (303) so the pages work with JavaScript off; htmx only makes them
+faster and live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from core import operations
+from core.errors import CommandError, Invalid
+from core.queries import JobRow
+from core.state import JobView
+from engines.base import EngineError
+from models.job import JobInvalid, JobSpec, clean_path
+from models.settings import SettingsInvalid
+from server.forms import (
+    CHOICES,
+    JOB_FIELDS,
+    SETTINGS_FIELDS,
+    FormInvalid,
+    job_form_values,
+    job_input,
+    read_fields,
+    settings_form_values,
+    settings_input,
+)
+from server.keys import COMMANDS, OPERATIONS, QUERIES, RUNNER, STATE, STORE
+from server.page_support import THEME_COOKIE, YEAR, redirect, render, safe_next
+
+log = logging.getLogger(__name__)
+
+JOBS_PER_PAGE = 50
+RUN_HISTORY = 50
+FLASH_ERROR_TYPES = (CommandError, EngineError)
+
+
+def _url(request: web.Request, name: str, **parts: str) -> str:
+    return str(request.app.router[name].url_for(**parts))
+
+
+async def _form(request: web.Request) -> Mapping[str, Any]:
+    return await request.post()
+
+
+# --- dashboard ------------------------------------------------------------------------
+
+def _running(request: web.Request) -> list[dict[str, Any]]:
+    """Active runs with their latest progress, in queue order."""
+    state, runner = request.app[STATE], request.app[RUNNER]
+    out = []
+    for run in state.active_runs():
+        job = state.jobs.get(run.job_id)
+        if job is None or run.state == "interrupted":
+            continue
+        active = runner.active.get(run.run_id)
+        out.append({"run": run, "job": job,
+                    "progress": (active.progress if active is not None else None) or {}})
+    return out
+
+
+def _dashboard_context(request: web.Request) -> dict[str, Any]:
+    queries = request.app[QUERIES]
+    chart = queries.chart()
+    return {"stats": queries.dashboard(), "running": _running(request),
+            "recent": queries.recent_runs(10), "jobs_by_id": request.app[STATE].jobs,
+            "chart": chart, "chart_max_runs": max([d.succeeded + d.failed for d in chart] + [1]),
+            "chart_max_bytes": max([d.bytes for d in chart] + [1])}
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """Cards, running runs with live progress, recent runs and the 30-day chart."""
+    return render(request, "dashboard.html", _dashboard_context(request), {
+        "stats": "partials/dashboard_stats.html", "running": "partials/running_runs.html",
+        "recent": "partials/recent_runs.html", "chart": "partials/runs_chart.html"})
+
+
+# --- jobs list ------------------------------------------------------------------------
+
+def _job_rows(request: web.Request) -> dict[str, Any]:
+    state, queries = request.app[STATE], request.app[QUERIES]
+    query = request.query.get("q", "").strip()[:100]
+    jobs = sorted(state.jobs.values(), key=lambda j: (str(j.spec.get("name", "")).lower(),
+                                                      j.job_id))
+    if query:
+        needle = query.lower()
+        jobs = [j for j in jobs if needle in str(j.spec.get("name", "")).lower()
+                or needle in j.job_id or needle in str(j.spec.get("destination", "")).lower()]
+    raw_page = request.query.get("page", "1")
+    pages = max(1, -(-len(jobs) // JOBS_PER_PAGE))
+    page = min(int(raw_page), pages) if raw_page.isdigit() and int(raw_page) > 0 else 1
+    shown = jobs[(page - 1) * JOBS_PER_PAGE: page * JOBS_PER_PAGE]
+    rows: list[JobRow] = [queries.job_row(job) for job in shown]
+    return {"rows": rows, "q": query, "page": page, "pages": pages, "total": len(jobs),
+            "all_jobs": len(state.jobs)}
+
+
+async def jobs(request: web.Request) -> web.Response:
+    """Every job with its state, last run, last success, next run and quick actions."""
+    return render(request, "jobs.html", _job_rows(request),
+                  {"list": "partials/job_list.html"})
+
+
+# --- one job --------------------------------------------------------------------------
+
+async def _snapshots(job: JobView) -> tuple[list[Any], str | None]:
+    try:
+        return list(reversed(await operations.list_snapshots(job))), None
+    except EngineError as err:
+        return [], str(err)
+
+
+async def job_page(request: web.Request) -> web.Response:
+    """A job: its settings, actions, run history, snapshots with restore and verify."""
+    commands = request.app[COMMANDS]
+    job = commands.job(request.match_info["job_id"])
+    fragment = request.query.get("fragment")
+    snapshots: list[Any] = []
+    snapshot_error: str | None = None
+    if fragment in (None, "snapshots"):
+        snapshots, snapshot_error = await _snapshots(job)
+    state = request.app[STATE]
+    context = {
+        "job": job, "row": request.app[QUERIES].job_row(job),
+        "runs": state.job_runs(job.job_id)[:RUN_HISTORY],
+        "running": [r for r in _running(request) if r["job"].job_id == job.job_id],
+        "snapshots": snapshots, "snapshot_error": snapshot_error,
+        "activity": list(reversed(job.activity)),
+        "restore_errors": {}, "restore_values": {},
+    }
+    return render(request, "job.html", context, {
+        "header": "partials/job_header.html", "runs": "partials/job_runs.html",
+        "snapshots": "partials/job_snapshots.html", "running": "partials/running_runs.html"})
+
+
+# --- job form -------------------------------------------------------------------------
+
+def _form_context(values: Mapping[str, str], errors: Mapping[str, str],
+                  job: JobView | None) -> dict[str, Any]:
+    return {"values": values, "errors": errors, "job": job, "choices": CHOICES}
+
+
+async def job_new(request: web.Request) -> web.Response:
+    """The empty job form."""
+    values = job_form_values({"engine": "mirror", "enabled": True})
+    return render(request, "job_form.html", _form_context(values, {}, None))
+
+
+async def job_edit(request: web.Request) -> web.Response:
+    """The job form filled with a job's current spec."""
+    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    return render(request, "job_form.html", _form_context(job_form_values(job.spec), {}, job))
+
+
+async def job_save(request: web.Request) -> web.StreamResponse:
+    """Create or change a job from the form; refused input comes back with its messages."""
+    commands = request.app[COMMANDS]
+    job_id = request.match_info.get("job_id")
+    job = commands.job(job_id) if job_id else None
+    form = await _form(request)
+    values, errors = read_fields(form, JOB_FIELDS)
+    data, text_errors = job_input(values)
+    errors.update(text_errors)
+    try:
+        if errors:
+            # Show every problem at once: the spec's own checks too, not only the text's.
+            try:
+                JobSpec.from_input({**(job.spec if job else {}), **data})
+            except JobInvalid as err:
+                errors = {**err.errors, **errors}
+            raise Invalid("the form has errors", errors)
+        if job is None:
+            saved = await commands.create_job(data)
+            message = f"Job “{saved.spec['name']}” created."
+        else:
+            saved = await commands.update_job(job.job_id, data)
+            message = f"Job “{saved.spec['name']}” saved."
+    except Invalid as err:
+        shown = {("retention" if k.startswith("keep_") else k): v
+                 for k, v in err.errors.items()}
+        # 422 so htmx swaps the form in place (see the htmx-config meta in base.html).
+        return render(request, "job_form.html", _form_context(values, shown, job), status=422)
+    return redirect(_url(request, "job", job_id=saved.job_id), ("ok", message))
+
+
+# --- actions --------------------------------------------------------------------------
+
+async def _act(request: web.Request, default: str, action: Callable[[], Awaitable[str]]
+               ) -> web.Response:
+    """Run a command for a form button; come back to the page with what happened."""
+    form = await _form(request)
+    back = safe_next(request, form.get("next"), default)
+    try:
+        message = await action()
+    except FLASH_ERROR_TYPES as err:
+        return redirect(back, ("error", str(err)))
+    return redirect(back, ("ok", message))
+
+
+async def job_start(request: web.Request) -> web.StreamResponse:
+    """Queue a run now."""
+    job_id = request.match_info["job_id"]
+
+    async def start() -> str:
+        run = await request.app[COMMANDS].start_run(job_id)
+        return f"Run {run.run_id} queued."
+    return await _act(request, _url(request, "job", job_id=job_id), start)
+
+
+async def job_switch(request: web.Request) -> web.StreamResponse:
+    """Enable or disable a job's schedule."""
+    job_id, enable = request.match_info["job_id"], request.match_info["switch"] == "enable"
+
+    async def switch() -> str:
+        job = await request.app[COMMANDS].set_enabled(job_id, enable)
+        return f"Schedule of “{job.spec['name']}” {'enabled' if enable else 'disabled'}."
+    return await _act(request, _url(request, "job", job_id=job_id), switch)
+
+
+async def job_delete(request: web.Request) -> web.StreamResponse:
+    """Delete a job after its confirmation; stop its run first when asked."""
+    commands = request.app[COMMANDS]
+    job = commands.job(request.match_info["job_id"])
+    form = await _form(request)
+    page = _url(request, "job", job_id=job.job_id)
+    if form.get("confirm") != "delete":
+        return redirect(page, ("error", "Deleting needs the confirmation."))
+    try:
+        if form.get("cancel_runs") == "on":
+            await commands.stop_runs(job.job_id)
+            await request.app[RUNNER].wait_stopped(job.job_id)
+        await commands.delete_job(job.job_id)
+    except (*FLASH_ERROR_TYPES, TimeoutError) as err:
+        return redirect(page, ("error", str(err) or "the run did not stop in time"))
+    return redirect(_url(request, "jobs"), ("ok", f"Job “{job.spec['name']}” deleted. Its "
+                                                  "backups were left in place."))
+
+
+async def run_action(request: web.Request) -> web.StreamResponse:
+    """Pause, resume, cancel or discard a run from a button."""
+    commands = request.app[COMMANDS]
+    run = commands.run(request.match_info["run_id"])
+    action = request.match_info["action"]
+    command = {"pause": commands.pause_run, "resume": commands.resume_run,
+               "cancel": commands.cancel_run, "discard": commands.discard_run}[action]
+    done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled",
+            "discard": "discarded"}[action]
+
+    async def act() -> str:
+        await command(run.run_id)
+        return f"Run {run.run_id} {done}."
+    return await _act(request, _url(request, "job", job_id=run.job_id), act)
+
+
+def _background(request: web.Request, coro: Awaitable[Any], what: str) -> None:
+    """Run a restore or verify after the response; its outcome lands in the log."""
+    async def runner() -> None:
+        try:
+            await coro
+        except (CommandError, EngineError, OSError) as err:
+            log.warning("%s failed: %s", what, err)
+        except Exception:
+            log.exception("%s failed", what)
+    task = asyncio.create_task(runner(), name=what)
+    tasks = request.app[OPERATIONS]
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def snapshot_restore(request: web.Request) -> web.StreamResponse:
+    """Start a restore of a snapshot (or a path in it) into a target directory."""
+    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    snapshot_id = request.match_info["snapshot_id"]
+    form = await _form(request)
+    page = _url(request, "job", job_id=job.job_id) + "#activity"
+    try:
+        target = clean_path(form.get("target"), "target")
+    except ValueError as err:
+        return redirect(page, ("error", f"Restore not started: {err}."))
+    path = str(form.get("path", "")).strip() or None
+    data = {"target": target, "path": path, "overwrite": form.get("overwrite") == "on"}
+    _background(request, operations.restore_snapshot(request.app[STORE], job, snapshot_id, data),
+                f"restore of {snapshot_id}")
+    return redirect(page, ("ok", f"Restore of {snapshot_id} into {target} started; its result "
+                                 "shows under Activity."))
+
+
+async def snapshot_verify(request: web.Request) -> web.StreamResponse:
+    """Start verifying a snapshot against its manifest."""
+    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    snapshot_id = request.match_info["snapshot_id"]
+    _background(request, operations.verify_snapshot(request.app[STORE], job, snapshot_id),
+                f"verify of {snapshot_id}")
+    return redirect(_url(request, "job", job_id=job.job_id) + "#activity",
+                    ("ok", f"Verify of {snapshot_id} started; its result shows under Activity."))
+
+
+# --- settings and theme ---------------------------------------------------------------
+
+async def settings_page(request: web.Request) -> web.Response:
+    """Every global setting in one form."""
+    values = settings_form_values(request.app[STATE].settings)
+    return render(request, "settings.html", {"values": values, "errors": {},
+                                             "choices": CHOICES})
+
+
+async def settings_save(request: web.Request) -> web.StreamResponse:
+    """Validate and save the settings as one event; they apply without a restart."""
+    values, too_long = read_fields(await _form(request), SETTINGS_FIELDS)
+    try:
+        if too_long:
+            raise FormInvalid(too_long)
+        await request.app[COMMANDS].change_settings(settings_input(values))
+    except (FormInvalid, SettingsInvalid, Invalid) as err:
+        errors = getattr(err, "errors", None) or {"_": str(err)}
+        errors = {("retention" if k in ("default_retention",) else k): v
+                  for k, v in errors.items()}
+        return render(request, "settings.html",
+                      {"values": values, "errors": errors, "choices": CHOICES}, status=422)
+    return redirect(_url(request, "settings"), ("ok", "Settings saved."))
+
+
+async def theme_switch(request: web.Request) -> web.StreamResponse:
+    """Remember this browser's theme choice (system, light or dark) in a cookie."""
+    form = await _form(request)
+    theme = form.get("theme")
+    back = safe_next(request, form.get("next"), _url(request, "dashboard"))
+    response = redirect(back)
+    if theme in CHOICES["theme"]:
+        response.set_cookie(THEME_COOKIE, str(theme), max_age=YEAR, path="/",
+                            samesite="Strict", httponly=True)
+    return response
+
+
+def setup_page_routes(app: web.Application) -> None:
+    """Declare the page routes, by name (the first part of a name is the nav section)."""
+    r = app.router
+    r.add_get("/dashboard", dashboard, name="dashboard")
+    r.add_get("/jobs", jobs, name="jobs")
+    r.add_get("/jobs/new", job_new, name="jobs-new")
+    r.add_post("/jobs/new", job_save, name="jobs-create")
+    r.add_get("/jobs/{job_id}", job_page, name="job")
+    r.add_get("/jobs/{job_id}/edit", job_edit, name="job-edit")
+    r.add_post("/jobs/{job_id}/edit", job_save, name="job-save")
+    r.add_post("/jobs/{job_id}/start", job_start, name="job-start")
+    r.add_post("/jobs/{job_id}/{switch:enable|disable}", job_switch, name="job-switch")
+    r.add_post("/jobs/{job_id}/delete", job_delete, name="job-delete")
+    r.add_post("/jobs/{job_id}/snapshots/{snapshot_id}/restore", snapshot_restore,
+               name="job-restore")
+    r.add_post("/jobs/{job_id}/snapshots/{snapshot_id}/verify", snapshot_verify,
+               name="job-verify")
+    r.add_post("/runs/{run_id}/{action:pause|resume|cancel|discard}", run_action,
+               name="run-action")
+    r.add_get("/settings", settings_page, name="settings")
+    r.add_post("/settings", settings_save, name="settings-save")
+    r.add_post("/theme", theme_switch, name="theme")
