@@ -12,7 +12,7 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
-from tests.browser_helpers import LiveServer, PageErrors, screenshot
+from tests.browser_helpers import LiveServer, NewPage, PageErrors, screenshot
 from tests.engine_helpers import tree_signature, write
 
 # A slow enough run to watch: 8 MiB through a 1 MiB/s bandwidth limit takes ~8 s.
@@ -233,3 +233,28 @@ async def test_falls_back_to_polling_when_the_socket_cannot_open(
     assert status == 201
     await expect(page.get_by_role("link", name="Seen by polling", exact=True)).to_be_visible()
     page_errors.assert_clean(allow=[WS_DROPPED])
+
+
+async def test_pages_work_with_javascript_off(live_server: LiveServer, new_page: NewPage,
+                                              tmp_path: Path) -> None:
+    write(tmp_path / "src" / "a.txt", b"plain forms")
+    page = await new_page(java_script_enabled=False)
+    await page.goto(live_server.url + "/jobs/new")
+    await page.get_by_label("Name").fill("No script")
+    await page.get_by_label("Sources (one absolute path per line)").fill(str(tmp_path / "src"))
+    await page.get_by_role("button", name="Create job").click()  # no destination yet
+    await expect(page.locator("#e-destination")).to_contain_text("destination is required")
+    await page.get_by_label("Destination (absolute path, or the restic repository)").fill(
+        str(tmp_path / "dest"))
+    await page.get_by_role("button", name="Create job").click()
+    await expect(page.get_by_text("Job “No script” created.")).to_be_visible()
+    await page.get_by_role("button", name="Start now").click()
+    await expect(page.get_by_text(re.compile(r"Run r-[0-9a-f]{12} queued\."))).to_be_visible()
+    for _ in range(100):  # no live updates without JavaScript: reload, as a person would
+        await page.reload()
+        if await page.locator("#job-runs .badge").first.text_content() == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+    await expect(page.locator("#job-runs .badge").first).to_have_text("succeeded")
+    await page.get_by_role("link", name="Logs", exact=True).click()
+    await expect(page.get_by_role("heading", name="Logs")).to_be_visible()
