@@ -196,7 +196,9 @@ async def test_settings_form_in_the_browser(live_server: LiveServer, page: Page,
     await expect(page.locator("html")).to_have_class("dark")
     assert live_server.request_json("GET", "/api/settings")[1]["max_concurrent_runs"] == 3
     # The header button overrides the theme for this browser only, and is remembered.
-    await page.get_by_role("button", name=re.compile("^Theme")).click()
+    async with page.expect_navigation():  # a plain form post: a whole new page
+        await page.get_by_role("button", name=re.compile("^Theme")).click()
+    await expect(page.locator("html")).to_have_class("")
     await page.reload()
     await expect(page.locator("html")).to_have_class("")
     page_errors.assert_clean(allow=[REFUSED_FORM])
