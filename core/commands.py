@@ -12,6 +12,7 @@ from typing import Any
 
 from core.errors import Conflict, Invalid, NotFound
 from core.state import JobView, RunView, State
+from engines.options import option_problems
 from events.store import EventStore
 from events.types import (
     Event,
@@ -63,7 +64,7 @@ class Commands:
 
     async def create_job(self, data: Mapping[str, Any]) -> JobView:
         """Validate a job spec and create the job; return it with its new id."""
-        spec = _validated(data)
+        spec = validate_job(data)
         job_id = new_job_id(spec.name)
         while job_id in self.state.jobs:
             job_id = new_job_id(spec.name)
@@ -73,7 +74,7 @@ class Commands:
     async def update_job(self, job_id: str, data: Mapping[str, Any]) -> JobView:
         """Replace a job's spec (fields left out keep their current values)."""
         job = self.job(job_id)
-        spec = _validated({**job.spec, **data})
+        spec = validate_job({**job.spec, **data})
         if spec.to_dict() != job.spec:
             await self.store.append(job_id, job.version,
                                     [JobUpdated(job_id=job_id, spec=spec.to_dict())])
@@ -165,9 +166,20 @@ class Commands:
         return dict(self.state.settings)
 
 
-def _validated(data: Mapping[str, Any]) -> JobSpec:
+def validate_job(data: Mapping[str, Any]) -> JobSpec:
+    """A job spec from input, or Invalid naming every bad field (engine options too)."""
+    errors: dict[str, str] = {}
+    spec = None
     try:
-        return JobSpec.from_input(data)
+        spec = JobSpec.from_input(data)
     except JobInvalid as err:
-        raise Invalid(str(err), err.errors) from err
+        errors.update(err.errors)
+    engine, options = data.get("engine"), data.get("options")
+    if "options" not in errors and isinstance(engine, str) and isinstance(options, Mapping):
+        problem = option_problems(engine, options)
+        if problem is not None:
+            errors["options"] = problem
+    if errors or spec is None:
+        raise Invalid("; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
+    return spec
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from server.errors import BadRequest
@@ -36,7 +38,7 @@ async def api_events(request: web.Request) -> web.Response:
     store = request.app[STORE]
     since = parse_since(request, default=0)
     raw_limit = request.query.get("limit", "500")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS_PAGE:
+    if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= MAX_EVENTS_PAGE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_EVENTS_PAGE}")
     events = await store.read(since=since, limit=int(raw_limit))
     return web.json_response({"events": [ev.as_dict() for ev in events],

@@ -8,18 +8,23 @@ faster and live.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp_jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from core import operations
+from core.commands import validate_job
 from core.errors import CommandError, Invalid
 from core.queries import JobRow
 from core.state import JobView
 from engines.base import EngineError
-from models.job import JobInvalid, JobSpec, clean_path
+from models.job import clean_path
 from models.settings import SettingsInvalid
 from server.forms import (
     CHOICES,
@@ -77,8 +82,15 @@ def _dashboard_context(request: web.Request) -> dict[str, Any]:
 
 async def dashboard(request: web.Request) -> web.Response:
     """Cards, running runs with live progress, recent runs and the 30-day chart."""
-    return render(request, "dashboard.html", _dashboard_context(request), {
-        "stats": "partials/dashboard_stats.html", "running": "partials/running_runs.html",
+    context = _dashboard_context(request)
+    cards = aiohttp_jinja2.render_string("partials/dashboard_stats.html", request, context)
+    context["stats_html"] = Markup(cards)  # rendered (and escaped) by its own template
+    context["stats_digest"] = hashlib.sha256(cards.encode()).hexdigest()[:16]
+    if request.query.get("fragment") == "stats" \
+            and request.query.get("have") == context["stats_digest"]:
+        return web.Response(status=204)  # what the page shows is still current
+    return render(request, "dashboard.html", context, {
+        "stats": "partials/dashboard_stats_poll.html", "running": "partials/running_runs.html",
         "recent": "partials/recent_runs.html", "chart": "partials/runs_chart.html"})
 
 
@@ -95,7 +107,9 @@ def _job_rows(request: web.Request) -> dict[str, Any]:
                 or needle in j.job_id or needle in str(j.spec.get("destination", "")).lower()]
     raw_page = request.query.get("page", "1")
     pages = max(1, -(-len(jobs) // JOBS_PER_PAGE))
-    page = min(int(raw_page), pages) if raw_page.isdigit() and int(raw_page) > 0 else 1
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    page = min(int(raw_page), pages) if re.fullmatch(r"[0-9]{1,6}", raw_page) \
+        and int(raw_page) > 0 else 1
     shown = jobs[(page - 1) * JOBS_PER_PAGE: page * JOBS_PER_PAGE]
     rows: list[JobRow] = [queries.job_row(job) for job in shown]
     return {"rows": rows, "q": query, "page": page, "pages": pages, "total": len(jobs),
@@ -104,8 +118,15 @@ def _job_rows(request: web.Request) -> dict[str, Any]:
 
 async def jobs(request: web.Request) -> web.Response:
     """Every job with its state, last run, last success, next run and quick actions."""
-    return render(request, "jobs.html", _job_rows(request),
-                  {"list": "partials/job_list.html"})
+    response = render(request, "jobs.html", _job_rows(request),
+                      {"list": "partials/job_list.html"})
+    if request.headers.get("HX-Trigger") == "job-search":
+        # Typing in the search box: the address bar shows the search, not the fragment.
+        query = request.rel_url.query.copy()
+        query.popall("fragment", None)
+        query.popall("page", None)
+        response.headers["HX-Push-Url"] = str(request.rel_url.with_query(query))
+    return response
 
 
 # --- one job --------------------------------------------------------------------------
@@ -117,7 +138,9 @@ async def _snapshots(job: JobView) -> tuple[list[Any], str | None]:
         return [], str(err)
 
 
-async def job_page(request: web.Request) -> web.Response:
+async def job_page(request: web.Request, restore_errors: Mapping[str, str] | None = None,
+                   restore_values: Mapping[str, Any] | None = None,
+                   status: int = 200) -> web.Response:
     """A job: its settings, actions, run history, snapshots with restore and verify."""
     commands = request.app[COMMANDS]
     job = commands.job(request.match_info["job_id"])
@@ -133,11 +156,12 @@ async def job_page(request: web.Request) -> web.Response:
         "running": [r for r in _running(request) if r["job"].job_id == job.job_id],
         "snapshots": snapshots, "snapshot_error": snapshot_error,
         "activity": list(reversed(job.activity)),
-        "restore_errors": {}, "restore_values": {},
+        "restore_errors": restore_errors or {}, "restore_values": restore_values or {},
     }
     return render(request, "job.html", context, {
         "header": "partials/job_header.html", "runs": "partials/job_runs.html",
-        "snapshots": "partials/job_snapshots.html", "running": "partials/running_runs.html"})
+        "snapshots": "partials/job_snapshots.html", "running": "partials/running_runs.html"},
+        status=status)
 
 
 # --- job form -------------------------------------------------------------------------
@@ -172,8 +196,8 @@ async def job_save(request: web.Request) -> web.StreamResponse:
         if errors:
             # Show every problem at once: the spec's own checks too, not only the text's.
             try:
-                JobSpec.from_input({**(job.spec if job else {}), **data})
-            except JobInvalid as err:
+                validate_job({**(job.spec if job else {}), **data})
+            except Invalid as err:
                 errors = {**err.errors, **errors}
             raise Invalid("the form has errors", errors)
         if job is None:
@@ -280,11 +304,14 @@ async def snapshot_restore(request: web.Request) -> web.StreamResponse:
     snapshot_id = request.match_info["snapshot_id"]
     form = await _form(request)
     page = _url(request, "job", job_id=job.job_id) + "#activity"
+    path = str(form.get("path", "")).strip() or None
     try:
         target = clean_path(form.get("target"), "target")
     except ValueError as err:
-        return redirect(page, ("error", f"Restore not started: {err}."))
-    path = str(form.get("path", "")).strip() or None
+        # Shown beside the field of this snapshot's form, with what was typed kept.
+        typed = {"target": str(form.get("target", ""))[:4096], "path": path or "",
+                 "overwrite": form.get("overwrite") == "on"}
+        return await job_page(request, {snapshot_id: str(err)}, {snapshot_id: typed}, 422)
     data = {"target": target, "path": path, "overwrite": form.get("overwrite") == "on"}
     _background(request, operations.restore_snapshot(request.app[STORE], job, snapshot_id, data),
                 f"restore of {snapshot_id}")

@@ -72,7 +72,9 @@ async def _tail(ws: web.WebSocketResponse, store: EventStore, sub: Subscription,
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Stream every stored event after `since`, then new events as they are committed."""
     store = request.app[STORE]
-    since = parse_since(request, default=store.last_seq)
+    # A client ahead of this log (it was restored or rebuilt) starts over from its head;
+    # it lowers its own seq on the hello, and must not miss what comes next.
+    since = min(parse_since(request, default=store.last_seq), store.last_seq)
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
     clients = request.app[WEBSOCKETS]

@@ -247,3 +247,28 @@ async def test_log_level_setting_applies_without_restart(app_client: Client) -> 
         assert logging.getLogger().level == logging.WARNING
     finally:
         logging.getLogger().setLevel(before)
+
+
+async def test_engine_options_are_checked_when_the_job_is_saved(app_client: Client,
+                                                                tmp_path: Path) -> None:
+    store = app_client.app[STORE]
+    before = store.last_seq
+    base = {"name": "Opts", "sources": [str(tmp_path / "src")],
+            "destination": str(tmp_path / "dest")}
+    cases = [
+        ({"engine": "restic", "options": {}}, "password_file is needed"),
+        ({"engine": "mirror", "options": {"bwlimit": -5}}, "bwlimit must be a whole number"),
+        ({"engine": "mirror", "options": {"foo": "bar"}}, "foo is not an option of the mirror"),
+        ({"engine": "archive", "options": {"compression": "lzma"}}, "zstd, gzip"),
+        ({"engine": "archive", "options": {"compression": "gzip", "level": 12}}, "1 to 9"),
+        ({"engine": "restic", "options": {"password_file": "relative"}}, "absolute path"),
+    ]
+    for extra, message in cases:
+        resp = await app_client.post("/api/jobs", json={**base, **extra})
+        body = await resp.json()
+        assert resp.status == 400, body
+        assert message in body["fields"]["options"], (extra, body)
+    assert store.last_seq == before
+    ok = await app_client.post("/api/jobs", json={
+        **base, "engine": "restic", "options": {"password_file": "/etc/pw", "init": True}})
+    assert ok.status == 201

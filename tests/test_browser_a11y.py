@@ -12,13 +12,15 @@ from playwright.async_api import Page, expect
 
 from tests.browser_helpers import LiveServer, NewPage, PageErrors, assert_accessible, screenshot
 from tests.engine_helpers import write
+from tests.test_browser_journey import slow_source
 
 WIDTHS = (375, 1280)
 THEMES = ("light", "dark")
 
 
 def seed(live_server: LiveServer, tmp_path: Path) -> str:
-    """A job with a finished run, a snapshot, a failed job and an interrupted-run banner."""
+    """Jobs with a finished run and a snapshot, a failed run, a run interrupted by a crash
+    (the recovery banner) and a run going (a progress bar); returns the running job."""
     write(tmp_path / "src" / "docs" / "a.txt", b"hello\n")
     status, job = live_server.request_json("POST", "/api/jobs", {
         "name": "Documents", "engine": "mirror", "sources": [str(tmp_path / "src")],
@@ -30,11 +32,35 @@ def seed(live_server: LiveServer, tmp_path: Path) -> str:
         "name": "Missing source", "engine": "mirror", "sources": ["/no/such/dir"],
         "destination": str(tmp_path / "dest2")})
     live_server.request_json("POST", f"/api/jobs/{broken['id']}/start", {})
-    for _ in range(200):
-        if live_server.request_json("GET", f"/api/runs/{run_id}")[1]["state"] == "succeeded":
-            break
+    wait_state(live_server, run_id, "succeeded")
+
+    # A run cut off by a crash, with auto-resume off: the recovery banner on every page.
+    slow = slow_source(tmp_path / "slow")
+    live_server.request_json("PUT", "/api/settings", {"auto_resume": False})
+    _, cut = live_server.request_json("POST", "/api/jobs", {
+        "name": "Cut off", "engine": "mirror", "sources": [str(slow)],
+        "destination": str(tmp_path / "dest3"), "options": {"bwlimit": 512}})
+    cut_run = live_server.request_json("POST", f"/api/jobs/{cut['id']}/start", {})[1]["run_id"]
+    wait_state(live_server, cut_run, "running")
+    live_server.kill()
+    live_server.start()
+    wait_state(live_server, cut_run, "interrupted")
+
+    # And one running slowly, so the pages show a live progress bar too.
+    _, busy = live_server.request_json("POST", "/api/jobs", {
+        "name": "Busy", "engine": "mirror", "sources": [str(slow)],
+        "destination": str(tmp_path / "dest4"), "options": {"bwlimit": 256}})
+    busy_run = live_server.request_json("POST", f"/api/jobs/{busy['id']}/start", {})[1]["run_id"]
+    wait_state(live_server, busy_run, "running")
+    return str(busy["id"])
+
+
+def wait_state(live_server: LiveServer, run_id: str, state: str, within: float = 30) -> None:
+    """Poll the API until a run is in `state`."""
+    deadline = time.monotonic() + within
+    while live_server.request_json("GET", f"/api/runs/{run_id}")[1]["state"] != state:
+        assert time.monotonic() < deadline, f"run {run_id} never became {state}"
         time.sleep(0.05)
-    return str(job["id"])
 
 
 def page_paths(job_id: str) -> dict[str, str]:
@@ -56,6 +82,10 @@ async def test_every_page_passes_axe_in_both_themes_at_phone_and_desktop_width(
             for name, path in paths.items():
                 await page.goto(live_server.url + path)
                 await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+                if path != "/no/such/page":
+                    await expect(page.locator("#recovery")).to_contain_text("interrupted run")
+                if path in ("/dashboard", f"/jobs/{job_id}"):
+                    await expect(page.locator('[data-f="bar"]').first).to_be_visible()
                 await assert_accessible(page)
                 await screenshot(page, f"{name}-{theme}-{width}")
                 # Nothing may stick out sideways on a phone.
@@ -67,7 +97,7 @@ async def test_every_page_passes_axe_in_both_themes_at_phone_and_desktop_width(
     page_errors.assert_clean(allow=[r"status of 404", r"ERR_ABORTED"])
 
 
-async def test_refused_form_and_recovery_banner_pass_axe(live_server: LiveServer,
+async def test_refused_form_passes_axe(live_server: LiveServer,
                                                          new_page: NewPage,
                                                          tmp_path: Path) -> None:
     for theme in THEMES:

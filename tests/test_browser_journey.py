@@ -260,3 +260,48 @@ async def test_pages_work_with_javascript_off(live_server: LiveServer, new_page:
     await expect(page.locator("#job-runs .badge").first).to_have_text("succeeded")
     await page.get_by_role("link", name="Logs", exact=True).click()
     await expect(page.get_by_role("heading", name="Logs")).to_be_visible()
+
+
+async def test_live_refreshes_keep_focus_and_what_is_being_typed(
+        live_server: LiveServer, page: Page, tmp_path: Path) -> None:
+    src = slow_source(tmp_path / "src")
+    write(tmp_path / "quick" / "a.txt", b"quick")
+    jobs = {}
+    for name, source, options in (("Slow", src, {"bwlimit": 512}),
+                                  ("Quick", tmp_path / "quick", {})):
+        status, jobs[name] = live_server.request_json("POST", "/api/jobs", {
+            "name": name, "engine": "mirror", "sources": [str(source)],
+            "destination": str(tmp_path / f"dest-{name}"), "options": options,
+            "schedule": "every 6 hours"})  # the dashboard then links the next run
+        assert status == 201
+    quick = jobs["Quick"]["id"]
+    first = live_server.request_json("POST", f"/api/jobs/{quick}/start", {})[1]["run_id"]
+    for _ in range(100):
+        if live_server.request_json("GET", f"/api/runs/{first}")[1]["state"] == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+
+    # Keyboard focus on Pause stays there while the run checkpoints and progresses.
+    await page.goto(f"{live_server.url}/jobs/{jobs['Slow']['id']}")
+    await page.get_by_role("button", name="Start now").click()
+    await wait_for_bar_above(page, 1)
+    await page.locator("#hdr-pause").focus()
+    await asyncio.sleep(4)
+    assert await page.evaluate("document.activeElement.id") == "hdr-pause"
+
+    # A restore form being filled in on one job survives another job's run finishing.
+    await page.goto(f"{live_server.url}/jobs/{quick}")
+    await page.get_by_text("Restore…").first.click()
+    target = page.get_by_label("Restore into (absolute path)").first
+    await target.fill("/tmp/half-typed")
+    live_server.request_json("POST", f"/api/jobs/{quick}/start", {})
+    await expect(page.locator("#job-runs .badge").first).to_have_text("succeeded")
+    await asyncio.sleep(1)
+    await expect(target).to_have_value("/tmp/half-typed")
+
+    # The dashboard's stats poll does not take focus away from a link in the cards.
+    await page.goto(f"{live_server.url}/dashboard")
+    link = page.locator("#stats a").first
+    await link.focus()
+    await asyncio.sleep(4.5)  # two polls
+    assert await page.evaluate("document.activeElement.closest('#stats') !== null")

@@ -157,10 +157,15 @@ async def test_delete_needs_confirmation_and_keeps_backups(app_client: Client,
     refused = await app_client.post(f"/jobs/{job_id}/delete", data={"_csrf": csrf},
                                     allow_redirects=False)
     assert refused.status == 303 and job_id in app_client.app[STATE].jobs
+    run_id = (await (await app_client.post(f"/api/jobs/{job_id}/start", json={})).json()
+              )["run_id"]
+    run = await wait_run(app_client, run_id, {"succeeded", "failed"})
     deleted = await app_client.post(f"/jobs/{job_id}/delete",
                                     data={"_csrf": csrf, "confirm": "delete"})
     assert deleted.status == 200 and "Job “Gone” deleted." in await deleted.text()
     assert job_id not in app_client.app[STATE].jobs
+    snapshot = tmp_path / "dest" / run["snapshot_id"] / "src"
+    assert tree_signature(snapshot) == tree_signature(src)  # the backups stay
 
 
 async def test_forms_without_token_or_from_another_site_are_refused(app_client: Client) -> None:
@@ -275,3 +280,59 @@ async def test_dashboard_counts_runs_and_draws_them_in_the_chart(app_client: Cli
     assert chart.count("<rect") == 60  # 30 days, a succeeded and a failed bar each
     recent = await (await app_client.get("/dashboard?fragment=recent")).text()
     assert recent.index("Broken") < recent.index("Fine")  # newest first
+
+
+async def test_stats_poll_answers_204_while_nothing_changed(app_client: Client) -> None:
+    page = await (await app_client.get("/dashboard")).text()
+    poll = re.search(r'id="stats" hx-get="([^"]+)"', page)
+    assert poll
+    url = poll.group(1).replace("&amp;", "&")
+    same = await app_client.get(url)
+    assert same.status == 204  # nothing to swap: focus and screen readers undisturbed
+    await app_client.post("/api/jobs", json={"name": "New", "engine": "mirror",
+                                             "sources": ["/a"], "destination": "/b"})
+    changed = await app_client.get(url)
+    assert changed.status == 200
+    assert re.search(r'data-stat="jobs">1<', await changed.text())
+
+
+async def test_odd_numbers_in_the_query_are_handled(app_client: Client) -> None:
+    assert (await app_client.get("/jobs?page=%C2%B2")).status == 200
+    assert (await app_client.get("/jobs?page=-3")).status == 200
+    bad = await app_client.get("/api/events?limit=%C2%B2")
+    assert bad.status == 400 and "limit" in (await bad.json())["error"]
+
+
+async def test_search_pushes_its_own_url_and_the_list_refresh_keeps_it(app_client: Client
+                                                                       ) -> None:
+    for name in ("Alpha", "Beta"):
+        await app_client.post("/api/jobs", json={"name": name, "engine": "mirror",
+                                                 "sources": [f"/{name}"], "destination": "/b"})
+    resp = await app_client.get("/jobs?fragment=list&q=alp",
+                                headers={"HX-Request": "true", "HX-Trigger": "job-search"})
+    html = await resp.text()
+    assert resp.headers["HX-Push-Url"] == "/jobs?q=alp"
+    assert "Alpha" in html and "Beta" not in html
+    page = await (await app_client.get("/jobs?q=alp")).text()
+    assert 'hx-include="#job-search"' in page and 'value="alp"' in page
+
+
+async def test_restore_with_a_bad_target_keeps_the_form_and_says_why(app_client: Client,
+                                                                     tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", small_files=3, large_bytes=100)
+    job = await (await app_client.post("/api/jobs", json={
+        "name": "R", "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "dest")})).json()
+    run_id = (await (await app_client.post(f"/api/jobs/{job['id']}/start", json={})).json()
+              )["run_id"]
+    run = await wait_run(app_client, run_id, {"succeeded"})
+    store = app_client.app[STORE]
+    before = store.last_seq
+    resp = await app_client.post(
+        f"/jobs/{job['id']}/snapshots/{run['snapshot_id']}/restore",
+        data={"_csrf": await token(app_client), "target": "relative/dir", "path": "docs"})
+    html = await resp.text()
+    assert resp.status == 422
+    assert "must be an absolute path" in html and 'value="relative/dir"' in html
+    assert 'value="docs"' in html and "<details class=\"mt-2\" open>" in html
+    assert store.last_seq == before  # no RestoreStarted

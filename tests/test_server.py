@@ -147,3 +147,15 @@ async def test_slow_ws_client_is_closed_and_does_not_delay_others(
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) < total
     assert f"since={seqs[-1]}" in (msg.extra or "")
     await fast.close()
+
+
+async def test_ws_client_ahead_of_the_log_still_gets_new_events(app_client: Client) -> None:
+    # A browser that saw seq 500 of a log since restored to seq 1 must not miss seq 2.
+    store = app_client.app[STORE]
+    await store.append("docs-1", 0, [created("docs-1")])
+    async with app_client.ws_connect("/ws?since=500") as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello == {"kind": "hello", "head": 1}
+        await store.append("docs-2", 0, [created("docs-2")])
+        msg = await ws.receive_json(timeout=5)
+        assert msg["seq"] == 2

@@ -12,13 +12,17 @@
   var failures = 0; // consecutive connection attempts that did not open or soon died
   var reconnectTimer = null;
   var pollTimer = null;
+  var everOpened = false;
   var pending = {};
   var flushTimer = null;
   var MAX_LOG_LINES = 1000;
   var LEVELS = { DEBUG: 10, INFO: 20, WARNING: 30, ERROR: 40, CRITICAL: 50 };
 
-  // Which htmx trigger (listened to by fragments as `bm-... from:body`) an event touches.
+  // Which htmx triggers (listened to by fragments as `bm-... from:body`) an event touches.
+  // Checkpoints touch nothing shown (progress comes on its own), so they refresh nothing:
+  // refreshing every few seconds would also take keyboard focus away from the buttons.
   function topicsOf(type) {
+    if (type === "RunCheckpointed") return [];
     if (type.indexOf("Job") === 0) return ["bm-jobs"];
     if (type === "RunSucceeded" || type === "SnapshotPruned") return ["bm-runs", "bm-snapshots"];
     if (type.indexOf("Run") === 0) return ["bm-runs"];
@@ -60,7 +64,9 @@
     if (typeof ev.seq !== "number" || ev.seq <= lastSeq) return;
     lastSeq = ev.seq;
     document.querySelectorAll("[data-seq-label]").forEach(function (el) { el.textContent = String(lastSeq); });
-    nudge(topicsOf(ev.type || ""));
+    var topics = topicsOf(ev.type || "");
+    // A job's own page listens to `bm-runs-<job id>` so other jobs' runs leave it alone.
+    nudge(topics.concat(topics.map(function (t) { return t + "-" + ev.stream; })));
   }
 
   // --- progress ------------------------------------------------------------------
@@ -174,11 +180,14 @@
     var opened = false;
     ws.onopen = function () {
       opened = true;
+      var reconnected = everOpened;
+      everOpened = true;
       failures = 0;
       stopPolling();
       setConnection("live", "Live");
-      // Whatever changed while disconnected is replayed; refresh fragments once anyway.
-      nudge(["bm-runs", "bm-jobs", "bm-snapshots"]);
+      // The replay brings what changed while away; progress does not replay, so after a
+      // reconnect the running fragments are fetched once. A first open needs nothing.
+      if (reconnected) nudge(["bm-runs"]);
     };
     ws.onmessage = function (e) { onMessage(e.data); };
     ws.onclose = function () {
@@ -216,6 +225,18 @@
     clearInterval(pollTimer);
     pollTimer = null;
   }
+
+  // A live refresh must not throw away a restore form someone is filling in.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var target = e.detail.target;
+    if (!target || !target.hasAttribute("data-keep-open-forms")) return;
+    var busy = Array.prototype.some.call(target.querySelectorAll("details[open] input"), function (input) {
+      return (input.type === "text" || input.type === "search" || !input.type) && input.value !== "";
+    });
+    if (busy || target.contains(document.activeElement) && document.activeElement.tagName === "INPUT") {
+      e.detail.shouldSwap = false;
+    }
+  });
 
   document.addEventListener("htmx:afterSettle", function () {
     // A boosted page swap re-renders the header: show the socket's real state again.
