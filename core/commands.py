@@ -7,13 +7,14 @@ of writing on top of a state it did not see.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.errors import Conflict, Invalid, NotFound
 from core.state import JobView, RunView, State
 from engines.options import option_problems
-from events.store import EventStore
+from events.store import ConcurrencyError, EventStore
 from events.types import (
     Event,
     JobCreated,
@@ -31,6 +32,8 @@ from events.types import (
 from models.ids import SETTINGS_STREAM, check_job_id, check_run_id, new_job_id, new_run_id
 from models.job import JobInvalid, JobSpec
 from models.settings import SettingsInvalid, validate_settings
+
+RETRIES = 5  # version conflicts with the runner's own appends before giving up
 
 
 class Commands:
@@ -123,27 +126,39 @@ class Commands:
 
     async def pause_run(self, run_id: str) -> RunView:
         """Ask a running run to hold at its next safe point."""
-        run = self._run_in(run_id, {"running"}, "pause")
-        await self._append(run.job_id, [RunPaused(job_id=run.job_id, run_id=run_id)])
-        return run
+        return await self._run_event(run_id, {"running"}, "pause", RunPaused)
 
     async def resume_run(self, run_id: str) -> RunView:
         """Continue a paused run, or put an interrupted one back in the queue."""
-        run = self._run_in(run_id, {"paused", "interrupted"}, "resume")
-        await self._append(run.job_id, [RunResumed(job_id=run.job_id, run_id=run_id)])
-        return run
+        return await self._run_event(run_id, {"paused", "interrupted"}, "resume", RunResumed)
 
     async def cancel_run(self, run_id: str) -> RunView:
         """Cancel a queued, running or paused run (its partial snapshot is removed)."""
-        run = self._run_in(run_id, {"queued", "running", "paused"}, "cancel")
-        await self._append(run.job_id, [RunCancelled(job_id=run.job_id, run_id=run_id)])
-        return run
+        return await self._run_event(run_id, {"queued", "running", "paused"}, "cancel",
+                                     RunCancelled)
 
     async def discard_run(self, run_id: str) -> RunView:
         """Give up an interrupted run; the runner cleans up its partial snapshot."""
-        run = self._run_in(run_id, {"interrupted"}, "discard")
-        await self._append(run.job_id, [RunDiscarded(job_id=run.job_id, run_id=run_id)])
-        return run
+        return await self._run_event(run_id, {"interrupted"}, "discard", RunDiscarded)
+
+    async def _run_event(self, run_id: str, states: set[str], verb: str,
+                         event: Callable[..., Event]) -> RunView:
+        """Check the run's state, then append; checked again if the job's stream moved.
+
+        A running run appends checkpoints to the same stream; one landing between the
+        check and the append is a version conflict that says nothing about this
+        command, so the check is made again against the newer state.
+        """
+        for attempt in range(RETRIES):
+            run = self._run_in(run_id, states, verb)
+            try:
+                await self._append(run.job_id, [event(job_id=run.job_id, run_id=run_id)])
+                return run
+            except ConcurrencyError:
+                if attempt == RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01)  # the state catches up with what committed
+        raise AssertionError("unreachable")
 
     def _run_in(self, run_id: str, states: set[str], verb: str) -> RunView:
         run = self.run(run_id)

@@ -6,10 +6,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from core.errors import Invalid
+from core.errors import Invalid, NotFound
 from core.runner import backup_spec
 from core.state import JobView
-from engines.base import NullReporter, RunControl, Snapshot
+from engines.base import EngineError, NullReporter, Progress, RunControl, Snapshot
+from engines.manifest import check_rel_path
 from engines.registry import get_engine
 from events.store import EventStore
 from events.types import RestoreFinished, RestoreStarted, VerifyFinished
@@ -32,24 +33,62 @@ async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
     path = data.get("path") or None
     if path is not None and not isinstance(path, str):
         raise Invalid("path must be a path inside the snapshot", {"path": "not a path"})
+    if path is not None:
+        try:
+            check_rel_path(path)
+        except EngineError as err:
+            raise Invalid(str(err), {"path": str(err)}) from err
+    await require_snapshot(job, snapshot_id)  # before anything is recorded
     overwrite = data.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise Invalid("overwrite must be true or false", {"overwrite": "true or false"})
     engine = get_engine(job.spec["engine"])
     spec = backup_spec(job.spec)
-    await store.append(job.job_id, None, [RestoreStarted(
-        job_id=job.job_id, snapshot_id=snapshot_id, target=str(target), path=path)])
+    started = RestoreStarted(job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
+                             path=path)
+    recorder = _StartRecorder(store, asyncio.get_running_loop(), job.job_id, started)
     try:
         result = await asyncio.to_thread(engine.restore, spec, snapshot_id, target,
-                                         RunControl(), NullReporter(), path, overwrite)
+                                         RunControl(), recorder, path, overwrite)
     except Exception as err:
-        await store.append(job.job_id, None, [RestoreFinished(
-            job_id=job.job_id, snapshot_id=snapshot_id, target=str(target), error=str(err))])
-        raise
-    await store.append(job.job_id, None, [RestoreFinished(
-        job_id=job.job_id, snapshot_id=snapshot_id, target=str(target), files=result.files,
-        bytes=result.bytes)])
+        if recorder.recorded:  # it had begun writing into the target: say how it ended
+            await store.append(job.job_id, None, [RestoreFinished(
+                job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
+                error=str(err))])
+        raise  # refused before writing anything (no such path, would overwrite): no record
+    finished = RestoreFinished(job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
+                               files=result.files, bytes=result.bytes)
+    await store.append(job.job_id, None,
+                       [finished] if recorder.recorded else [started, finished])
     return {"files": result.files, "bytes": result.bytes, "target": str(target)}
+
+
+class _StartRecorder(NullReporter):
+    """Records RestoreStarted when the engine starts writing (its input checks passed).
+
+    Every engine reports the "restoring" phase only after it has checked the snapshot,
+    the path and the target, so a refused restore leaves nothing in the log.
+    """
+
+    def __init__(self, store: EventStore, loop: asyncio.AbstractEventLoop, stream: str,
+                 event: RestoreStarted) -> None:
+        self.store, self.loop, self.stream, self.event = store, loop, stream, event
+        self.recorded = False
+
+    def progress(self, progress: Progress) -> None:
+        """On the first "restoring" report, append RestoreStarted and wait for it."""
+        if self.recorded or progress.phase != "restoring":
+            return
+        self.recorded = True
+        # Waited for, from the engine's thread: Started is in the log before Finished.
+        asyncio.run_coroutine_threadsafe(
+            self.store.append(self.stream, None, [self.event]), self.loop).result(timeout=60)
+
+
+async def require_snapshot(job: JobView, snapshot_id: str) -> None:
+    """Raise NotFound unless the job's destination lists this complete snapshot."""
+    if snapshot_id not in {s.id for s in await list_snapshots(job)}:
+        raise NotFound(f"job {job.job_id} has no snapshot {snapshot_id[:80]!r}")
 
 
 async def verify_snapshot(store: EventStore, job: JobView, snapshot_id: str) -> dict[str, Any]:

@@ -322,5 +322,29 @@ def _run_engine(engine: Any, spec: BackupSpec, control: RunControl, reporter: _R
         spec.check_destination()
     except EngineError as err:
         raise CannotStart(str(err)) from err
+    adopted = _finished_before_crash(engine, spec, resume)
+    if adopted is not None:
+        return adopted
     result: BackupResult = engine.backup(spec, control, reporter, resume)
     return result
+
+
+def _finished_before_crash(engine: Any, spec: BackupSpec,
+                           resume: Mapping[str, Any] | None) -> BackupResult | None:
+    """The snapshot a resumed run had already completed, if the crash came after that.
+
+    A kill between putting the snapshot in place and recording RunSucceeded leaves a
+    complete snapshot no run claims; running again would make a second one. The
+    checkpoint names the snapshot the run was making, so the run takes it as its result.
+    """
+    snapshot_id = (resume or {}).get("snapshot_id")
+    if not isinstance(snapshot_id, str) or not snapshot_id:
+        return None
+    try:
+        listed = engine.snapshots(spec)
+    except EngineError:
+        return None  # cannot tell (a busy restic repository): resume the normal way
+    for snap in listed:
+        if snap.id == snapshot_id:
+            return BackupResult(snap.id, snap.files, snap.size, 0.0)
+    return None

@@ -41,7 +41,7 @@ def unique_snapshot_id(taken: set[str], now: datetime | None = None) -> str:
 
 def check_snapshot_id(snapshot_id: str) -> str:
     """Return a well-formed snapshot id, or raise a clear error (ids name files)."""
-    if not SNAPSHOT_ID_RE.match(snapshot_id):
+    if not SNAPSHOT_ID_RE.fullmatch(snapshot_id):
         raise EngineError(f"{snapshot_id[:80]!r} is not a snapshot id")
     return snapshot_id
 
@@ -98,15 +98,25 @@ class Manifest:
         """Entries keyed by path."""
         return {e["path"]: e for e in self.entries}
 
-    def to_bytes(self) -> bytes:
-        """Serialise as JSON (one entry per line, so diffs and greps stay readable)."""
-        head = {"format": FORMAT, "snapshot_id": self.snapshot_id, "engine": self.engine,
-                "created": self.created, "sources": self.sources, "files": self.files,
-                "bytes": self.size}
+    def to_bytes(self, checksum: bool = True) -> bytes:
+        """Serialise as JSON (one entry per line, so diffs and greps stay readable).
+
+        The head carries a sha256 of the rest, so a changed byte anywhere (a mode, an
+        mtime, the creation time) is noticed, not only in what verify re-hashes.
+        """
+        head: dict[str, Any] = {
+            "format": FORMAT, "snapshot_id": self.snapshot_id, "engine": self.engine,
+            "created": self.created, "sources": self.sources, "files": self.files,
+            "bytes": self.size}
         lines = ",\n".join(json.dumps(e, sort_keys=True, ensure_ascii=False)
                            for e in self.entries)
+        body = f'{json.dumps(head, sort_keys=True, ensure_ascii=False)[:-1]}, "entries": [\n'
+        tail = f"{lines}\n]}}\n"
+        if not checksum:
+            return (body + tail).encode()
+        head["checksum"] = hashlib.sha256((body + tail).encode()).hexdigest()
         text = json.dumps(head, sort_keys=True, ensure_ascii=False)[:-1]
-        return f'{text}, "entries": [\n{lines}\n]}}\n'.encode()
+        return f'{text}, "entries": [\n{tail}'.encode()
 
     def write(self, path: Path) -> None:
         """Write the manifest atomically."""
@@ -117,11 +127,45 @@ class Manifest:
         """Read a manifest, with a clear error if it is missing or damaged."""
         try:
             data = json.loads(path.read_bytes())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
             if data.get("format") != FORMAT:
                 raise ValueError(f"unknown format {data.get('format')!r}")
-            return cls(data["snapshot_id"], data["engine"], data["created"],
-                       dict(data["sources"]), list(data["entries"]))
+            unknown = set(data) - _HEAD_KEYS
+            if unknown:  # a renamed key (a flipped byte in "checksum") is damage too
+                raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))[:80]}")
+            manifest = cls(str(data["snapshot_id"]), str(data["engine"]), str(data["created"]),
+                           dict(data["sources"]), list(data["entries"]))
+            for entry in manifest.entries:
+                _check_entry_shape(entry)
+            manifest.time  # noqa: B018 - raises ValueError for a damaged time
+            stored = data.get("checksum")
+            if stored is not None and (
+                    hashlib.sha256(manifest.to_bytes(checksum=False)).hexdigest() != stored
+                    or data.get("files") != manifest.files
+                    or data.get("bytes") != manifest.size):
+                raise ValueError("its content does not match its checksum (changed or damaged)")
         except FileNotFoundError as err:
             raise ManifestError(f"manifest {path} is missing") from err
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ManifestError(f"manifest {path} is damaged: {err}") from err
+        return manifest
+
+
+_KINDS = {"file", "dir", "symlink"}
+_HEAD_KEYS = {"format", "snapshot_id", "engine", "created", "sources", "files", "bytes",
+              "checksum", "entries"}
+
+
+def _check_entry_shape(entry: Any) -> None:
+    """Refuse an entry that lacks what restore and verify need (ValueError)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        raise ValueError(f"an entry has no path: {str(entry)[:80]}")
+    kind = entry.get("type")
+    if kind not in _KINDS:
+        raise ValueError(f"entry {entry['path']!r} has an unknown type {kind!r}")
+    if kind == "file" and (not isinstance(entry.get("size"), int) or
+                           not isinstance(entry.get("sha256"), str)):
+        raise ValueError(f"file entry {entry['path']!r} lacks its size or hash")
+    if kind == "symlink" and not isinstance(entry.get("target"), str):
+        raise ValueError(f"symlink entry {entry['path']!r} lacks its target")

@@ -40,6 +40,7 @@ import logging
 import os
 import posixpath
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -381,6 +382,14 @@ def _stop_orphan(repo: _Repo, resume: Mapping[str, Any] | None) -> None:
     """Kill the restic of a crashed attempt if it is still there: one that was paused
     (SIGSTOP) would stay stopped for good, holding its lock."""
     stop_leftover(resume, "restic", str(repo.path))
+
+
+def _run_tag(resume: Mapping[str, Any] | None) -> str:
+    """The tag this run's snapshot gets: kept from its checkpoint, else a new one."""
+    value = resume.get("tag") if resume else None
+    if isinstance(value, str) and re.fullmatch(r"bm-[0-9a-f]{16}", value):
+        return value
+    return f"bm-{secrets.token_hex(8)}"
 
 
 def _started(resume: Mapping[str, Any] | None) -> float | None:
@@ -744,7 +753,7 @@ class ResticEngine(Engine):
     def _list(self, repo: _Repo) -> list[dict[str, Any]]:
         """The repository's snapshots as restic describes them (with a parseable time)."""
         try:
-            data = json.loads(self._output(repo, ["snapshots", "--json"], "snapshots"))
+            data = json.loads(self._output(repo, ["--no-lock", "snapshots", "--json"], "snapshots"))
         except ValueError as err:
             raise EngineError(f"restic snapshots printed something that is not JSON: "
                               f"{err}") from err
@@ -842,11 +851,18 @@ class ResticEngine(Engine):
         control.safe_point()
         self._ensure_repository(repo, control)
         control.safe_point()
+        # Every attempt of one run tags its snapshot alike, so a resume after a crash
+        # that came once restic had finished takes that snapshot instead of a second.
+        tag = _run_tag(resume)
         if resume is not None:
+            _stop_orphan(repo, resume)  # first: a restic still running could yet finish
+            done = self._snapshot_tagged(repo, tag, started)
+            if done is not None:
+                return done
             self._adopt_partial_upload(repo, resume, warn)
         roots = _restic_roots(spec)
         checkpoint: dict[str, Any] = {"engine": self.name, "repository": str(repo.path),
-                                      "started": since}
+                                      "started": since, "tag": tag}
 
         def started_restic(pid: int) -> None:
             # The pid lets a resume or a discard stop the restic of a run that lost its
@@ -856,7 +872,7 @@ class ResticEngine(Engine):
 
         exclude_file: Path | None = None
         try:
-            args = ["backup", "--json", "--verbose=2"]
+            args = ["backup", "--json", "--verbose=2", "--tag", tag]
             if spec.include or spec.exclude:
                 exclude_file, flags = _exclude_args(
                     _excluded_paths(spec, roots, control, warn))
@@ -911,6 +927,16 @@ class ResticEngine(Engine):
                             time.monotonic() - started, tuple(warn.warnings))
 
     # --- listing ------------------------------------------------------------------------
+
+    def _snapshot_tagged(self, repo: _Repo, tag: str, started: float) -> BackupResult | None:
+        """The snapshot an earlier attempt of this run finished, if there is one."""
+        for snap in self._list(repo):
+            if tag in (snap.get("tags") or []):
+                files, size = self._stats(repo, snap)
+                short = snap.get("short_id")
+                snap_id = short if isinstance(short, str) and short else snap["id"][:SHORT_ID_LEN]
+                return BackupResult(snap_id, files, size, time.monotonic() - started)
+        return None
 
     def snapshots(self, spec: BackupSpec) -> list[Snapshot]:
         """List the repository's snapshots, oldest first (none before the first backup)."""

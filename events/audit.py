@@ -13,6 +13,7 @@ from urllib.request import pathname2url
 
 from events import sql
 from events.record import GENESIS_HASH, StoredEvent
+from events.watermark import missing_events, read_mark
 
 
 class LogMissing(FileNotFoundError):
@@ -110,3 +111,13 @@ def follow(db_path: Path, since: int, poll: float = 0.25,
                 since, got = ev.seq, True
             if not got:
                 time.sleep(poll)
+
+
+def acknowledged_problem(conn: sqlite3.Connection, db_path: Path) -> str | None:
+    """Whether the log lacks events it once acknowledged (see events/watermark.py)."""
+    mark = read_mark(db_path)
+    if mark is None:
+        return None
+    head = conn.execute(sql.SELECT_HEAD).fetchone()
+    row = conn.execute(sql.SELECT_HASH_AT, (mark.seq,)).fetchone()
+    return missing_events(mark, head[0] if head else 0, row[0] if row else None)

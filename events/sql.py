@@ -40,6 +40,8 @@ INSERT_EVENT = (
 
 SELECT_HEAD = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 
+SELECT_HASH_AT = "SELECT hash FROM events WHERE seq = ?"
+
 SELECT_STREAM_VERSIONS = "SELECT stream, MAX(version) FROM events GROUP BY stream"
 
 SELECT_SINCE = (

@@ -16,6 +16,7 @@ from events import sql
 from events.notifier import Notifier
 from events.record import GENESIS_HASH, Row, StoredEvent, chain_hash, utc_now_iso
 from events.types import Event, canonical_json
+from events.watermark import MarkWriter, missing_events, read_mark
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ class StoreError(Exception):
 
 class ConcurrencyError(StoreError):
     """A stream was not at the version the caller expected; nothing was written."""
+
+
+class EventsMissing(StoreError):
+    """The log lacks events it acknowledged earlier; it is not opened as if complete."""
 
 
 class StoreClosed(StoreError):
@@ -59,6 +64,7 @@ class EventStore:
         self._last_hash = GENESIS_HASH
         self._closed = False
         self._writer_task: asyncio.Task[None] | None = None
+        self._mark: MarkWriter | None = None
         self.commits = 0
 
     # --- life cycle -------------------------------------------------------------
@@ -81,7 +87,14 @@ class EventStore:
         for pragma in sql.PRAGMAS_READER:
             await reader.execute(pragma)
         store = cls(path, writer, reader)
-        await store._load_heads()
+        try:
+            await store._load_heads()
+            await store._check_mark()
+            store._mark = await asyncio.to_thread(MarkWriter, path)
+        except BaseException:
+            await reader.close()
+            await writer.close()
+            raise
         store.notifier.last_seq = store._last_seq
         store._writer_task = asyncio.create_task(store._write_loop(), name="event-writer")
         return store
@@ -101,6 +114,24 @@ class EventStore:
         with contextlib.suppress(sqlite3.Error):
             await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._writer.close()
+        if self._mark is not None:
+            self._mark.close()
+
+    async def _check_mark(self) -> None:
+        """Refuse a log that ends before what it acknowledged (see events/watermark.py)."""
+        mark = await asyncio.to_thread(read_mark, self.path)
+        if mark is None:
+            return
+        hash_at_mark = None
+        if mark.seq <= self._last_seq:
+            async with self._writer.execute(sql.SELECT_HASH_AT, (mark.seq,)) as cur:
+                row = await cur.fetchone()
+            hash_at_mark = row[0] if row else None
+        problem = missing_events(mark, self._last_seq, hash_at_mark)
+        if problem is not None:
+            raise EventsMissing(f"{problem}. Put back the events.db (with its -wal file) "
+                                "from a backup, or, to accept the loss, move "
+                                f"{self.path.name}-acked out of the way and start again.")
 
     async def _load_heads(self) -> None:
         async with self._writer.execute(sql.SELECT_HEAD) as cur:
@@ -228,10 +259,16 @@ class EventStore:
                 await self._write_batch([call])
             return
         self.commits += 1
-        committed: list[StoredEvent] = []
+        committed = [ev for _, stored in accepted for ev in stored]
+        if self._mark is not None:
+            # Before any caller hears of these events: the mark never trails an ack.
+            try:
+                await asyncio.to_thread(self._mark.write, committed[-1].seq,
+                                        committed[-1].hash)
+            except OSError as err:  # the events are committed; only the check is weaker
+                log.warning("cannot record the acknowledged seq: %s", err)
         for call, stored in accepted:
             self._versions[call.stream] = stored[-1].version
-            committed.extend(stored)
             if not call.future.done():
                 call.future.set_result(stored)
         self._last_seq, self._last_hash = committed[-1].seq, committed[-1].hash

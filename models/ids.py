@@ -34,7 +34,7 @@ def new_run_id() -> str:
 
 def is_job_id(value: str) -> bool:
     """Tell whether a string is a well-formed job id."""
-    return bool(JOB_ID_RE.match(value)) and value != SETTINGS_STREAM
+    return bool(JOB_ID_RE.fullmatch(value)) and value != SETTINGS_STREAM
 
 
 def check_job_id(value: str) -> str:
@@ -46,6 +46,6 @@ def check_job_id(value: str) -> str:
 
 def check_run_id(value: str) -> str:
     """Return the run id unchanged, or raise InvalidId with a clear message."""
-    if not RUN_ID_RE.match(value):
+    if not RUN_ID_RE.fullmatch(value):
         raise InvalidId(f"{value[:80]!r} is not a valid run id")
     return value

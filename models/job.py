@@ -186,7 +186,7 @@ class JobSpec:
             raw = data.get("webhook_url")
             if raw in (None, ""):
                 return None
-            if not isinstance(raw, str) or not re.match(r"^https?://[^\s\x00]{1,2000}$", raw):
+            if not isinstance(raw, str) or not re.fullmatch(r"https?://[^\s\x00]{1,2000}", raw):
                 raise ValueError("the webhook must be an http:// or https:// URL")
             return raw
 

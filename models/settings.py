@@ -50,7 +50,7 @@ def _check(key: str, value: Any) -> Any:
     if key == "webhook_url":
         if value in (None, ""):
             return None
-        if not isinstance(value, str) or not re.match(r"^https?://[^\s\x00]{1,2000}$", value):
+        if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s\x00]{1,2000}", value):
             raise ValueError("must be an http:// or https:// URL, or empty")
         return value
     if key == "log_level":

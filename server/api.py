@@ -18,11 +18,33 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object (the content type was checked by the middleware)."""
     try:
         body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"the body is not valid JSON: {err}") from err
+    except (ValueError, LookupError, RecursionError) as err:
+        # ValueError covers bad JSON, bad UTF-8 and numbers too long to convert;
+        # LookupError an unknown charset; RecursionError nesting no person writes.
+        raise BadRequest(f"the body is not valid JSON: {str(err)[:200]}") from err
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
+    if _has_lone_surrogate(body):
+        raise BadRequest("the body holds text that is not valid Unicode (a lone surrogate)")
     return body
+
+
+def _has_lone_surrogate(value: Any, depth: int = 0) -> bool:
+    """Whether any string in a JSON value holds a lone surrogate (JSON allows \\ud800)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if depth > 50:
+        return False  # deeper values are refused by the commands anyway
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k, depth + 1) or _has_lone_surrogate(v, depth + 1)
+                   for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v, depth + 1) for v in value)
+    return False
 
 
 def job_json(request: web.Request, job: JobView) -> dict[str, Any]:

@@ -25,12 +25,14 @@ from events.store import EventStore
 from server import handlers
 from server.api import setup_api_routes
 from server.assets import StaticAssets
+from server.auth import auth_middleware, read_token, setup_auth_routes
 from server.config import Config
-from server.csrf import csrf_middleware, csrf_token, load_secret
+from server.csrf import csrf_middleware, csrf_token, load_secret, session_key
 from server.datadir import lock_data_dir
 from server.errors import api_guard_middleware, error_middleware
 from server.keys import (
     ASSETS,
+    AUTH_TOKEN,
     COMMANDS,
     CONFIG,
     CSRF_TOKEN,
@@ -39,6 +41,7 @@ from server.keys import (
     QUERIES,
     RUNNER,
     SCHEDULER,
+    SESSION_KEY,
     STATE,
     STORE,
     WEBSOCKETS,
@@ -47,12 +50,14 @@ from server.logs import FileLog
 from server.logs_page import install_log_broadcast, setup_logs_routes
 from server.page_support import page_context, page_middleware, setup_templates
 from server.pages import setup_page_routes
+from server.security import add_security_headers, host_middleware
 from server.ws import close_websockets, websocket
 from storage.projector import Projector
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MAX_BODY = 1024 * 1024  # a form or JSON body larger than this gets 413
 
 
 async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -60,7 +65,9 @@ async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     lock = lock_data_dir(config.data_dir)
     file_log = FileLog(config.logs_dir, config.log_level) if config.log_to_file else None
-    app[CSRF_TOKEN] = csrf_token(load_secret(config.data_dir))
+    secret = await asyncio.to_thread(load_secret, config.data_dir)
+    app[CSRF_TOKEN], app[SESSION_KEY] = csrf_token(secret), session_key(secret)
+    app[AUTH_TOKEN] = await asyncio.to_thread(read_token, config.data_dir)
     await asyncio.to_thread(app[ASSETS].load)
     yield
     if file_log is not None:
@@ -150,6 +157,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/events", handlers.api_events, name="api-events")
     app.router.add_get("/static/{digest}/{name:.+}", app[ASSETS].serve, name="static")
     setup_page_routes(app)
+    setup_auth_routes(app)
     setup_logs_routes(app)
     setup_api_routes(app)
 
@@ -158,9 +166,10 @@ def create_app(config: Config) -> web.Application:
     """Build the application; nothing runs until its startup hooks do."""
     # The page context is gathered first, so error pages (a refused form, a 404) render
     # with the layout too; page_middleware is outermost so error pages are not cached.
-    app = web.Application(middlewares=[
-        page_middleware, aiohttp_jinja2.context_processors_middleware, error_middleware,
-        api_guard_middleware, csrf_middleware])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[
+        host_middleware, page_middleware, aiohttp_jinja2.context_processors_middleware,
+        error_middleware, auth_middleware, api_guard_middleware, csrf_middleware])
+    app.on_response_prepare.append(add_security_headers)
     app[CONFIG] = config
     app[WEBSOCKETS] = set()
     app[OPERATIONS] = set()

@@ -14,9 +14,12 @@ from pathlib import Path
 from aiohttp import web
 
 from events import audit
+from events.store import EventsMissing
+from server.auth import create_token, read_token, token_path
 from server.config import DATA_ENV, Config, default_data_dir
 from server.datadir import DataDirBusy
 from server.logs import setup_console_logging
+from server.security import is_loopback
 from storage.replay import replay_into
 
 log = logging.getLogger("backup_manager")
@@ -38,9 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the web UI and API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a host name the server answers to besides loopback (repeat "
+                            "for more), e.g. the name a reverse proxy forwards")
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_data_arg(serve)
+
+    token = sub.add_parser("token", help="print the access token (made the first time); "
+                                         "serving beyond loopback needs it")
+    token.add_argument("--rotate", action="store_true",
+                       help="make a new token (signs every browser out)")
+    _add_data_arg(token)
 
     events = sub.add_parser("events", help="audit and replay the event log (read-only)")
     ev_sub = events.add_subparsers(dest="action", required=True)
@@ -65,9 +77,18 @@ def _serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         print(f"error: port {args.port} is out of range", file=sys.stderr)
         return EXIT_USAGE
+    data_dir = args.data or default_data_dir()
+    if not is_loopback(args.host) and read_token(data_dir) is None:
+        # Anyone on the network could otherwise read and overwrite files through it.
+        print(f"error: serving on {args.host} makes this server reachable from other "
+              "machines, so it needs an access token first: run\n"
+              f"  backup-manager token --data {data_dir}\n"
+              "then sign in with the token it prints (or send it as "
+              "'Authorization: Bearer <token>' to the API)", file=sys.stderr)
+        return EXIT_USAGE
     setup_console_logging(args.log_level)
     config = Config(data_dir=args.data or default_data_dir(), host=args.host, port=args.port,
-                    log_level=args.log_level)
+                    log_level=args.log_level, allowed_hosts=tuple(args.allowed_host))
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -81,13 +102,28 @@ def _serve(args: argparse.Namespace) -> int:
                                                 config.host, config.port,
                                                 config.data_dir.resolve()),
                     shutdown_timeout=10)
-    except DataDirBusy as err:
+    except (DataDirBusy, EventsMissing) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
         print(f"error: cannot serve on {config.host}:{config.port}: {err.strerror or err}",
               file=sys.stderr)
         return EXIT_USAGE
+    return EXIT_OK
+
+
+def _token(args: argparse.Namespace) -> int:
+    data_dir = args.data or default_data_dir()
+    try:
+        token, made = create_token(data_dir, rotate=args.rotate)
+    except OSError as err:
+        print(f"error: cannot keep the access token in {data_dir}: {err.strerror or err}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(token)
+    if made:
+        print(f"(kept in {token_path(data_dir)}, mode 0600; a running server reads it on "
+              "its next start)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -104,6 +140,10 @@ def _events(args: argparse.Namespace) -> int:
     with closing(audit.open_readonly(db_path)) as conn:
         if args.action == "verify":
             result = audit.verify(conn)
+            lost = audit.acknowledged_problem(conn, db_path) if result.ok else None
+            if lost is not None:
+                print(f"DAMAGED: {lost}")
+                return EXIT_BAD_LOG
             if result.ok:
                 print(f"OK: {result.checked} events, hash chain intact, head {result.head_hash}")
                 return EXIT_OK
@@ -149,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "token":
+            return _token(args)
         return _events(args)
     except audit.LogMissing as err:
         print(f"error: {err}", file=sys.stderr)

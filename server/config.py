@@ -25,6 +25,8 @@ class Config:
     ws_queue_limit: int = 10_000
     log_level: str = "INFO"
     log_to_file: bool = True
+    # Host names (besides loopback and the bound address) the server answers to.
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def events_db(self) -> Path:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from server.errors import Handler, respond_error
 from server.keys import CSRF_TOKEN
+from server.security import own_origin
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 SECRET_FILE = "secret.key"
@@ -45,9 +46,14 @@ def csrf_token(secret: bytes) -> str:
     return hmac.new(secret, b"backup-manager csrf v1", hashlib.sha256).hexdigest()
 
 
+def session_key(secret: bytes) -> str:
+    """The key session cookies are signed with (never shown in a page, unlike the token)."""
+    return hmac.new(secret, b"backup-manager session v1", hashlib.sha256).hexdigest()
+
+
 def _same_origin(request: web.Request) -> tuple[bool, str]:
     """Whether Origin (or, without it, Referer) names this server; absent both, allow."""
-    own = f"{request.scheme}://{request.host}"
+    own = own_origin(request)
     origin = request.headers.get("Origin")
     if origin is not None:
         return origin == own, origin

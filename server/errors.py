@@ -96,9 +96,11 @@ async def api_guard_middleware(request: web.Request, handler: Handler) -> web.St
     this server never approves, so a foreign page cannot drive the API.
     """
     if request.path.startswith("/api/") and request.method not in ("GET", "HEAD", "OPTIONS"):
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            return respond_error(request, 403, f"cross-origin request from {origin[:100]} refused")
+        from server.security import origin_refusal  # security imports this module
+
+        refusal = origin_refusal(request)
+        if refusal is not None:
+            return respond_error(request, 403, refusal)
         if request.method in ("POST", "PUT") and request.content_type != "application/json":
             return respond_error(request, 415, "send the body as application/json")
     return await handler(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -14,13 +15,14 @@ from aiohttp import web
 from core.queries import parse_time
 from models.settings import THEMES
 from server.errors import Handler
-from server.keys import ASSETS, CSRF_TOKEN, STATE, STORE
+from server.keys import ASSETS, AUTH_TOKEN, CSRF_TOKEN, STATE, STORE
 
 NAV = (("dashboard", "Dashboard"), ("jobs", "Jobs"), ("settings", "Settings"), ("logs", "Logs"))
 THEME_COOKIE = "bm_theme"
 FLASH_COOKIE = "bm_flash"
 FLASH_KINDS = ("ok", "error", "warn")
 YEAR = 365 * 24 * 3600
+SAFE_PATH = re.compile(r"/(?![/\\])[\x21-\x5b\x5d-\x7e]*")  # one leading slash, no backslash
 
 
 def theme_of(request: web.Request) -> str:
@@ -70,6 +72,7 @@ async def page_context(request: web.Request) -> dict[str, Any]:
         "job_names": {r.job_id: state.jobs[r.job_id].spec.get("name", r.job_id)
                       for r in interrupted},
         "static_url": request.app[ASSETS].url,
+        "auth_on": request.app[AUTH_TOKEN] is not None,
         "here": here,
         "fragment_url": lambda name: f"{here}{'&' if '?' in here else '?'}fragment={name}",
     }
@@ -89,8 +92,9 @@ def render(request: web.Request, template: str, context: Mapping[str, Any],
 
 def safe_next(request: web.Request, raw: Any, default: str) -> str:
     """A same-site path to go back to after a form (never another site)."""
-    if isinstance(raw, str) and raw.startswith("/") and not raw.startswith("//") \
-            and "\\" not in raw and len(raw) < 2000:
+    # Printable ASCII only: browsers drop tabs and newlines from URLs ("/\t/evil" would
+    # become "//evil"), and control characters cannot go in a Location header at all.
+    if isinstance(raw, str) and len(raw) < 2000 and SAFE_PATH.fullmatch(raw):
         return raw
     return default
 

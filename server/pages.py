@@ -283,19 +283,33 @@ async def run_action(request: web.Request) -> web.StreamResponse:
     return await _act(request, _url(request, "job", job_id=run.job_id), act)
 
 
-def _background(request: web.Request, coro: Awaitable[Any], what: str) -> None:
-    """Run a restore or verify after the response; its outcome lands in the log."""
-    async def runner() -> None:
+# How long a form waits for a restore or verify to refuse or finish before it answers
+# "started": a bad path is then said on the page, not only in the log.
+FIRST_OUTCOME_WAIT = 1.5
+
+
+async def _background(request: web.Request, coro: Awaitable[Any], what: str
+                      ) -> tuple[bool, BaseException | None, Any]:
+    """Run a restore or verify past the response; (finished, its error, its result)."""
+    async def runner() -> Any:
         try:
-            await coro
+            return await coro
         except (CommandError, EngineError, OSError) as err:
             log.warning("%s failed: %s", what, err)
+            raise
         except Exception:
             log.exception("%s failed", what)
+            raise
     task = asyncio.create_task(runner(), name=what)
     tasks = request.app[OPERATIONS]
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+    await asyncio.wait({task}, timeout=FIRST_OUTCOME_WAIT)
+    if not task.done():
+        return False, None, None
+    if task.exception() is not None:
+        return True, task.exception(), None
+    return True, None, task.result()
 
 
 async def snapshot_restore(request: web.Request) -> web.StreamResponse:
@@ -306,6 +320,10 @@ async def snapshot_restore(request: web.Request) -> web.StreamResponse:
     page = _url(request, "job", job_id=job.job_id) + "#activity"
     path = str(form.get("path", "")).strip() or None
     try:
+        await operations.require_snapshot(job, snapshot_id)
+    except CommandError as err:
+        return redirect(page, ("error", f"Restore not started: {err}."))
+    try:
         target = clean_path(form.get("target"), "target")
     except ValueError as err:
         # Shown beside the field of this snapshot's form, with what was typed kept.
@@ -313,8 +331,14 @@ async def snapshot_restore(request: web.Request) -> web.StreamResponse:
                  "overwrite": form.get("overwrite") == "on"}
         return await job_page(request, {snapshot_id: str(err)}, {snapshot_id: typed}, 422)
     data = {"target": target, "path": path, "overwrite": form.get("overwrite") == "on"}
-    _background(request, operations.restore_snapshot(request.app[STORE], job, snapshot_id, data),
-                f"restore of {snapshot_id}")
+    finished, error, result = await _background(
+        request, operations.restore_snapshot(request.app[STORE], job, snapshot_id, data),
+        f"restore of {snapshot_id}")
+    if error is not None:
+        return redirect(page, ("error", f"Restore of {snapshot_id} failed: {error}"))
+    if finished:
+        return redirect(page, ("ok", f"Restored {result['files']} files from {snapshot_id} "
+                                     f"into {target}."))
     return redirect(page, ("ok", f"Restore of {snapshot_id} into {target} started; its result "
                                  "shows under Activity."))
 
@@ -323,10 +347,22 @@ async def snapshot_verify(request: web.Request) -> web.StreamResponse:
     """Start verifying a snapshot against its manifest."""
     job = request.app[COMMANDS].job(request.match_info["job_id"])
     snapshot_id = request.match_info["snapshot_id"]
-    _background(request, operations.verify_snapshot(request.app[STORE], job, snapshot_id),
-                f"verify of {snapshot_id}")
-    return redirect(_url(request, "job", job_id=job.job_id) + "#activity",
-                    ("ok", f"Verify of {snapshot_id} started; its result shows under Activity."))
+    page = _url(request, "job", job_id=job.job_id) + "#activity"
+    try:
+        await operations.require_snapshot(job, snapshot_id)
+    except CommandError as err:
+        return redirect(page, ("error", f"Verify not started: {err}."))
+    finished, error, result = await _background(
+        request, operations.verify_snapshot(request.app[STORE], job, snapshot_id),
+        f"verify of {snapshot_id}")
+    if error is not None:
+        return redirect(page, ("error", f"Verify of {snapshot_id} failed: {error}"))
+    if finished:
+        return redirect(page, ("ok" if result["ok"] else "error",
+                               f"Verify of {snapshot_id}: " + ("intact." if result["ok"] else
+                                                               "problems found, see Activity.")))
+    return redirect(page, ("ok", f"Verify of {snapshot_id} started; its result shows under "
+                                 "Activity."))
 
 
 # --- settings and theme ---------------------------------------------------------------

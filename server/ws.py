@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 
 from aiohttp import WSCloseCode, web
 
@@ -14,6 +15,7 @@ from events.record import StoredEvent
 from events.store import EventStore
 from server.errors import BadRequest
 from server.keys import CONFIG, STORE, WEBSOCKETS
+from server.security import origin_refusal
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,10 @@ def parse_since(request: web.Request, default: int) -> int:
     raw = request.query.get("since")
     if raw is None or raw == "":
         return default
-    try:
-        since = int(raw)
-    except ValueError as err:
-        raise BadRequest(f"since must be a whole number, not {raw[:40]!r}") from err
-    if since < 0:
-        raise BadRequest("since must be 0 or more")
-    return since
+    # ASCII digits only (int() also reads "١٢"), and no bigger than SQLite's integers.
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
+        raise BadRequest(f"since must be a whole number of 0 or more, not {raw[:40]!r}")
+    return int(raw)
 
 
 async def _send_stored(ws: web.WebSocketResponse, store: EventStore, last: int,
@@ -75,6 +74,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     # A client ahead of this log (it was restored or rebuilt) starts over from its head;
     # it lowers its own seq on the hello, and must not miss what comes next.
     since = min(parse_since(request, default=store.last_seq), store.last_seq)
+    # Browsers let any page open a WebSocket to any host; only the Origin tells a page
+    # of this server from a foreign one reading the whole log.
+    refusal = origin_refusal(request)
+    if refusal is not None:
+        raise web.HTTPForbidden(reason=refusal)
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
     clients = request.app[WEBSOCKETS]

@@ -72,6 +72,8 @@ class Projection:
         self.jobs: dict[str, Doc] = {}
         self.settings: Doc = initial_settings()
         self.seq = 0
+        # What the files on disk show (seq trails it between an apply and its flush).
+        self.flushed_seq = 0
         self._dirty: set[str] = {SETTINGS_STREAM}
         self._written: dict[str, str] = {}  # relative path -> sha256 of what we wrote
 
@@ -123,6 +125,13 @@ class Projection:
 
     # --- files --------------------------------------------------------------------
 
+    def mark_all_dirty(self) -> None:
+        """Rewrite every file on the next flush, and remove job files the log lacks."""
+        self._dirty.add(SETTINGS_STREAM)
+        jobs_dir = self.root / JOBS_DIR
+        if jobs_dir.is_dir():
+            self._dirty.update(p.stem for p in jobs_dir.glob("*.yaml"))
+
     def _relpath(self, stream: str) -> str:
         return SETTINGS_FILE if stream == SETTINGS_STREAM else f"{JOBS_DIR}/{stream}.yaml"
 
@@ -153,9 +162,11 @@ class Projection:
         write_many_atomic(writes)
         # The position is written after the files: after a crash in between, the files
         # are ahead of it, and applying those events again changes nothing (versions).
-        state = {"format": 1, "seq": self.seq, "files": dict(sorted(self._written.items()))}
+        seq = self.seq
+        state = {"format": 1, "seq": seq, "files": dict(sorted(self._written.items()))}
         write_atomic(self.root / STATE_FILE, json.dumps(state, indent=1).encode())
         self._dirty.clear()
+        self.flushed_seq = seq
 
     def repair(self) -> list[str]:
         """Rewrite files that were changed or removed since written; return their paths."""
@@ -193,7 +204,7 @@ class Projection:
             log.warning("projection position %s unreadable (%s); rebuilding from the log",
                         root / STATE_FILE, err)
             return proj, set()
-        proj.seq = seq
+        proj.seq = proj.flushed_seq = seq
         broken: set[str] = set()
         for rel, digest in sorted(files.items()):
             stream = SETTINGS_STREAM if rel == SETTINGS_FILE else Path(rel).stem

@@ -35,12 +35,12 @@ class Projector:
     @property
     def seq(self) -> int:
         """The last seq whose effects are in the files."""
-        return self.projection.seq
+        return self.projection.flushed_seq
 
     @property
     def lag(self) -> int:
         """How many committed events are not in the files yet."""
-        return max(0, self.store.last_seq - self.projection.seq)
+        return max(0, self.store.last_seq - self.projection.flushed_seq)
 
     @property
     def healthy(self) -> bool:
@@ -50,6 +50,14 @@ class Projector:
     async def start(self) -> None:
         """Load the files, rebuild any that were damaged, catch up, then follow the log."""
         projection, broken = await asyncio.to_thread(Projection.load, self.root)
+        if projection.seq > self.store.last_seq:
+            # Files written from events this log does not have (a position file edited,
+            # or a log put back from an older copy): trust none of them, rebuild all.
+            log.warning("projections under %s claim seq %d but the event log ends at %d; "
+                        "rebuilding every file from the log", self.root, projection.seq,
+                        self.store.last_seq)
+            projection, broken = Projection(self.root), set()
+            await asyncio.to_thread(projection.mark_all_dirty)
         self.projection = projection
         for stream in sorted(broken):
             projection.reset_stream(stream)
@@ -75,7 +83,7 @@ class Projector:
             if pending >= CATCH_UP_CHUNK:
                 await asyncio.to_thread(self.projection.flush)
                 pending = 0
-        if self.projection.dirty:
+        if self.projection.dirty or self.projection.seq != self.projection.flushed_seq:
             await asyncio.to_thread(self.projection.flush)
 
     async def _follow(self, sub: Subscription) -> None:

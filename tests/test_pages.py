@@ -139,11 +139,13 @@ async def test_create_start_and_restore_a_job_with_forms_only(app_client: Client
     assert tree_signature(target / "src") == tree_signature(src)
     assert "Restore of" in page and "finished" in page
 
-    # A second restore into the same place is refused, and the page says why.
-    await app_client.post(f"{job_url}/snapshots/{snapshot[0]}/restore",
-                          data={"_csrf": csrf, "target": str(target)})
-    page = await page_until(app_client, job_url, "failed:")
-    assert "already exist" in page or "overwrite" in page
+    # A second restore into the same place is refused at once, and the page says why.
+    before = app_client.app[STORE].last_seq
+    again = await app_client.post(f"{job_url}/snapshots/{snapshot[0]}/restore",
+                                  data={"_csrf": csrf, "target": str(target)})
+    page = await again.text()
+    assert f"Restore of {snapshot[0]} failed:" in page and "overwrite" in page
+    assert app_client.app[STORE].last_seq == before  # refused before writing: no record
 
 
 async def test_delete_needs_confirmation_and_keeps_backups(app_client: Client,

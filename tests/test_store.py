@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from events.store import ConcurrencyError, EventStore, StoreClosed, StoreError
+from events.store import ConcurrencyError, EventsMissing, EventStore, StoreClosed, StoreError
 from events.types import JobDeleted, RunQueued, RunStarted, SettingsChanged
 from tests.conftest import created
 
@@ -202,3 +203,26 @@ async def test_overflowing_subscriber_is_marked_not_blocking(store: EventStore) 
     assert [getattr(i, "seq", None) for i in await fast.get()] == [1, 2, 3, 4, 5]
     slow.close()
     fast.close()
+
+
+async def test_a_log_missing_acknowledged_events_is_refused(tmp_path: Path) -> None:
+    # An older copy of events.db put back (or a truncated -wal) must not be served as if
+    # complete: the acknowledged mark names what is missing.
+    db = tmp_path / "events.db"
+    store = await EventStore.open(db)
+    await store.append("a", 0, [created("a")])
+    await store.close()
+    older = tmp_path / "older.db"
+    shutil.copy(db, older)
+    store = await EventStore.open(db)
+    await store.append("b", 0, [created("b")])
+    await store.append("c", 0, [created("c")])
+    await store.close()
+    shutil.copy(older, db)
+    with pytest.raises(EventsMissing, match="seqs 2 to 3 are missing"):
+        await EventStore.open(db)
+    # A log with every acknowledged event opens; so does one whose mark was moved away.
+    (tmp_path / "events.db-acked").rename(tmp_path / "accepted-loss")
+    store = await EventStore.open(db)
+    assert store.last_seq == 1
+    await store.close()
