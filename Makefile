@@ -25,7 +25,7 @@ lint: $(STAMP)
 # (never a downloaded one), and the web assets are built with node/npm; install them from
 # the system packages when missing (CI runs as root; elsewhere this needs sudo rights).
 # Each entry is command:apt-package (the names differ for some tools).
-SYSTEM_TOOLS := rsync:rsync restic:restic chromium:chromium node:nodejs npm:npm
+SYSTEM_TOOLS := rsync:rsync restic:restic zstd:zstd chromium:chromium node:nodejs npm:npm
 sysdeps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do \
 	  command -v "$${t%%:*}" >/dev/null || missing="$$missing $${t#*:}"; \

@@ -6,6 +6,10 @@ Layout in the destination, for a snapshot id such as 2026-11-24T025312Z:
     <id>.manifest.json      every entry with type, size, mtime, mode, sha256 or link target
     <id>.tar.zst.partial    an archive still being written, or left behind by a crash
 
+The archive is written by engines/tarwrite.py: a pax-format tar (what tarfile writes),
+compressed as one zstd frame per few MB of tar, which zstd, GNU tar and the reader here
+take as one stream.
+
 A snapshot exists when its archive (final name) and its manifest both exist. A run
 writes the archive under the .partial name and fsyncs it, writes the manifest, and only
 then renames the archive into place and fsyncs the directory: a half archive never looks
@@ -66,6 +70,7 @@ from engines.manifest import (
     unique_snapshot_id,
 )
 from engines.scan import Entry, scan
+from engines.tarwrite import write_archive
 from storage.atomic import fsync_dir, remove_durable
 
 CHUNK = 1 << 20
@@ -126,8 +131,8 @@ class ArchiveEngine(Engine):
         ours = [partial, manifest_path, final]
         try:
             with raw:
-                records = _write_tar(raw, compression, level, entries, control, collector,
-                                     meter)
+                records = write_archive(raw, compression, level, entries, control, collector,
+                                        meter, SAFE_POINT_BYTES)
                 os.fsync(raw.fileno())
             meter.update(force=True, phase="finalising", current_file="")
             # The last chance to hold or stop: after this the snapshot becomes visible.
@@ -490,157 +495,6 @@ class _Pacer:
         if self._since_safe_point >= SAFE_POINT_BYTES:
             self._since_safe_point = 0
             self.control.safe_point()
-
-
-# --- writing an archive -------------------------------------------------------------------
-
-
-def _write_tar(raw: IO[bytes], compression: str, level: int, entries: Sequence[Entry],
-               control: RunControl, reporter: Reporter,
-               meter: ProgressMeter) -> list[dict[str, Any]]:
-    """Stream entries, in scan order, into a compressed tar on raw; return manifest entries."""
-    sink: zstandard.ZstdCompressionWriter | gzip.GzipFile
-    if compression == "zstd":
-        # write_checksum: a flipped byte breaks the frame checksum, which verify reports.
-        sink = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True
-                                        ).stream_writer(raw, closefd=False)
-    else:
-        sink = gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=raw)
-    # Not `with`: on an error, closing would flush into the failed file (see except below).
-    # Mode "w" (not the stream mode "w|") writes straight into the compressor; the stream
-    # mode re-buffers every byte through a growing bytes object, which cost more than
-    # the compression itself.
-    tar = tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-    # Copy (and hash, and count) file data in 1 MiB pieces rather than tarfile's 16 KiB;
-    # typeshed does not declare the attribute tarfile reads for that.
-    tar.copybufsize = CHUNK  # type: ignore[attr-defined]
-    pacer = _Pacer(meter, control)
-    records: list[dict[str, Any]] = []
-    try:
-        for entry in entries:
-            control.safe_point()
-            record = _add_entry(tar, entry, reporter, meter, pacer)
-            if record is not None:
-                records.append(record)
-        tar.close()  # the end-of-archive blocks
-        sink.close()  # ends the compressed stream; raw stays open (closefd=False)
-    except BaseException:
-        # Abandoned: close quietly so nothing tries to flush into a closed file later.
-        with contextlib.suppress(Exception):
-            tar.close()
-        with contextlib.suppress(Exception):
-            sink.close()
-        raise
-    return records
-
-
-def _add_entry(tar: tarfile.TarFile, entry: Entry, reporter: Reporter, meter: ProgressMeter,
-               pacer: _Pacer) -> dict[str, Any] | None:
-    """Write one entry into the tar; return its manifest entry (None if it was skipped)."""
-    meter.update(current_file=entry.rel)
-    if entry.kind == "file":
-        return _add_file(tar, entry, reporter, meter, pacer)
-    info = tarfile.TarInfo(entry.rel)
-    info.mtime = entry.mtime_ns // 1_000_000_000  # tar keeps seconds; the manifest keeps ns
-    info.mode = entry.mode
-    record: dict[str, Any] = {"path": entry.rel, "type": entry.kind, "size": 0,
-                              "mtime_ns": entry.mtime_ns, "mode": entry.mode}
-    if entry.kind == "dir":
-        info.type = tarfile.DIRTYPE
-    else:
-        info.type = tarfile.SYMTYPE
-        info.linkname = record["target"] = entry.target
-    tar.addfile(info)
-    return record
-
-
-def _add_file(tar: tarfile.TarFile, entry: Entry, reporter: Reporter, meter: ProgressMeter,
-              pacer: _Pacer) -> dict[str, Any] | None:
-    """Stream one file into the tar, hashing it on the way; warn if it changes meanwhile."""
-    try:
-        # O_NOFOLLOW: it was a file at scan time, a symlink now is a change, not a file to
-        # follow; O_NONBLOCK: a FIFO swapped in must not hang the run.
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        reporter.warning(f"{entry.path} vanished during the backup; skipped")
-        return None
-    except OSError as err:
-        reporter.warning(f"{entry.path} cannot be read ({err.strerror or err}); skipped")
-        return None
-    with open(fd, "rb") as fh:
-        before = os.fstat(fd)
-        if not stat.S_ISREG(before.st_mode):
-            reporter.warning(f"{entry.path} is no longer a regular file; skipped")
-            return None
-        size = before.st_size
-        if size != entry.size:  # grew or shrank since the scan: keep the totals honest
-            meter.update(bytes_total=(meter.state.bytes_total or 0) + size - entry.size)
-        info = tarfile.TarInfo(entry.rel)
-        info.size = size
-        info.mtime = before.st_mtime_ns // 1_000_000_000
-        info.mode = stat.S_IMODE(before.st_mode)
-        source = _SourceReader(fh, size, pacer)
-        # tarfile only takes len() of what read() returns and writes it on, so the
-        # memoryview of the reused buffer is fine although typeshed asks for bytes.
-        tar.addfile(info, source)  # type: ignore[arg-type]
-        after = os.fstat(fd)
-    if source.error:
-        reporter.warning(f"{entry.path} could not be read to the end ({source.error}); the "
-                         "archive holds it with the unread rest filled with zeros")
-    elif source.shortfall:
-        reporter.warning(f"{entry.path} shrank by {source.shortfall} bytes while it was backed "
-                         "up; the archive holds it padded with zeros to its earlier size")
-    elif after.st_size != size or after.st_mtime_ns != before.st_mtime_ns:
-        reporter.warning(f"{entry.path} changed while it was backed up; the archived copy may "
-                         "mix old and new content")
-    meter.add(files=1)
-    return {"path": entry.rel, "type": "file", "size": size, "mtime_ns": before.st_mtime_ns,
-            "mode": info.mode, "sha256": source.digest.hexdigest()}
-
-
-class _SourceReader:
-    """Gives tarfile exactly `size` bytes of an open file, hashing them on the way.
-
-    tar writes a member's size before its data, so a file that shrinks or fails part way
-    is padded with zeros to keep the archive well formed; `shortfall` and `error` say so.
-    """
-
-    def __init__(self, fh: IO[bytes], size: int, on_bytes: Callable[[int], None]) -> None:
-        self._fh = fh
-        self._buf = bytearray(0)
-        self._left = size
-        self._on_bytes = on_bytes
-        self._ended = False
-        self.digest = hashlib.sha256()
-        self.shortfall = 0
-        self.error = ""
-
-    def read(self, size: int = -1) -> bytes | memoryview:
-        """Read up to `size` bytes of the declared length (padding past an early end)."""
-        want = self._left if size < 0 else min(size, self._left)
-        data: bytes | memoryview = b""
-        if not self._ended:
-            # One reused buffer: a fresh 1 MiB bytes object per read costs page faults
-            # that showed up as the largest item in the profile.
-            if len(self._buf) < want:
-                self._buf = bytearray(want)
-            view = memoryview(self._buf)[:want]
-            try:
-                got = self._fh.readinto(view)  # type: ignore[attr-defined]
-                data = view[:got]
-            except OSError as err:
-                self.error = err.strerror or str(err)
-            if len(data) < want:
-                self._ended = True
-        if len(data) < want:
-            data = bytes(data)
-            if not self.error:
-                self.shortfall += want - len(data)
-            data += bytes(want - len(data))
-        self._left -= want
-        self.digest.update(data)
-        self._on_bytes(want)
-        return data
 
 
 # --- reading an archive ----------------------------------------------------------------------
