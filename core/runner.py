@@ -346,5 +346,6 @@ def _finished_before_crash(engine: Any, spec: BackupSpec,
         return None  # cannot tell (a busy restic repository): resume the normal way
     for snap in listed:
         if snap.id == snapshot_id:
+            engine.tidy(spec)  # what the cut-off finalising would have removed
             return BackupResult(snap.id, snap.files, snap.size, 0.0)
     return None

@@ -438,6 +438,9 @@ class Engine(ABC):
     def discard_partial(self, spec: BackupSpec, resume: Mapping[str, Any] | None = None) -> None:
         """Remove what an interrupted backup left behind."""
 
+    def tidy(self, spec: BackupSpec) -> None:  # noqa: B027 - optional: most have nothing
+        """Remove leftovers of killed attempts that cannot belong to a run still going."""
+
     def prune(self, spec: BackupSpec, policy: Retention) -> list[str]:
         """Remove the snapshots a retention policy does not keep; return their ids."""
         snaps = self.snapshots(spec)

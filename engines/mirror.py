@@ -96,6 +96,7 @@ class MirrorEngine(TreeSnapshots):
         spec.check_sources()
         spec.check_destination()
         dest = spec.destination
+        self.tidy(spec)
         snap_id, partial, resuming = self.partial_for(spec, resume)
         journal_path = dest / f"{snap_id}.journal"
         checkpoint = {"engine": self.name, "snapshot_id": snap_id, "partial": partial.name}

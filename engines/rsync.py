@@ -574,6 +574,7 @@ class RsyncEngine(TreeSnapshots):
         spec.check_destination()
         bwlimit = bwlimit_option(spec.options)
         dest = spec.destination
+        self.tidy(spec)
         stop_leftover(resume, "rsync", str(dest / str((resume or {}).get("partial", ""))))
         snap_id, partial, resuming = self.partial_for(spec, resume)
         checkpoint = {"engine": self.name, "snapshot_id": snap_id, "partial": partial.name}

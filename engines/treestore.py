@@ -245,6 +245,25 @@ class TreeSnapshots(Engine):
             manifest_path(dest, snap_id).unlink(missing_ok=True)
             remove_tree(doomed)
 
+    def tidy(self, spec: BackupSpec) -> None:
+        """Remove half-written manifests and the journals of snapshots already complete.
+
+        A kill while a manifest is written leaves its temp file; a kill just after the
+        snapshot was renamed into place leaves its journal. Neither is needed by anyone.
+        """
+        dest = spec.destination
+        try:
+            names = os.listdir(dest)
+        except FileNotFoundError:
+            return
+        complete = set(self.complete_ids(dest))
+        for name in names:
+            stale_manifest = name.startswith(".") and ".manifest.json." in name \
+                and name.endswith(".tmp")
+            done_journal = name.endswith(".journal") and name[:-len(".journal")] in complete
+            if stale_manifest or done_journal:
+                (dest / name).unlink(missing_ok=True)
+
     def discard_partial(self, spec: BackupSpec, resume: Mapping[str, Any] | None = None) -> None:
         """Remove partial and half-deleted snapshot directories."""
         try:

@@ -314,6 +314,12 @@ async def test_kill_9_at_random_moments_during_backups(
     assert_chain_verifies(server.data)
     await assert_projections_equal_a_rebuild(server, tmp_path)
     leftovers = server.leftovers()
+    # Every run ended: nothing of a killed attempt is left beside the snapshots (a partial
+    # snapshot, a resume journal, a temp file).
+    debris = [] if engine == "restic" else sorted(
+        n for n in os.listdir(dest)
+        if n.split(".", 1)[0] not in known or n.split(".", 1)[-1] not in
+        (n, "manifest.json", "tar.zst", "tar.gz"))
     figures.seconds = time.monotonic() - began
     figures.strays = len(strays)
     summary.figures.append(figures)
@@ -322,5 +328,6 @@ async def test_kill_9_at_random_moments_during_backups(
     print(figures.line())
     assert figures.kills == kills
     assert not leftovers, f"programs left running by killed servers: {leftovers}"
+    assert not debris, f"left in the destination by killed attempts: {debris}"
     assert not strays, f"complete snapshots that no run recorded (the resumed run made " \
                        f"another): {strays}"
