@@ -272,3 +272,13 @@ async def test_engine_options_are_checked_when_the_job_is_saved(app_client: Clie
     ok = await app_client.post("/api/jobs", json={
         **base, "engine": "restic", "options": {"password_file": "/etc/pw", "init": True}})
     assert ok.status == 201
+
+
+async def test_a_bandwidth_limit_is_refused_where_the_engine_cannot_apply_it(
+        app_client: Client, tmp_path: Path) -> None:
+    for engine, extra in (("archive", {}), ("restic", {"password_file": "/etc/pw"})):
+        resp = await app_client.post("/api/jobs", json={
+            "name": "Limited", "engine": engine, "sources": [str(tmp_path / "src")],
+            "destination": str(tmp_path / engine), "options": {"bwlimit": 100, **extra}})
+        body = await resp.json()
+        assert resp.status == 400 and "bwlimit is not an option" in body["fields"]["options"]
