@@ -113,9 +113,8 @@ class Queries:
     def job_row(self, job: JobView) -> JobRow:
         """What the jobs list shows for a job."""
         last = self.state.runs.get(job.run_ids[-1]) if job.run_ids else None
-        active = next((self.state.runs[r] for r in reversed(job.run_ids)
-                       if self.state.runs[r].state in ("running", "paused", "queued",
-                                                       "interrupted")), None)
+        # The state keeps unfinished runs apart: no walk through the job's whole history.
+        active = next(iter(self.state.active_runs(job.job_id)), None)
         return JobRow(job, active, last, self.last_success(job), self.next_run(job))
 
     def dashboard(self, now: datetime | None = None) -> DashboardStats:

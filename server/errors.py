@@ -60,6 +60,10 @@ def respond_error(request: web.Request, status: int, message: str,
         # A fragment refresh: keep what the page shows rather than swap an error into it.
         return web.Response(text=f"{status}: {message}\n", status=status,
                             headers={"HX-Reswap": "none"})
+    if aiohttp_jinja2.REQUEST_CONTEXT_KEY not in request:
+        # Refused before the page context was gathered (a foreign Host): no layout to
+        # fill, and nothing went wrong that the log should show a traceback for.
+        return web.Response(text=f"{status}: {message}\n", status=status)
     try:
         return aiohttp_jinja2.render_template("error.html", request,
                                               {"status": status, "message": message},

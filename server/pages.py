@@ -320,10 +320,6 @@ async def snapshot_restore(request: web.Request) -> web.StreamResponse:
     page = _url(request, "job", job_id=job.job_id) + "#activity"
     path = str(form.get("path", "")).strip() or None
     try:
-        await operations.require_snapshot(job, snapshot_id)
-    except CommandError as err:
-        return redirect(page, ("error", f"Restore not started: {err}."))
-    try:
         target = clean_path(form.get("target"), "target")
     except ValueError as err:
         # Shown beside the field of this snapshot's form, with what was typed kept.

@@ -7,6 +7,7 @@ the server, so the Host header is checked against the names this server answers 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -54,6 +55,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@functools.cache  # the same two arguments on every request
 def allowed_hosts(bind_host: str, extra: tuple[str, ...]) -> frozenset[str]:
     """The Host names this server answers to: loopback, the bound address, the extra ones."""
     names = set(LOOPBACK_NAMES) | {host_name(h) for h in extra if h}
