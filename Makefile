@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA ?= ./data
 
-.PHONY: run test lint bench clean sysdeps css webdeps
+.PHONY: run test lint bench clean sysdeps css webdeps dist
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -25,7 +25,8 @@ lint: $(STAMP)
 # (never a downloaded one), and the web assets are built with node/npm; install them from
 # the system packages when missing (CI runs as root; elsewhere this needs sudo rights).
 # Each entry is command:apt-package (the names differ for some tools).
-SYSTEM_TOOLS := rsync:rsync restic:restic zstd:zstd chromium:chromium node:nodejs npm:npm
+SYSTEM_TOOLS := rsync:rsync restic:restic zstd:zstd chromium:chromium node:nodejs npm:npm \
+	nginx:nginx systemd-analyze:systemd
 sysdeps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do \
 	  command -v "$${t%%:*}" >/dev/null || missing="$$missing $${t#*:}"; \
@@ -52,8 +53,18 @@ css: $(WEB_STAMP)
 test: lint sysdeps webdeps
 	$(BIN)/python -m pytest -q
 
+# One executable carrying Python, the dependencies, the templates and the static files
+# (PyInstaller one-file). Rebuilt only when a source file changed since the last build.
+DIST_SOURCES := $(shell find server core engines storage events models packaging \
+	web/templates web/static -type f -not -path '*/__pycache__/*') pyproject.toml
+dist: dist/backup-manager
+dist/backup-manager: $(STAMP) $(DIST_SOURCES)
+	$(BIN)/pyinstaller --noconfirm --log-level WARN --distpath dist \
+	  --workpath build/pyinstaller packaging/backup-manager.spec
+	@touch $@
+
 bench: $(STAMP) sysdeps
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

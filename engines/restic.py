@@ -75,6 +75,7 @@ from engines.base import (
     Snapshot,
     SnapshotNotFound,
     VerifyResult,
+    host_environ,
 )
 from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
 from engines.manifest import check_rel_path
@@ -125,7 +126,7 @@ def restic_env(password_file: Path, cache_dir: Path | None = None,
                extra: Mapping[str, str] | None = None,
                base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The child's environment: the password by file, the cache dir, no ambient overrides."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
+    env = {k: v for k, v in (host_environ() if base is None else base).items()
            if k not in _AMBIENT_ENV}
     env["RESTIC_PASSWORD_FILE"] = str(password_file)
     if cache_dir is not None:

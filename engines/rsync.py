@@ -50,6 +50,7 @@ from engines.base import (
     Reporter,
     RunControl,
     bwlimit_option,
+    host_environ,
 )
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest, sha256_file
@@ -359,7 +360,7 @@ def rsync_command(rsync: str, source: str, target: str, files_from: Path, temp_d
 def _rsync_env() -> dict[str, str]:
     # English messages, since stderr is classified by its text; and no RSYNC_* variables
     # from the caller's environment changing what rsync does.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
+    env = {k: v for k, v in host_environ().items() if not k.startswith("RSYNC_")}
     env["LC_ALL"] = "C"
     return env
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -46,6 +46,7 @@ from server.keys import (
     STORE,
     WEBSOCKETS,
 )
+from server.loglevel import LogLevel
 from server.logs import FileLog
 from server.logs_page import install_log_broadcast, setup_logs_routes
 from server.page_support import page_context, page_middleware, setup_templates
@@ -64,7 +65,8 @@ async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
     """Lock the data directory and start the application log file in it."""
     config = app[CONFIG]
     lock = lock_data_dir(config.data_dir)
-    file_log = FileLog(config.logs_dir, config.log_level) if config.log_to_file else None
+    file_log = (FileLog(config.logs_dir, config.log_level or "INFO") if config.log_to_file
+                else None)
     secret = await asyncio.to_thread(load_secret, config.data_dir)
     app[CSRF_TOKEN], app[SESSION_KEY] = csrf_token(secret), session_key(secret)
     app[AUTH_TOKEN] = await asyncio.to_thread(read_token, config.data_dir)
@@ -85,11 +87,26 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("event log closed at seq %d", store.last_seq)
 
 
-def apply_log_level(settings: Mapping[str, Any]) -> None:
-    """Set the application log level from the settings (changes apply without restart)."""
-    level = settings.get("log_level")
-    if isinstance(level, str) and level in logging.getLevelNamesMapping():
-        logging.getLogger().setLevel(level)
+def _on_sighup(levels: LogLevel) -> Callable[[], None]:
+    """Reload the log level on SIGHUP (`systemctl reload`); returns the undo."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(levels.reload())
+        tasks.add(task)  # held until done, or the loop may drop it mid-reload
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, ValueError):
+        # Not the main thread (an embedding test) or no signals here: nothing to undo.
+        return lambda: None
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo
 
 
 async def core_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -103,13 +120,15 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     store.notifier.add_listener(state.apply_all)
     app[STATE] = state
     app[COMMANDS] = Commands(store, state)
-    apply_log_level(state.settings)
+    levels = LogLevel(app[CONFIG], lambda: state.settings)
+    levels.start()
 
     def on_settings(events: Sequence[StoredEvent]) -> None:
         if any(ev.type == "SettingsChanged" for ev in events):
-            apply_log_level(state.settings)
+            levels.settings_changed()
 
     store.notifier.add_listener(on_settings)
+    stop_reload = _on_sighup(levels)
     logs = RunLogs(app[CONFIG].logs_dir)
     stop_log_broadcast = install_log_broadcast(app, logs)
     webhooks = WebhookSender(state)
@@ -126,6 +145,7 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     await scheduler.stop()
     await runner.stop()
     await webhooks.close()  # after the runner: runs ending at shutdown still notify
+    stop_reload()
     stop_log_broadcast()
     logs.close()
 

@@ -15,8 +15,16 @@ from aiohttp import web
 
 from events import audit
 from events.store import EventsMissing
+from models.settings import LOG_LEVELS
 from server.auth import create_token, read_token, token_path
-from server.config import DATA_ENV, Config, default_data_dir
+from server.config import (
+    DATA_ENV,
+    Config,
+    ConfigFileError,
+    FileConfig,
+    default_data_dir,
+    load_config_file,
+)
 from server.datadir import DataDirBusy
 from server.logs import setup_console_logging
 from server.security import is_loopback
@@ -29,7 +37,20 @@ EXIT_OK, EXIT_BAD_LOG, EXIT_USAGE = 0, 1, 2
 
 def _add_data_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None,
-                        help=f"data directory (default: ${DATA_ENV} or ./data)")
+                        help=f"data directory (default: the config file's data, "
+                             f"${DATA_ENV} or ./data)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="a TOML file with data, host, port, log_level and "
+                             "allowed_hosts; flags given here win over it")
+
+
+def _file_config(args: argparse.Namespace) -> FileConfig:
+    """The --config file's settings, or none; a bad file raises ConfigFileError."""
+    return FileConfig() if args.config is None else load_config_file(args.config)
+
+
+def _data_dir(args: argparse.Namespace, file: FileConfig) -> Path:
+    return args.data or file.data or default_data_dir()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the web UI and API")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--host", default=None, help="address to bind (default loopback)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                        help="a host name the server answers to besides loopback (repeat "
                             "for more), e.g. the name a reverse proxy forwards")
-    serve.add_argument("--log-level", default="INFO",
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-level", default=None, choices=LOG_LEVELS,
+                       help="the level to start with (default: the Settings page's, INFO)")
     _add_data_arg(serve)
 
     token = sub.add_parser("token", help="print the access token (made the first time); "
@@ -74,21 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
-    if not 0 < args.port < 65536:
-        print(f"error: port {args.port} is out of range", file=sys.stderr)
+    file = _file_config(args)
+    host: str = args.host or file.host or "127.0.0.1"
+    port: int = args.port if args.port is not None else file.port or 8080
+    if not 0 < port < 65536:
+        print(f"error: port {port} is out of range", file=sys.stderr)
         return EXIT_USAGE
-    data_dir = args.data or default_data_dir()
-    if not is_loopback(args.host) and read_token(data_dir) is None:
+    data_dir = _data_dir(args, file)
+    if not is_loopback(host) and read_token(data_dir) is None:
         # Anyone on the network could otherwise read and overwrite files through it.
-        print(f"error: serving on {args.host} makes this server reachable from other "
+        print(f"error: serving on {host} makes this server reachable from other "
               "machines, so it needs an access token first: run\n"
               f"  backup-manager token --data {data_dir}\n"
               "then sign in with the token it prints (or send it as "
               "'Authorization: Bearer <token>' to the API)", file=sys.stderr)
         return EXIT_USAGE
-    setup_console_logging(args.log_level)
-    config = Config(data_dir=args.data or default_data_dir(), host=args.host, port=args.port,
-                    log_level=args.log_level, allowed_hosts=tuple(args.allowed_host))
+    log_level = args.log_level or file.log_level
+    setup_console_logging(log_level or "INFO")
+    config = Config(data_dir=data_dir, host=host, port=port, log_level=log_level,
+                    allowed_hosts=(*file.allowed_hosts, *args.allowed_host),
+                    config_file=args.config and args.config.resolve())
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -113,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    data_dir = args.data or default_data_dir()
+    data_dir = _data_dir(args, _file_config(args))
     try:
         token, made = create_token(data_dir, rotate=args.rotate)
     except OSError as err:
@@ -128,7 +154,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    db_path = (args.data or default_data_dir()) / "events.db"
+    db_path = _data_dir(args, _file_config(args)) / "events.db"
     if args.action == "replay":
         out: Path = args.out
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -192,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return _token(args)
         return _events(args)
-    except audit.LogMissing as err:
+    except (audit.LogMissing, ConfigFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

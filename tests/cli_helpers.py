@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,16 +29,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+PYTHON_COMMAND = (sys.executable, "-m", "server")
+
+
 @contextlib.contextmanager
-def running_server(data: Path, port: int | None = None) -> Iterator[tuple[subprocess.Popen[str],
-                                                                         int]]:
-    """Start `backup-manager serve` on a free loopback port; stop it with SIGTERM after."""
+def running_server(data: Path, port: int | None = None, *, command: Sequence[str] = PYTHON_COMMAND,
+                   args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                   ) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Start `backup-manager serve` on a free loopback port; stop it with SIGTERM after.
+
+    `command` runs something else as the command (the single-file build); `args` are
+    more serve flags; `env` replaces the environment.
+    """
     port = port or free_port()
     log = open(data.parent / f"server-{port}.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port), "--data", str(data)],
+        [*command, "serve", "--port", str(port), "--data", str(data), *args],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -8,6 +8,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -199,3 +201,78 @@ def test_serve_explains_an_unusable_data_directory(tmp_path: Path) -> None:
     result = cli("serve", "--port", "1", "--data", str(not_a_dir))
     assert result.returncode == 2
     assert f"cannot use {not_a_dir} as the data directory" in result.stderr
+
+
+def wait_for_line(path: Path, text: str, timeout: float = 10) -> str:
+    """The file's text once `text` is in it (the app log is written by a thread)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = path.read_text() if path.exists() else ""
+        if text in body:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never appeared in {path}:\n{body[-2000:]}")
+        time.sleep(0.05)
+
+
+def get(port: int, path: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return int(resp.status)
+
+
+def test_sighup_reloads_the_log_level_from_the_config_file(data: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('log_level = "WARNING"\n')
+    app_log = data / "logs" / "app.log"
+    with running_server(data, args=["--config", str(config)]) as (proc, port):
+        # The config file's level wins over the Settings page's default (INFO) at start,
+        # so request lines (INFO) are not logged.
+        assert get(port, "/healthz?quiet") == 200
+        config.write_text('log_level = "INFO"  # turned up for a look\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_for_line(app_log, "log level is now INFO (SIGHUP: from")
+        assert get(port, "/healthz?loud") == 200
+        body = wait_for_line(app_log, "GET /healthz?loud")
+        assert "/healthz?quiet" not in body
+        # A broken file changes nothing and says why; the server keeps serving.
+        config.write_text('log_level = "WARNING\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_for_line(app_log, "is not valid TOML")
+        assert get(port, "/healthz?still-loud") == 200
+        wait_for_line(app_log, "GET /healthz?still-loud")
+        assert proc.poll() is None
+    assert proc.returncode == 0
+
+
+def test_config_file_gives_the_data_dir_relative_to_itself(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "config.toml").write_text('data = "state"\nport = 8099\n')
+    result = cli("token", "--config", str(etc / "config.toml"))
+    assert result.returncode == 0, result.stderr
+    assert (etc / "state" / "access-token").read_text().strip() == result.stdout.strip()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('log_levle = "DEBUG"\n', "unknown setting log_levle"),
+    ('port = "8080"\n', "port must be a int"),
+    ('port = 70000\n', "port 70000 is out of range"),
+    ('log_level = "LOUD"\n', "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
+    ('allowed_hosts = "a.lan"\n', "allowed_hosts must be a list of host names"),
+    ('data = \n', "is not valid TOML"),
+])
+def test_a_bad_config_file_is_refused_before_anything_is_made(tmp_path: Path, text: str,
+                                                               message: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'data = "{tmp_path / "made"}"\n' if "data" not in text else "")
+    config.write_text(config.read_text() + text)
+    result = cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert message in result.stderr and str(config) in result.stderr
+    assert not (tmp_path / "made").exists()
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    result = cli("serve", "--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert f"cannot read {tmp_path / 'nope.toml'}: No such file" in result.stderr
