@@ -49,6 +49,7 @@ from server.keys import (
 from server.loglevel import LogLevel
 from server.logs import FileLog
 from server.logs_page import install_log_broadcast, setup_logs_routes
+from server.metrics import setup_metrics_routes
 from server.page_support import page_context, page_middleware, setup_templates
 from server.pages import setup_page_routes
 from server.security import add_security_headers, host_middleware
@@ -180,6 +181,7 @@ def setup_routes(app: web.Application) -> None:
     setup_auth_routes(app)
     setup_logs_routes(app)
     setup_api_routes(app)
+    setup_metrics_routes(app)
 
 
 def create_app(config: Config) -> web.Application:

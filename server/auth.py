@@ -26,6 +26,7 @@ from server.security import own_origin
 
 TOKEN_FILE = "access-token"
 SESSION_COOKIE = "bm_session"
+MACHINE_PATHS = frozenset({"/ws", "/metrics"})
 SESSION_SECONDS = 30 * 24 * 3600
 OPEN_PATHS = ("/login", "/healthz")  # and /static/: the login page needs its CSS
 FAILED_SIGN_IN_DELAY = 1.0  # seconds: slows guessing without blocking anyone else
@@ -102,7 +103,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.app[AUTH_TOKEN] is None or request.path in OPEN_PATHS \
             or request.path.startswith("/static/") or signed_in(request):
         return await handler(request)
-    if wants_json(request) or request.path == "/ws":
+    # Machines (scripts, WebSocket clients, a Prometheus scraper) get a 401 they can
+    # read, not a sign-in page to follow.
+    if wants_json(request) or request.path in MACHINE_PATHS:
         response = respond_error(request, 401, "sign in first: send the header "
                                                "'Authorization: Bearer <access token>'")
         response.headers["WWW-Authenticate"] = 'Bearer realm="backup-manager"'

@@ -29,6 +29,7 @@ from server.datadir import DataDirBusy
 from server.logs import setup_console_logging
 from server.security import is_loopback
 from storage.replay import replay_into
+from storage.selfbackup import LogDamaged, SelfBackupError, backup_state
 
 log = logging.getLogger("backup_manager")
 
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay = ev_sub.add_parser("replay", help="rebuild the YAML projections into a directory")
     replay.add_argument("--out", type=Path, required=True, help="an empty or new directory")
     _add_data_arg(replay)
+    backup = ev_sub.add_parser("backup", help="copy the event log, its YAML and the access "
+                                              "token into a new directory, safely while "
+                                              "the server runs")
+    backup.add_argument("--out", type=Path, required=True,
+                        help="a new or empty directory (it becomes a data directory)")
+    _add_data_arg(backup)
     tail = ev_sub.add_parser("tail", help="print events, optionally following new ones")
     tail.add_argument("--since", type=int, default=None,
                       help="print events after this seq (default: the last 10)")
@@ -161,6 +168,8 @@ def _events(args: argparse.Namespace) -> int:
             print(f"error: {out} is not an empty directory; replay writes into a new or "
                   "empty one so it never overwrites live files", file=sys.stderr)
             return EXIT_USAGE
+    if args.action == "backup":
+        return _self_backup(db_path.parent, args.out)
     if args.action == "tail" and args.follow:
         return _tail_follow(db_path, args.since)
     with closing(audit.open_readonly(db_path)) as conn:
@@ -192,6 +201,23 @@ def _events(args: argparse.Namespace) -> int:
         for ev in audit.iter_events(conn, since):
             sys.stdout.write(ev.to_json() + "\n")
         return EXIT_OK
+
+
+def _self_backup(data_dir: Path, out: Path) -> int:
+    if not (data_dir / "events.db").is_file():
+        raise audit.LogMissing(f"no event log at {data_dir / 'events.db'} "
+                               "(is --data the right directory?)")
+    try:
+        copy = backup_state(data_dir, out)
+    except SelfBackupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_LOG if isinstance(err, LogDamaged) else EXIT_USAGE
+    except OSError as err:
+        print(f"error: cannot write the copy to {out}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"OK: {copy.events} events (head {copy.head_hash}), {copy.jobs} jobs, copied to "
+          f"{copy.path}; to restore, stop the server and start it with --data {copy.path}")
+    return EXIT_OK
 
 
 def _tail_follow(db_path: Path, since: int | None) -> int:

@@ -276,3 +276,41 @@ def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     result = cli("serve", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert f"cannot read {tmp_path / 'nope.toml'}: No such file" in result.stderr
+
+
+def test_self_backup_while_serving_is_a_data_dir_a_server_starts_on(data: Path,
+                                                                   tmp_path: Path) -> None:
+    token = cli("token", "--data", str(data)).stdout.strip()
+    copy = tmp_path / "copy"
+    with running_server(data):
+        result = cli("events", "backup", "--out", str(copy), "--data", str(data))
+        assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: 29 events") and ", 2 jobs," in result.stdout
+    # A data directory as the server leaves it, with no -wal beside the copied log.
+    assert sorted(p.name for p in copy.iterdir()) == [
+        ".projection.json", "access-token", "events.db", "events.db-acked", "jobs",
+        "secret.key", "settings.yaml"]
+    assert not list(tmp_path.glob(".copy.partial-*"))
+    assert (copy / "access-token").stat().st_mode & 0o777 == 0o600
+    assert projection_files(copy) == projection_files(data)
+    assert cli("events", "verify", "--data", str(copy)).stdout.startswith("OK: 29 events")
+    with running_server(copy) as (_, port):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            restored = json.load(resp)
+    assert len(restored["jobs"]) == 2
+
+
+def test_self_backup_refuses_a_used_directory_and_a_damaged_log(data: Path,
+                                                                tmp_path: Path) -> None:
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "old.txt").write_text("keep me")
+    result = cli("events", "backup", "--out", str(used), "--data", str(data))
+    assert result.returncode == 2 and "is not an empty directory" in result.stderr
+    assert [p.name for p in used.iterdir()] == ["old.txt"]
+    tamper(data / "events.db", "UPDATE events SET payload = '{}' WHERE seq = 7")
+    result = cli("events", "backup", "--out", str(tmp_path / "copy"), "--data", str(data))
+    assert result.returncode == 1 and "damaged at seq 7" in result.stderr
+    assert not (tmp_path / "copy").exists() and not list(tmp_path.glob(".copy.partial-*"))
