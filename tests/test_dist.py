@@ -122,6 +122,16 @@ async def test_the_executable_backs_up_stops_cleanly_and_resumes_without_python(
         await api.call("POST", f"/api/jobs/{job['id']}/snapshots/{run['snapshot_id']}/restore",
                        {"target": str(tmp_path / "restored")})
         assert tree_signature(tmp_path / "restored" / "small") == tree_signature(small)
+        # The system rsync, started from the bundle, loads its own libraries.
+        job = await api.call("POST", "/api/jobs", {"name": "Docs by rsync", "engine": "rsync",
+                                                   "sources": [str(small)],
+                                                   "destination": str(dest / "rsync")})
+        run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
+        run = await api.wait_state(run_id, {"succeeded", "failed"})
+        assert run["state"] == "succeeded", run
+        metrics = await (await session.get(f"http://127.0.0.1:{port}/metrics")).text()
+        assert 'outcome="succeeded"} 1.0' in metrics
+        assert 'backup_manager_build_info{version="unknown"}' not in metrics
 
         # A run going when SIGTERM comes stops at a safe point and is recorded as
         # interrupted; the next start of the executable resumes it.
