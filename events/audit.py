@@ -20,6 +20,10 @@ class LogMissing(FileNotFoundError):
     """There is no event log where one was expected."""
 
 
+class LogTooNew(ValueError):
+    """The log was written by a newer release than this one."""
+
+
 def open_readonly(db_path: Path) -> sqlite3.Connection:
     """Open the log read-only; safe while the server is writing to it (WAL)."""
     if not db_path.is_file():
@@ -27,6 +31,10 @@ def open_readonly(db_path: Path) -> sqlite3.Connection:
     uri = f"file:{pathname2url(str(db_path.resolve()))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True)
     conn.execute("PRAGMA busy_timeout=5000")
+    problem = sql.format_problem(conn.execute(sql.READ_FORMAT).fetchone()[0])
+    if problem is not None:
+        conn.close()
+        raise LogTooNew(problem)
     return conn
 
 

@@ -23,6 +23,22 @@ BEGIN
 END;
 """
 
+# The log's format, kept in SQLite's user_version. A release that changes what it
+# writes raises it, so an older release refuses the log instead of misreading it.
+LOG_FORMAT = 1
+READ_FORMAT = "PRAGMA user_version"
+WRITE_FORMAT = f"PRAGMA user_version={LOG_FORMAT}"
+
+
+def format_problem(found: int) -> str | None:
+    """Why a log of format `found` cannot be read by this release, or None."""
+    if found <= LOG_FORMAT:
+        return None
+    return (f"the event log was written by a newer backup-manager (log format {found}; this "
+            f"one reads up to {LOG_FORMAT}): run that release, or put back the copy "
+            "taken before upgrading (`events backup`)")
+
+
 PRAGMAS_WRITER = (
     "PRAGMA journal_mode=WAL",
     # FULL: the WAL is fsynced on every commit, so an acknowledged append survives

@@ -37,6 +37,10 @@ class EventsMissing(StoreError):
     """The log lacks events it acknowledged earlier; it is not opened as if complete."""
 
 
+class LogTooNew(StoreError):
+    """The log was written by a newer release; it is not opened."""
+
+
 class StoreClosed(StoreError):
     """The store is closed (the server is shutting down); nothing was written."""
 
@@ -77,9 +81,14 @@ class EventStore:
         # one transaction and nothing is committed behind our back.
         writer = await aiosqlite.connect(path, isolation_level=None)
         try:
+            async with writer.execute(sql.READ_FORMAT) as cur:
+                row = await cur.fetchone()
+            problem = sql.format_problem(row[0] if row else 0)
+            if problem is not None:
+                raise LogTooNew(problem)
             for pragma in sql.PRAGMAS_WRITER:
                 await writer.execute(pragma)
-            await writer.executescript(sql.SCHEMA)
+            await writer.executescript(sql.SCHEMA + sql.WRITE_FORMAT + ";")
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException:
             await writer.close()

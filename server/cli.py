@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from events import audit
-from events.store import EventsMissing
+from events.store import EventsMissing, LogTooNew
 from models.settings import LOG_LEVELS
 from server.auth import create_token, read_token, token_path
 from server.config import (
@@ -135,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
                                                 config.host, config.port,
                                                 config.data_dir.resolve()),
                     shutdown_timeout=10)
-    except (DataDirBusy, EventsMissing) as err:
+    except (DataDirBusy, EventsMissing, LogTooNew) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return _token(args)
         return _events(args)
-    except (audit.LogMissing, ConfigFileError) as err:
+    except (audit.LogMissing, audit.LogTooNew, ConfigFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

@@ -314,3 +314,16 @@ def test_self_backup_refuses_a_used_directory_and_a_damaged_log(data: Path,
     result = cli("events", "backup", "--out", str(tmp_path / "copy"), "--data", str(data))
     assert result.returncode == 1 and "damaged at seq 7" in result.stderr
     assert not (tmp_path / "copy").exists() and not list(tmp_path.glob(".copy.partial-*"))
+
+
+def test_a_log_from_a_newer_release_is_refused_not_misread(data: Path) -> None:
+    conn = sqlite3.connect(data / "events.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1  # written by this release
+    conn.execute("PRAGMA user_version=2")
+    conn.close()
+    before = (data / "events.db").read_bytes()
+    for args in (["serve", "--port", "1"], ["events", "verify"], ["events", "export"]):
+        result = cli(*args, "--data", str(data))
+        assert result.returncode == 2, args
+        assert "written by a newer backup-manager (log format 2" in result.stderr
+    assert (data / "events.db").read_bytes() == before
