@@ -108,7 +108,11 @@ class BackupSpec:
                 raise SourceMissing(f"source {src} is not an absolute path")
             if not src.exists() and not src.is_symlink():
                 raise SourceMissing(f"source {src} does not exist")
-            if not os.access(src, os.R_OK) or (src.is_dir() and not os.access(src, os.X_OK)):
+            # effective_ids: with the real uid unprivileged, plain access() ignores
+            # capabilities, and a service reading sources with CAP_DAC_READ_SEARCH (the
+            # systemd unit in deploy/) would be refused what it can in fact read.
+            if not os.access(src, os.R_OK, effective_ids=True) or (
+                    src.is_dir() and not os.access(src, os.X_OK, effective_ids=True)):
                 raise SourceUnreadable(f"source {src} cannot be read (permission denied)")
         self.source_names()
 
@@ -127,7 +131,7 @@ class BackupSpec:
         except OSError as err:
             raise DestinationNotWritable(
                 f"destination {dest} cannot be created: {err.strerror}") from err
-        if not os.access(dest, os.W_OK | os.X_OK):
+        if not os.access(dest, os.W_OK | os.X_OK, effective_ids=True):
             raise DestinationNotWritable(f"destination {dest} is not writable")
 
 

@@ -27,6 +27,8 @@ from server.security import own_origin
 TOKEN_FILE = "access-token"
 SESSION_COOKIE = "bm_session"
 MACHINE_PATHS = frozenset({"/ws", "/metrics"})
+# Set by reverse proxies (nginx, Caddy, Traefik, Apache) on what they forward.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Proto", "X-Real-IP")
 SESSION_SECONDS = 30 * 24 * 3600
 OPEN_PATHS = ("/login", "/healthz")  # and /static/: the login page needs its CSS
 FAILED_SIGN_IN_DELAY = 1.0  # seconds: slows guessing without blocking anyone else
@@ -51,7 +53,7 @@ def create_token(data_dir: Path, rotate: bool = False) -> tuple[str, bool]:
     existing = None if rotate else read_token(data_dir)
     if existing is not None:
         return existing, False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     tmp = token_path(data_dir).with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -100,6 +102,16 @@ def signed_in(request: web.Request) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With an access token set, refuse whoever has not signed in."""
+    if request.app[AUTH_TOKEN] is None and request.path not in OPEN_PATHS \
+            and any(h in request.headers for h in PROXY_HEADERS):
+        # A loopback server needs no sign-in because only this machine reaches it; a
+        # reverse proxy in front of it lets the network in, so without a token it
+        # answers nothing but the way to make one.
+        return web.Response(status=403, text=(
+            "403: this request came through a proxy, which makes the server reachable "
+            "from other machines, and no access token is set. On the server run "
+            "`backup-manager token --data DIR` (or --config FILE), restart it, and sign "
+            "in with the token.\n"))
     if request.app[AUTH_TOKEN] is None or request.path in OPEN_PATHS \
             or request.path.startswith("/static/") or signed_in(request):
         return await handler(request)

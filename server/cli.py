@@ -123,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
                     allowed_hosts=(*file.allowed_hosts, *args.allowed_host),
                     config_file=args.config and args.config.resolve())
     try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
         # Said here, before binding, so it is not mistaken for a problem with the port.
         print(f"error: cannot use {config.data_dir} as the data directory: "

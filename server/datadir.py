@@ -14,7 +14,8 @@ class DataDirBusy(RuntimeError):
 
 def lock_data_dir(data_dir: Path) -> IO[bytes]:
     """Create the data directory if needed and hold an exclusive lock on it."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Made private: the YAML files name sources, destinations and webhook URLs.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     handle = open(data_dir / ".lock", "a+b")  # noqa: SIM115 - held for the app's lifetime
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -122,6 +122,31 @@ async def test_foreign_host_names_and_origins_are_refused(app_client: Client) ->
     assert ws.status == 403
 
 
+async def test_without_a_token_nothing_is_served_through_a_proxy(
+        app_client: Client) -> None:
+    # A proxy in front of a loopback server lets the network in; without a token the
+    # server says how to make one instead of serving the jobs to anyone.
+    for header in ("X-Forwarded-For", "X-Forwarded-Proto", "Forwarded", "X-Real-IP"):
+        for path in ("/dashboard", "/api/jobs", "/ws", "/metrics"):
+            resp = await app_client.get(path, headers={header: "203.0.113.9"})
+            assert resp.status == 403, (header, path)
+            assert "backup-manager token" in await resp.text()
+        made = await app_client.post("/api/jobs", json={"name": "x"}, headers={header: "x"})
+        assert made.status == 403
+    assert (await app_client.get("/healthz", headers={"X-Forwarded-For": "x"})).status == 200
+    assert (await app_client.get("/api/jobs")).status == 200  # straight from loopback
+    assert app_client.app[STORE].last_seq == 0
+
+
+async def test_with_a_token_a_proxied_request_signs_in_as_usual(
+        guarded: tuple[Client, str]) -> None:
+    client, token = guarded
+    headers = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    assert (await client.get("/api/jobs", headers=headers)).status == 401
+    headers["Authorization"] = f"Bearer {token}"
+    assert (await client.get("/api/jobs", headers=headers)).status == 200
+
+
 async def test_an_allowed_host_name_is_answered(aiohttp_client: AppClient,
                                                 tmp_path: Path) -> None:
     client = await aiohttp_client(create_app(Config(

@@ -327,3 +327,11 @@ def test_a_log_from_a_newer_release_is_refused_not_misread(data: Path) -> None:
         assert result.returncode == 2, args
         assert "written by a newer backup-manager (log format 2" in result.stderr
     assert (data / "events.db").read_bytes() == before
+
+
+def test_a_new_data_directory_is_private(tmp_path: Path) -> None:
+    with running_server(tmp_path / "new-data"):
+        pass
+    assert (tmp_path / "new-data").stat().st_mode & 0o777 == 0o700
+    assert cli("token", "--data", str(tmp_path / "other")).returncode == 0
+    assert (tmp_path / "other").stat().st_mode & 0o777 == 0o700
