@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from events.store import EventStore
 from events.types import JobCreated
 from server.app import create_app
+from server.auth import create_token
 from server.config import Config
 
 pytest_plugins = ["tests.browser_helpers"]  # Playwright fixtures: live_server, browser, page
@@ -62,3 +63,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for pid in descendants(os.getpid()):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+async def guarded(aiohttp_client: AppClient, tmp_path: Path
+                  ) -> tuple[TestClient[web.Request, web.Application], str]:
+    """The real app with an access token set, and the token."""
+    data = tmp_path / "data"
+    token, _ = create_token(data)
+    client = await aiohttp_client(create_app(Config(data_dir=data, log_to_file=False)))
+    return client, token

@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.auth import create_token
 from server.config import Config
 from server.keys import STORE
 from tests.cli_helpers import REPO
@@ -47,15 +45,6 @@ def test_token_command_makes_a_private_token_once_and_rotates(tmp_path: Path) ->
     assert cli("token", "--data", str(data)).stdout.strip() == token
     rotated = cli("token", "--rotate", "--data", str(data)).stdout.strip()
     assert rotated != token and path.read_text().strip() == rotated
-
-
-@pytest.fixture
-async def guarded(aiohttp_client: AppClient, tmp_path: Path) -> tuple[Client, str]:
-    """The real app with an access token set, and the token."""
-    data = tmp_path / "data"
-    token, _ = create_token(data)
-    client = await aiohttp_client(create_app(Config(data_dir=data, log_to_file=False)))
-    return client, token
 
 
 async def test_without_signing_in_nothing_but_login_health_and_css(

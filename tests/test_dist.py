@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -90,6 +91,17 @@ def unpack_dir(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
+async def backed_up(api: Api, engine: str, source: Path, dest: Path) -> tuple[Any, Any]:
+    """Create a job, run it, and return the job and its run, which succeeded."""
+    job = await api.call("POST", "/api/jobs", {"name": f"Docs by {engine}", "engine": engine,
+                                               "sources": [str(source)],
+                                               "destination": str(dest)})
+    run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
+    run = await api.wait_state(run_id, {"succeeded", "failed"})
+    assert run["state"] == "succeeded", run
+    return job, run
+
+
 def test_make_dist_gives_one_self_contained_file(binary: Path, no_python: list[str]) -> None:
     assert binary.stat().st_size > 5_000_000  # Python and the dependencies are inside
     result = subprocess.run([*no_python, str(binary), "--help"], capture_output=True,
@@ -113,22 +125,12 @@ async def test_the_executable_backs_up_stops_cleanly_and_resumes_without_python(
         api = Api(session, port)
         page = await session.get(f"http://127.0.0.1:{port}/jobs")
         assert page.status == 200 and "/static/" in await page.text()  # templates and CSS
-        job = await api.call("POST", "/api/jobs", {"name": "Docs", "engine": "mirror",
-                                                   "sources": [str(small)],
-                                                   "destination": str(dest / "docs")})
-        run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
-        run = await api.wait_state(run_id, {"succeeded", "failed"})
-        assert run["state"] == "succeeded", run
+        job, run = await backed_up(api, "mirror", small, dest / "docs")
         await api.call("POST", f"/api/jobs/{job['id']}/snapshots/{run['snapshot_id']}/restore",
                        {"target": str(tmp_path / "restored")})
         assert tree_signature(tmp_path / "restored" / "small") == tree_signature(small)
         # The system rsync, started from the bundle, loads its own libraries.
-        job = await api.call("POST", "/api/jobs", {"name": "Docs by rsync", "engine": "rsync",
-                                                   "sources": [str(small)],
-                                                   "destination": str(dest / "rsync")})
-        run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
-        run = await api.wait_state(run_id, {"succeeded", "failed"})
-        assert run["state"] == "succeeded", run
+        await backed_up(api, "rsync", small, dest / "rsync")
         metrics = await (await session.get(f"http://127.0.0.1:{port}/metrics")).text()
         assert 'outcome="succeeded"} 1.0' in metrics
         assert 'backup_manager_build_info{version="unknown"}' not in metrics

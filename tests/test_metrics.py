@@ -19,7 +19,6 @@ from core.queries import parse_time
 from events.store import EventStore
 from events.types import JobCreated, RunInterrupted, RunQueued, RunStarted
 from server.app import create_app
-from server.auth import create_token
 from server.config import Config
 from server.keys import STORE
 from tests.conftest import AppClient, job_spec
@@ -228,15 +227,6 @@ async def test_websocket_clients_go_up_and_down(app_client: Client) -> None:
             if await websocket_clients(app_client) == 0:
                 break
             await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def guarded(aiohttp_client: AppClient, tmp_path: Path) -> tuple[Client, str]:
-    """The real app with an access token set, and the token."""
-    data = tmp_path / "data"
-    token, _ = create_token(data)
-    client = await aiohttp_client(create_app(Config(data_dir=data, log_to_file=False)))
-    return client, token
 
 
 async def test_with_a_token_metrics_need_the_bearer_header(
