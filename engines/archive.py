@@ -3,7 +3,7 @@
 Layout in the destination, for a snapshot id such as 2026-11-24T025312Z:
 
     <id>.tar.zst            the archive (<id>.tar.gz with options {"compression": "gzip"})
-    <id>.manifest.json      every entry with type, size, mtime, mode, sha256 or link target
+    <id>.manifest.json      every entry: type, size, mtime, mode, blake3 (or sha256) or target
     <id>.tar.zst.partial    an archive still being written, or left behind by a crash
 
 The archive is written by engines/tarwrite.py: a pax-format tar (what tarfile writes),
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
-import hashlib
 import os
 import secrets
 import stat
@@ -62,11 +61,13 @@ from engines.base import (
 )
 from engines.fsutil import is_disk_full
 from engines.manifest import (
+    CONTENT_HASHES,
     SNAPSHOT_ID_RE,
     Manifest,
     ManifestError,
     check_rel_path,
     check_snapshot_id,
+    content_hash,
     unique_snapshot_id,
 )
 from engines.scan import Entry, scan
@@ -573,10 +574,11 @@ def _member_data(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     return data
 
 
-def _hash_stream(data: IO[bytes], pacer: _Pacer,
+def _hash_stream(data: IO[bytes], entry: Mapping[str, Any], pacer: _Pacer,
                  sink: Callable[[bytes], object] | None = None) -> tuple[int, str]:
-    """Read a member to its end: its size and sha256 (and each chunk to sink)."""
-    digest = hashlib.sha256()
+    """Read a member to its end: its size and hash, by the entry's algorithm (and each
+    chunk to sink)."""
+    digest = CONTENT_HASHES[_algorithm(entry)]()
     size = 0
     while chunk := data.read(CHUNK):
         digest.update(chunk)
@@ -605,9 +607,16 @@ def _content_problems(name: str, entry: Mapping[str, Any], size: int, digest: st
     """How a file's content differs from its manifest entry."""
     if size != entry["size"]:
         return [f"{name}: {size} bytes in the archive, {entry['size']} in the manifest"]
-    if digest != entry["sha256"]:
-        return [f"{name}: content does not match the manifest (sha256 differs)"]
+    algorithm, expected = content_hash(entry) or ("sha256", "")
+    if digest != expected:
+        return [f"{name}: content does not match the manifest ({algorithm} differs)"]
     return []
+
+
+def _algorithm(entry: Mapping[str, Any]) -> str:
+    """The hash a (shape-checked) file entry was made with."""
+    found = content_hash(entry)
+    return "sha256" if found is None else found[0]
 
 
 def _verify_member(tar: tarfile.TarFile, member: tarfile.TarInfo,
@@ -631,7 +640,7 @@ def _verify_member(tar: tarfile.TarFile, member: tarfile.TarInfo,
     if kind != "file":
         return 0
     meter.update(current_file=member.name)
-    size, digest = _hash_stream(_member_data(tar, member), pacer)
+    size, digest = _hash_stream(_member_data(tar, member), entry, pacer)
     problems.extend(_content_problems(member.name, entry, size, digest))
     meter.add(files=1)
     return 1
@@ -713,9 +722,8 @@ def _index(manifest: Manifest) -> dict[str, dict[str, Any]]:
         numbers = [entry.get(k) for k in ("size", "mtime_ns", "mode")]
         if any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
             raise ManifestError(f"the manifest entry for {path!r} lacks size, mtime or mode")
-        if kind == "file" and not (isinstance(entry.get("sha256"), str)
-                                   and len(entry["sha256"]) == 64):
-            raise ManifestError(f"the manifest entry for {path!r} has no sha256")
+        if kind == "file" and content_hash(entry) is None:
+            raise ManifestError(f"the manifest entry for {path!r} has no content hash")
         if kind == "symlink" and not isinstance(entry.get("target"), str):
             raise ManifestError(f"the manifest entry for {path!r} has no link target")
         if path in index:
@@ -845,7 +853,7 @@ class _TargetWriter:
                          | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
             try:
                 with open(fd, "wb", closefd=False) as out:
-                    size, digest = _hash_stream(data, pacer, out.write)
+                    size, digest = _hash_stream(data, entry, pacer, out.write)
                 os.fchmod(fd, entry["mode"] & RESTORE_MODE_MASK)
                 os.utime(fd, ns=(entry["mtime_ns"], entry["mtime_ns"]))
                 os.close(fd)

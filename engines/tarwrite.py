@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import os
 import queue
 import stat
@@ -42,10 +41,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+import blake3
 import zstandard
 
 from engines.base import ProgressMeter, Reporter, RunControl
+from engines.manifest import Hasher
 from engines.scan import Entry
+
+# The manifest key of each file's content hash (see engines/manifest.py CONTENT_HASHES).
+HASH = "blake3"
 
 BLOCKSIZE = tarfile.BLOCKSIZE  # 512
 RECORDSIZE = tarfile.RECORDSIZE  # 20 blocks; an archive is padded to whole records
@@ -152,8 +156,8 @@ class _FileOut:
 
 
 # A piece of a large file in a block: where it starts and ends, the file's running hash,
-# and, with its last piece, its manifest entry, which gets the sha256.
-_Span = tuple[int, int, "hashlib._Hash", "dict[str, Any] | None"]
+# and, with its last piece, its manifest entry, which gets the hash.
+_Span = tuple[int, int, Hasher, "dict[str, Any] | None"]
 
 
 class _Compressor:
@@ -266,7 +270,7 @@ class _Compressor:
                     for start, end, digest, record in spans:
                         digest.update(view[start:end])
                         if record is not None:
-                            record["sha256"] = digest.hexdigest()
+                            record[HASH] = digest.hexdigest()
             except BaseException as err:  # raised again in the writer's thread
                 self._error = err
             self._to_compress.put((number, block, length))
@@ -377,11 +381,11 @@ class _TarStream:
             self.flush()
         return self._view[self._pos:self._pos + size]
 
-    def commit(self, size: int, digest: hashlib._Hash | None = None,
+    def commit(self, size: int, digest: Hasher | None = None,
                record: dict[str, Any] | None = None) -> None:
         """Count the bytes just put into the room reserve() gave; with `digest`, they are
         hashed into it (on the hashing thread), and with `record` too, that is the last
-        piece of the file and record["sha256"] is set."""
+        piece of the file and record[HASH] is set."""
         if digest is not None:
             self._spans.append((self._pos, self._pos + size, digest, record))
         self._pos += size
@@ -563,7 +567,7 @@ class _EntryWriter:
             self._warn_if_changed(entry, read.error, read.shortfall, read.changed)
         self.meter.add(files=1, nbytes=size, current_file=entry.rel)
         return {"path": entry.rel, "type": "file", "size": size, "mtime_ns": read.mtime_ns,
-                "mode": read.mode, "sha256": hashlib.sha256(read.data).hexdigest()}
+                "mode": read.mode, HASH: blake3.blake3(read.data).hexdigest()}
 
     def add_large(self, entry: Entry) -> dict[str, Any] | None:
         """A large file, read and hashed a piece at a time."""
@@ -601,12 +605,12 @@ class _EntryWriter:
 
     def _copy(self, fd: int, size: int, record: dict[str, Any]) -> tuple[int, str]:
         """Exactly `size` bytes of a file into the tar, zero-padded past an early end (tar
-        announces a member's size before its data); they are hashed into record["sha256"]
+        announces a member's size before its data); they are hashed into record[HASH]
         on the hashing thread. Return how many bytes were missing at the end, and the read
         error that stopped it, if one did."""
-        digest = hashlib.sha256()
+        digest = blake3.blake3()
         if not size:
-            record["sha256"] = digest.hexdigest()
+            record[HASH] = digest.hexdigest()
         left, since_safe_point = size, 0
         shortfall, error, ended = 0, "", False
         while left:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 import zstandard
 
@@ -125,7 +126,7 @@ def test_backup_then_restore_is_byte_for_byte(tmp_path: Path, compression: str,
         assert tar.getmember("src/big.bin").size == BIG
         assert tar.getmember("src/link-to-run").linkname == "run.sh"
     manifest = Manifest.read(dest / f"{sid}.manifest.json").by_path()
-    assert manifest["src/big.bin"]["sha256"] == hashlib.sha256(
+    assert manifest["src/big.bin"]["blake3"] == blake3.blake3(
         (src / "big.bin").read_bytes()).hexdigest()
     assert manifest["src/absolute-link"] == {
         "path": "src/absolute-link", "type": "symlink", "size": 0, "target": "/etc/hostname",
@@ -306,6 +307,26 @@ def test_a_member_named_dot_dot_is_refused(tmp_path: Path) -> None:
     verdict = ArchiveEngine().verify(spec, "2026-01-01T000000Z", RunControl(),
                                      RecordingReporter())
     assert not verdict.ok and any("'../x'" in p for p in verdict.problems)
+
+
+def test_an_archive_hashed_with_sha256_before_still_verifies_and_restores(
+        tmp_path: Path) -> None:
+    # Archives made before the engine hashed with BLAKE3 carry sha256 in their manifest.
+    dest, sid = tmp_path / "dest", "2026-01-01T000000Z"
+    spec = BackupSpec.build([tmp_path / "src"], dest)
+    content = b"written by an older release\n"
+    plant_snapshot(dest, sid, [member("src", tarfile.DIRTYPE), member("src/a.txt")],
+                   [entry("src", "dir"), entry("src/a.txt", "file", content)],
+                   {"src/a.txt": content})
+    assert ArchiveEngine().verify(spec, sid, RunControl(), RecordingReporter()).ok
+    assert (restore(spec, sid, tmp_path / "out") / "src" / "a.txt").read_bytes() == content
+    plant_snapshot(dest, sid, [member("src", tarfile.DIRTYPE), member("src/a.txt")],
+                   [entry("src", "dir"), entry("src/a.txt", "file", content)],
+                   {"src/a.txt": content.replace(b"older", b"elder")})
+    verdict = ArchiveEngine().verify(spec, sid, RunControl(), RecordingReporter())
+    assert not verdict.ok
+    assert verdict.problems == ("src/a.txt: content does not match the manifest "
+                                "(sha256 differs)",)
 
 
 def test_a_symlink_then_a_file_through_it_is_refused(tmp_path: Path) -> None:
@@ -580,7 +601,7 @@ def test_verify_passes_then_catches_damage(tmp_path: Path) -> None:
     assert check() == (True, ())
     manifest_path = dest / f"{sid}.manifest.json"
     text = manifest_path.read_text()
-    digest = hashlib.sha256((src / "run.sh").read_bytes()).hexdigest()
+    digest = blake3.blake3((src / "run.sh").read_bytes()).hexdigest()
     manifest_path.write_text(text.replace(digest, ("0" if digest[0] != "0" else "1")
                                           + digest[1:]))
     ok, problems = check()
