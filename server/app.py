@@ -106,6 +106,9 @@ def _on_sighup(levels: LogLevel) -> Callable[[], None]:
 
     def undo() -> None:
         loop.remove_signal_handler(signal.SIGHUP)
+        # Not the default action (end the process): a reload asked for during the
+        # shutdown must not cut it short.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     return undo
 
@@ -125,7 +128,10 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     levels.start()
 
     def on_settings(events: Sequence[StoredEvent]) -> None:
-        if any(ev.type == "SettingsChanged" for ev in events):
+        # Only a change of the level itself: saving the theme must not undo a level
+        # given at start or by a reload.
+        if any(ev.type == "SettingsChanged" and "log_level" in ev.payload.get("changes", {})
+               for ev in events):
             levels.settings_changed()
 
     store.notifier.add_listener(on_settings)

@@ -107,11 +107,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         # A loopback server needs no sign-in because only this machine reaches it; a
         # reverse proxy in front of it lets the network in, so without a token it
         # answers nothing but the way to make one.
-        return web.Response(status=403, text=(
-            "403: this request came through a proxy, which makes the server reachable "
-            "from other machines, and no access token is set. On the server run "
+        return respond_error(request, 403, (
+            "this request came through a proxy, which makes the server reachable from "
+            "other machines, and no access token is set. On the server run "
             "`backup-manager token --data DIR` (or --config FILE), restart it, and sign "
-            "in with the token.\n"))
+            "in with the token."))
     if request.app[AUTH_TOKEN] is None or request.path in OPEN_PATHS \
             or request.path.startswith("/static/") or signed_in(request):
         return await handler(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import signal
@@ -12,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.web_runner import GracefulExit
 
 from events import audit
 from events.store import EventsMissing, LogTooNew
@@ -23,6 +25,7 @@ from server.config import (
     ConfigFileError,
     FileConfig,
     default_data_dir,
+    is_host_name,
     load_config_file,
 )
 from server.datadir import DataDirBusy
@@ -33,7 +36,7 @@ from storage.selfbackup import LogDamaged, SelfBackupError, backup_state
 
 log = logging.getLogger("backup_manager")
 
-EXIT_OK, EXIT_BAD_LOG, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_BAD_LOG, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def _add_data_arg(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +46,13 @@ def _add_data_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
                         help="a TOML file with data, host, port, log_level and "
                              "allowed_hosts; flags given here win over it")
+
+
+def _host_name_arg(value: str) -> str:
+    if not is_host_name(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a host name (like "
+                                         "backups.example.lan, without scheme or port)")
+    return value
 
 
 def _file_config(args: argparse.Namespace) -> FileConfig:
@@ -64,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="address to bind (default loopback)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       type=_host_name_arg,
                        help="a host name the server answers to besides loopback (repeat "
                             "for more), e.g. the name a reverse proxy forwards")
     serve.add_argument("--log-level", default=None, choices=LOG_LEVELS,
@@ -129,8 +140,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: cannot use {config.data_dir} as the data directory: "
               f"{err.strerror or err}", file=sys.stderr)
         return EXIT_USAGE
+    app = create_app(config)
+    # First, before the store opens: a stop signal while it starts up is handled too.
+    app.on_startup.insert(0, _stop_once_on_signal)
+    # Until the app installs its reload handler (and after it removes it), SIGHUP's
+    # default action would end the process without a clean stop.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        web.run_app(create_app(config), host=config.host, port=config.port,
+        web.run_app(app, host=config.host, port=config.port, handle_signals=False,
                     print=lambda _msg: log.info("serving on http://%s:%d with data in %s",
                                                 config.host, config.port,
                                                 config.data_dir.resolve()),
@@ -139,10 +156,39 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
+        # Not a usage error: a port still held by a process on its way out is free a
+        # moment later, so a service manager should try again (systemd: on-failure).
         print(f"error: cannot serve on {config.host}:{config.port}: {err.strerror or err}",
               file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+async def _stop_once_on_signal(app: web.Application) -> None:
+    """SIGINT/SIGTERM start one clean stop; more of them while it runs are ignored.
+
+    A second signal would cancel the shutdown half-way (runs not recorded as
+    interrupted, the log not closed, the process hung on its database threads). Ctrl-C
+    on the single-file build always sends two: the terminal signals the whole process
+    group, and the launcher forwards its own copy to Python.
+    """
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        # Two signals that arrive together are both already queued as calls to this by
+        # the time the first one runs: only the first may raise.
+        if stopping.is_set():
+            return
+        stopping.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        log.info("stopping: runs pause at a safe point and resume on the next start")
+        raise GracefulExit()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,15 @@ class Config:
         return self.data_dir / "logs"
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\]")
+
+
+def is_host_name(name: str) -> bool:
+    """Whether `name` is a DNS name, an IPv4 address or a bracketed IPv6 address."""
+    return len(name) <= 253 and HOST_NAME_RE.fullmatch(name) is not None
+
+
 class ConfigFileError(ValueError):
     """The --config file cannot be used; the message says where and why."""
 
@@ -83,14 +93,21 @@ def load_config_file(path: Path) -> FileConfig:
         raise ConfigFileError(f"{path}: unknown setting {', '.join(unknown)} (known: data, "
                               "host, port, log_level, allowed_hosts)")
     data, host = _field(path, raw, "data", str), _field(path, raw, "host", str)
+    for key, value in (("data", data), ("host", host)):
+        if value is not None and not value.strip():
+            raise ConfigFileError(f"{path}: {key} is empty; leave it out for the default")
     port, level = _field(path, raw, "port", int), _field(path, raw, "log_level", str)
     if port is not None and not 0 < port < 65536:
         raise ConfigFileError(f"{path}: port {port} is out of range")
     if level is not None and level not in LOG_LEVELS:
         raise ConfigFileError(f"{path}: log_level must be one of {', '.join(LOG_LEVELS)}")
     hosts = raw.get("allowed_hosts", [])
-    if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
         raise ConfigFileError(f"{path}: allowed_hosts must be a list of host names")
+    for name in hosts:
+        if not is_host_name(name):
+            raise ConfigFileError(f"{path}: allowed_hosts has {name!r}, which is not a host "
+                                  "name (like backups.example.lan, without scheme or port)")
     # A relative data path is read from the config file's folder, not from wherever the
     # service happens to be started.
     data_dir = None if data is None else (path.parent / data if not Path(data).is_absolute()

@@ -63,7 +63,10 @@ def backup_state(data_dir: Path, out: Path) -> SelfBackup:
     # mistaken for a whole one.
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Private like the data directory: the copy names every source, destination and
+    # webhook, whatever the umask of the cron job that makes it.
+    work.mkdir(mode=0o700)
     try:
         result = _copy_into(data_dir, db, work)
         if out.exists():
@@ -101,7 +104,10 @@ def _copy_into(data_dir: Path, db: Path, work: Path) -> audit.VerifyResult:
             os.chmod(work / name, 0o600)
     for path in work.rglob("*"):
         if path.is_file():
+            os.chmod(path, 0o600)
             _fsync(path)
+        elif path.is_dir():
+            os.chmod(path, 0o700)
     for folder in [work, *(p for p in work.rglob("*") if p.is_dir())]:
         fsync_dir(folder)
     return result

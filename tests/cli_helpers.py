@@ -46,7 +46,10 @@ def running_server(data: Path, port: int | None = None, *, command: Sequence[str
     proc = subprocess.Popen(
         [*command, "serve", "--port", str(port), "--data", str(data), *args],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
-        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        # A process group of its own, as a shell gives a command: a test can signal the
+        # group the way Ctrl-C in a terminal does.
+        start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while True:

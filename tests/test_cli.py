@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -260,6 +261,10 @@ def test_config_file_gives_the_data_dir_relative_to_itself(tmp_path: Path) -> No
     ('log_level = "LOUD"\n', "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
     ('allowed_hosts = "a.lan"\n', "allowed_hosts must be a list of host names"),
     ('data = \n', "is not valid TOML"),
+    ('data = ""\n', "data is empty"),
+    ('host = " "\n', "host is empty"),
+    ('allowed_hosts = ["https://backups.lan"]\n', "'https://backups.lan', which is not a host"),
+    ('allowed_hosts = ["bad host/x"]\n', "'bad host/x', which is not a host name"),
 ])
 def test_a_bad_config_file_is_refused_before_anything_is_made(tmp_path: Path, text: str,
                                                                message: str) -> None:
@@ -282,17 +287,41 @@ def test_self_backup_while_serving_is_a_data_dir_a_server_starts_on(data: Path,
                                                                    tmp_path: Path) -> None:
     token = cli("token", "--data", str(data)).stdout.strip()
     copy = tmp_path / "copy"
-    with running_server(data):
+    with running_server(data) as (_, port):
         result = cli("events", "backup", "--out", str(copy), "--data", str(data))
         assert result.returncode == 0, result.stderr
+        assert projection_files(copy) == projection_files(data)
+        # Copies taken while events are being appended are each whole and intact.
+        stop = threading.Event()
+
+        def append_all_the_time() -> None:
+            while not stop.is_set():
+                put_settings(port, {"theme": "light"}, token)
+                put_settings(port, {"theme": "dark"}, token)
+
+        writer = threading.Thread(target=append_all_the_time)
+        writer.start()
+        try:
+            for n in range(3):
+                busy = cli("events", "backup", "--out", str(tmp_path / f"busy-{n}"),
+                           "--data", str(data))
+                assert busy.returncode == 0, busy.stderr
+                check = cli("events", "verify", "--data", str(tmp_path / f"busy-{n}"))
+                assert check.returncode == 0 and check.stdout.startswith("OK: "), check.stdout
+        finally:
+            stop.set()
+            writer.join()
+        assert int(busy.stdout.split()[1]) > 29  # events were appended meanwhile
     assert result.stdout.startswith("OK: 29 events") and ", 2 jobs," in result.stdout
     # A data directory as the server leaves it, with no -wal beside the copied log.
     assert sorted(p.name for p in copy.iterdir()) == [
         ".projection.json", "access-token", "events.db", "events.db-acked", "jobs",
         "secret.key", "settings.yaml"]
     assert not list(tmp_path.glob(".copy.partial-*"))
-    assert (copy / "access-token").stat().st_mode & 0o777 == 0o600
-    assert projection_files(copy) == projection_files(data)
+    # Private whatever the umask: it names every source, destination and webhook.
+    assert {p.stat().st_mode & 0o777 for p in [copy, *copy.rglob("*")] if p.is_dir()} == {
+        0o700}
+    assert {p.stat().st_mode & 0o777 for p in copy.rglob("*") if p.is_file()} == {0o600}
     assert cli("events", "verify", "--data", str(copy)).stdout.startswith("OK: 29 events")
     with running_server(copy) as (_, port):
         req = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs",
@@ -335,3 +364,30 @@ def test_a_new_data_directory_is_private(tmp_path: Path) -> None:
     assert (tmp_path / "new-data").stat().st_mode & 0o777 == 0o700
     assert cli("token", "--data", str(tmp_path / "other")).returncode == 0
     assert (tmp_path / "other").stat().st_mode & 0o777 == 0o700
+
+
+def put_settings(port: int, changes: dict[str, object], token: str = "") -> None:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/settings", method="PUT",
+                                 data=json.dumps(changes).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+
+
+def test_the_start_up_level_holds_until_the_level_itself_is_changed(data: Path) -> None:
+    app_log = data / "logs" / "app.log"
+    with running_server(data, args=["--log-level", "WARNING"]) as (_, port):
+        put_settings(port, {"theme": "light"})  # another setting: the level stays
+        put_settings(port, {"log_level": "DEBUG"})
+        body = wait_for_line(app_log, "log level is now DEBUG (changed in the settings)")
+    assert "log level is now INFO" not in body
+
+
+def test_a_port_in_use_exits_3_so_a_service_manager_tries_again(data: Path,
+                                                                 tmp_path: Path) -> None:
+    with running_server(data) as (_, port):
+        result = cli("serve", "--port", str(port), "--data", str(tmp_path / "other"))
+    assert result.returncode == 3
+    assert f"cannot serve on 127.0.0.1:{port}: " in result.stderr

@@ -160,6 +160,30 @@ async def test_sigterm_interrupts_cleanly_and_the_next_start_resumes(
                      "RunResumed", "RunStarted", "RunSucceeded"]
 
 
+async def test_a_second_stop_signal_does_not_cut_the_clean_stop_short(
+        session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    src, dest, data = big_source(tmp_path / "src"), tmp_path / "dest", tmp_path / "data"
+    with running_server(data) as (proc, port):
+        api = Api(session, port)
+        job = await api.call("POST", "/api/jobs", {"name": "Big", "engine": "mirror",
+                                                   "sources": [str(src)],
+                                                   "destination": str(dest),
+                                                   "options": {"bwlimit": 8192}})
+        run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
+        await api.wait_state(run_id, {"running"})
+        # An impatient person (or a script) sends the stop twice.
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    app_log = (data / "logs" / "app.log").read_text()
+    assert "event log closed at seq" in app_log and "CleanupError" not in app_log
+    assert "interrupted by shutdown" in (data / "logs" / "runs" / f"{run_id}.log").read_text()
+    with running_server(data) as (_, port):
+        run = await Api(session, port).wait_state(run_id, {"succeeded", "failed"}, within=120)
+        assert run["state"] == "succeeded", run
+
+
 async def test_without_auto_resume_a_cut_off_run_waits_and_discard_cleans_up(
         session: aiohttp.ClientSession, tmp_path: Path) -> None:
     src, dest, data = big_source(tmp_path / "src"), tmp_path / "dest", tmp_path / "data"
