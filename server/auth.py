@@ -21,8 +21,8 @@ from aiohttp import web
 
 from server.errors import Handler, respond_error, wants_json
 from server.keys import AUTH_TOKEN, SESSION_KEY
+from server.origin import own_origin
 from server.page_support import redirect, safe_next
-from server.security import own_origin
 
 TOKEN_FILE = "access-token"
 SESSION_COOKIE = "bm_session"

@@ -12,13 +12,12 @@ import hmac
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from server.errors import Handler, respond_error
 from server.keys import CSRF_TOKEN
-from server.security import own_origin
+from server.origin import origin_refusal
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 SECRET_FILE = "secret.key"
@@ -51,27 +50,14 @@ def session_key(secret: bytes) -> str:
     return hmac.new(secret, b"backup-manager session v1", hashlib.sha256).hexdigest()
 
 
-def _same_origin(request: web.Request) -> tuple[bool, str]:
-    """Whether Origin (or, without it, Referer) names this server; absent both, allow."""
-    own = own_origin(request)
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        return origin == own, origin
-    referer = request.headers.get("Referer")
-    if referer is not None:
-        parts = urlsplit(referer)
-        return f"{parts.scheme}://{parts.netloc}" == own, referer
-    return True, ""
-
-
 @web.middleware
 async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse a form or htmx post without the CSRF token or from another origin."""
     if request.method in SAFE_METHODS or request.path.startswith("/api/"):
         return await handler(request)
-    same, origin = _same_origin(request)
-    if not same:
-        return respond_error(request, 403, f"cross-origin request from {origin[:100]} refused")
+    refusal = origin_refusal(request, referer_too=True)
+    if refusal is not None:
+        return respond_error(request, 403, refusal)
     sent = request.headers.get("X-CSRF-Token")
     if sent is None and request.content_type in ("application/x-www-form-urlencoded",
                                                  "multipart/form-data"):

@@ -12,6 +12,7 @@ from core.errors import Conflict, Invalid, NotFound
 from engines.base import EngineError, RestoreConflict, SnapshotNotFound
 from events.store import ConcurrencyError, StoreClosed, StoreError
 from models.ids import InvalidId
+from server.origin import origin_refusal
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ async def api_guard_middleware(request: web.Request, handler: Handler) -> web.St
     this server never approves, so a foreign page cannot drive the API.
     """
     if request.path.startswith("/api/") and request.method not in ("GET", "HEAD", "OPTIONS"):
-        from server.security import origin_refusal  # security imports this module
-
         refusal = origin_refusal(request)
         if refusal is not None:
             return respond_error(request, 403, refusal)

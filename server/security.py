@@ -82,16 +82,3 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
 
-
-def own_origin(request: web.Request) -> str:
-    """This server's origin as the browser sees it (https behind a TLS proxy)."""
-    scheme = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-    return f"{scheme}://{request.host}"
-
-
-def origin_refusal(request: web.Request) -> str | None:
-    """Why a request's Origin (when sent) is not this server's own, or None if it is."""
-    origin = request.headers.get("Origin")
-    if origin is None or origin == own_origin(request):
-        return None
-    return f"cross-origin request from {origin[:100]} refused"

@@ -15,7 +15,7 @@ from events.record import StoredEvent
 from events.store import EventStore
 from server.errors import BadRequest
 from server.keys import CONFIG, STORE, WEBSOCKETS
-from server.security import origin_refusal
+from server.origin import origin_refusal
 
 log = logging.getLogger(__name__)
 
