@@ -178,6 +178,10 @@ def test_sigterm_closes_websockets_with_1001_and_exits_cleanly(data: Path) -> No
             assert (await ws.receive_json())["seq"] == 29
             proc.send_signal(signal.SIGTERM)
             msg = await ws.receive(timeout=15)
+            while msg.type == aiohttp.WSMsgType.TEXT:
+                # The app log's own live lines ("stopping: ...") may come first.
+                assert json.loads(msg.data)["kind"] == "log", msg.data
+                msg = await ws.receive(timeout=15)
             assert msg.type == aiohttp.WSMsgType.CLOSE
             return ws.close_code
 
