@@ -100,8 +100,10 @@ def _on_sighup(levels: LogLevel) -> Callable[[], None]:
 
     try:
         loop.add_signal_handler(signal.SIGHUP, reload)
-    except (NotImplementedError, RuntimeError, ValueError):
-        # Not the main thread (an embedding test) or no signals here: nothing to undo.
+    except (NotImplementedError, RuntimeError):
+        # RuntimeError: not the main thread (an app embedded in a test's thread);
+        # NotImplementedError: an event loop without signal support. Either way there is
+        # no reload by signal, and so nothing to undo.
         return lambda: None
 
     def undo() -> None:

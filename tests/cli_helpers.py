@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,6 +33,42 @@ def free_port() -> int:
 PYTHON_COMMAND = (sys.executable, "-m", "server")
 
 
+def spawn_server(data: Path, port: int, log: IO[str] | int = subprocess.DEVNULL, *,
+                 command: Sequence[str] = PYTHON_COMMAND, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `backup-manager serve` (its output to `log`); the caller stops it."""
+    return subprocess.Popen(
+        [*command, "serve", "--port", str(port), "--data", str(data), *args],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        # A process group of its own, as a shell gives a command: a test can signal the
+        # group the way Ctrl-C in a terminal does.
+        start_new_session=True)
+
+
+def wait_served(proc: subprocess.Popen[str], port: int, within: float = 30) -> bool:
+    """Whether the server answered /healthz before it exited or `within` seconds passed."""
+    deadline = time.monotonic() + within
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 20 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextlib.contextmanager
 def running_server(data: Path, port: int | None = None, *, command: Sequence[str] = PYTHON_COMMAND,
                    args: Sequence[str] = (), env: Mapping[str, str] | None = None,
@@ -42,33 +79,12 @@ def running_server(data: Path, port: int | None = None, *, command: Sequence[str
     more serve flags; `env` replaces the environment.
     """
     port = port or free_port()
-    log = open(data.parent / f"server-{port}.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [*command, "serve", "--port", str(port), "--data", str(data), *args],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
-        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
-        # A process group of its own, as a shell gives a command: a test can signal the
-        # group the way Ctrl-C in a terminal does.
-        start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start: " +
-                                       (data.parent / f"server-{port}.log").read_text()
-                                       ) from None
-                time.sleep(0.1)
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+    log_path = data.parent / f"server-{port}.log"
+    with open(log_path, "w") as log:
+        proc = spawn_server(data, port, log, command=command, args=args, env=env)
+        try:
+            if not wait_served(proc, port):
+                raise RuntimeError("server did not start: " + log_path.read_text())
+            yield proc, port
+        finally:
+            stop_server(proc)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.cli_helpers import REPO, cli, free_port, running_server
+from tests.cli_helpers import cli, free_port, running_server, spawn_server
 from tests.engine_helpers import tree_signature, write
 from tests.test_projection import projection_files
 
@@ -73,13 +71,6 @@ async def start_paused_run(api: Api, src: Path, dest: Path) -> tuple[str, str]:
     return job["id"], run_id
 
 
-def spawn_server(data: Path, port: int) -> subprocess.Popen[str]:
-    """Start a server process (stopped by the test itself)."""
-    return subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port),
-                             "--data", str(data)], cwd=REPO, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 async def wait_healthy(session: aiohttp.ClientSession, port: int) -> None:
     """Wait until /healthz answers."""
     async with asyncio.timeout(30):
@@ -97,7 +88,7 @@ async def killed_mid_backup(session: aiohttp.ClientSession, src: Path, dest: Pat
                             port: int, settings: dict[str, Any] | None = None
                             ) -> tuple[str, str]:
     """Serve, start a backup, pause it half-way, then SIGKILL the server; return the ids."""
-    proc = spawn_server(data, port)
+    proc = spawn_server(data, port)  # stopped by the test itself
     try:
         await wait_healthy(session, port)
         api = Api(session, port)

@@ -21,11 +21,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -38,7 +35,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.keys import STORE
-from tests.cli_helpers import REPO, cli, free_port, running_server
+from tests.cli_helpers import (
+    cli,
+    free_port,
+    running_server,
+    spawn_server,
+    stop_server,
+    wait_served,
+)
 from tests.engine_helpers import write
 from tests.test_api import wait_run
 from tests.test_projection import projection_files
@@ -102,6 +106,15 @@ def app_log(data: Path) -> str:
                    for p in sorted((data / "logs").glob("app.log*")))
 
 
+@contextlib.contextmanager
+def counted_server(data: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """running_server on `data` (made if needed), counted in the printed figures."""
+    data.mkdir(parents=True, exist_ok=True)
+    FIGURES["starts"] += 1
+    with running_server(data) as served:
+        yield served
+
+
 # --- YAML projections edited into garbage ------------------------------------------------
 
 DAMAGES = {
@@ -118,9 +131,7 @@ DAMAGES = {
 @pytest.mark.timeout(120)
 def test_yaml_garbage_is_rebuilt_byte_identical_with_a_warning(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    data.mkdir()
-    with running_server(data) as (_, port):
-        FIGURES["starts"] += 1
+    with counted_server(data) as (_, port):
         job_ids = create_jobs(port, len(DAMAGES) + 1)
         assert api(port, "PUT", "/api/settings", {"theme": "dark", "max_concurrent_runs": 3}
                    )[0] == 200
@@ -143,8 +154,7 @@ def test_yaml_garbage_is_rebuilt_byte_identical_with_a_warning(tmp_path: Path) -
     FIGURES["damages"] += 2
     log_before = len(app_log(data))
 
-    with running_server(data) as (_, port):
-        FIGURES["starts"] += 1
+    with counted_server(data) as (_, port):
         # The server answers with what the log says, not what the damaged files said.
         status, got = api(port, "GET", "/api/settings")
         assert status == 200 and got["theme"] == "dark"
@@ -168,9 +178,7 @@ def test_yaml_garbage_is_rebuilt_byte_identical_with_a_warning(tmp_path: Path) -
 @pytest.mark.timeout(120)
 def test_a_garbage_position_file_rebuilds_every_projection(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    data.mkdir()
-    with running_server(data) as (_, port):
-        FIGURES["starts"] += 1
+    with counted_server(data) as (_, port):
         create_jobs(port, 3)
     good = projection_files(data)
     assert good == replayed(data, tmp_path / "replay")
@@ -184,8 +192,7 @@ def test_a_garbage_position_file_rebuilds_every_projection(tmp_path: Path) -> No
         (data / ".projection.json").write_bytes(garbage)
         for path in (data / "jobs").glob("*.yaml"):
             path.write_bytes(b"garbage: [")
-        with running_server(data) as (_, port):
-            FIGURES["starts"] += 1
+        with counted_server(data) as (_, port):
             health = api(port, "GET", "/healthz")[1]
         wrong = sorted(rel for rel, body in projection_files(data).items() if good[rel] != body)
         if wrong:
@@ -227,28 +234,11 @@ def start_expecting_refusal(data: Path, log: Path, within: float = 30
     FIGURES["starts"] += 1
     port = free_port()
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--port", str(port), "--data", str(data)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    served = False
-    try:
-        deadline = time.monotonic() + within
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    served = True
-                    break
-            except OSError:
-                time.sleep(0.1)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        proc = spawn_server(data, port, out)
+        try:
+            served = wait_served(proc, port, within)
+        finally:
+            stop_server(proc)
     if not served and proc.returncode not in (None, 0):
         FIGURES["refused starts"] += 1
     return proc.returncode, log.read_text(errors="replace"), served
@@ -257,9 +247,7 @@ def start_expecting_refusal(data: Path, log: Path, within: float = 30
 @pytest.mark.timeout(180)
 def test_a_truncated_wal_is_refused_naming_the_lost_events(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    data.mkdir()
-    with running_server(data) as (proc, port):
-        FIGURES["starts"] += 1
+    with counted_server(data) as (proc, port):
         job_ids = create_jobs(port, 12)  # twelve commits, each acknowledged with a 201
         status, events = api(port, "GET", "/api/events?since=0&limit=1000")
         acked = events["last_seq"]
