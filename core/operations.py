@@ -20,7 +20,7 @@ from models.job import clean_path
 async def list_snapshots(job: JobView) -> list[Snapshot]:
     """The job's complete snapshots, oldest first (read from its destination)."""
     engine = get_engine(job.spec["engine"])
-    return await asyncio.to_thread(engine.snapshots, backup_spec(job.spec))
+    return await asyncio.to_thread(engine.snapshots, backup_spec(job.spec, job.job_id))
 
 
 async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
@@ -43,7 +43,7 @@ async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
     if not isinstance(overwrite, bool):
         raise Invalid("overwrite must be true or false", {"overwrite": "true or false"})
     engine = get_engine(job.spec["engine"])
-    spec = backup_spec(job.spec)
+    spec = backup_spec(job.spec, job.job_id)
     started = RestoreStarted(job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
                              path=path)
     recorder = _StartRecorder(store, asyncio.get_running_loop(), job.job_id, started)
@@ -94,7 +94,8 @@ async def require_snapshot(job: JobView, snapshot_id: str) -> None:
 async def verify_snapshot(store: EventStore, job: JobView, snapshot_id: str) -> dict[str, Any]:
     """Verify a snapshot against its manifest (or restic check), recorded as an event."""
     engine = get_engine(job.spec["engine"])
-    result = await asyncio.to_thread(engine.verify, backup_spec(job.spec), snapshot_id,
+    spec = backup_spec(job.spec, job.job_id)
+    result = await asyncio.to_thread(engine.verify, spec, snapshot_id,
                                      RunControl(), NullReporter())
     await store.append(job.job_id, None, [VerifyFinished(
         job_id=job.job_id, snapshot_id=snapshot_id, ok=result.ok,

@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 0.25  # seconds between progress broadcasts per run
 
 
-def backup_spec(spec: Mapping[str, Any]) -> BackupSpec:
-    """The engine-facing spec of a job spec."""
+def backup_spec(spec: Mapping[str, Any], job_id: str) -> BackupSpec:
+    """The engine-facing spec of a job's spec."""
     return BackupSpec.build(spec["sources"], spec["destination"], spec.get("include", ()),
-                            spec.get("exclude", ()), spec.get("options", {}))
+                            spec.get("exclude", ()), spec.get("options", {}), job_id)
 
 
 @dataclass
@@ -180,7 +180,7 @@ class Runner:
         async def discard() -> None:
             try:
                 await asyncio.to_thread(get_engine(spec["engine"]).discard_partial,
-                                        backup_spec(spec), run.checkpoint)
+                                        backup_spec(spec, job.job_id), run.checkpoint)
                 self.logs.write(run.run_id, "discarded; partial snapshot removed")
             except (EngineError, OSError) as err:
                 self.logs.write(run.run_id, f"WARNING discard could not clean up: {err}")
@@ -244,7 +244,7 @@ class Runner:
             self.logs.write(run.run_id, f"started ({spec['engine']}"
                                         f"{', resuming from a checkpoint' if resume else ''})")
             engine = get_engine(spec["engine"])
-            bspec = backup_spec(spec)
+            bspec = backup_spec(spec, run.job_id)
             reporter = _Reporter(self, run, asyncio.get_running_loop())
             result: BackupResult = await asyncio.to_thread(
                 _run_engine, engine, bspec, active.control, reporter, resume)
@@ -298,7 +298,7 @@ class Runner:
             return
         try:
             removed = await asyncio.to_thread(get_engine(spec["engine"]).prune,
-                                              backup_spec(spec), policy)
+                                              backup_spec(spec, run.job_id), policy)
         except EngineError as err:
             self.logs.write(run.run_id, f"WARNING retention could not prune: {err}")
             return

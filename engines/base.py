@@ -79,14 +79,18 @@ class BackupSpec:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The job the snapshots belong to: every snapshot records it, and listing, retention
+    # and restore only ever see their own job's snapshots (issue 12, item 1). Empty for
+    # callers outside a job (benchmarks), which then see every snapshot.
+    job_id: str = ""
 
     @classmethod
     def build(cls, sources: Sequence[str | Path], destination: str | Path,
               include: Sequence[str] = (), exclude: Sequence[str] = (),
-              options: Mapping[str, Any] | None = None) -> BackupSpec:
+              options: Mapping[str, Any] | None = None, job_id: str = "") -> BackupSpec:
         """Make a spec from plain values (paths as strings are fine)."""
         return cls(tuple(Path(s) for s in sources), Path(destination), tuple(include),
-                   tuple(exclude), dict(options or {}))
+                   tuple(exclude), dict(options or {}), job_id)
 
     def source_names(self) -> dict[str, Path]:
         """Map each source's top-level name in a snapshot to its path."""

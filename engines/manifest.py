@@ -107,6 +107,9 @@ class Manifest:
     created: str
     sources: dict[str, str]
     entries: list[dict[str, Any]]
+    # The job that made it (issue 12): listing, retention and restore of a job only see
+    # its own snapshots. Empty in manifests written before it was recorded.
+    job_id: str = ""
 
     @property
     def files(self) -> int:
@@ -137,6 +140,8 @@ class Manifest:
             "format": FORMAT, "snapshot_id": self.snapshot_id, "engine": self.engine,
             "created": self.created, "sources": self.sources, "files": self.files,
             "bytes": self.size}
+        if self.job_id:  # left out when empty, so older manifests keep their checksum
+            head["job_id"] = self.job_id
         lines = ",\n".join(json.dumps(e, sort_keys=True, ensure_ascii=False)
                            for e in self.entries)
         body = f'{json.dumps(head, sort_keys=True, ensure_ascii=False)[:-1]}, "entries": [\n'
@@ -164,7 +169,8 @@ class Manifest:
             if unknown:  # a renamed key (a flipped byte in "checksum") is damage too
                 raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))[:80]}")
             manifest = cls(str(data["snapshot_id"]), str(data["engine"]), str(data["created"]),
-                           dict(data["sources"]), list(data["entries"]))
+                           dict(data["sources"]), list(data["entries"]),
+                           str(data.get("job_id", "")))
             for entry in manifest.entries:
                 _check_entry_shape(entry)
             manifest.time  # noqa: B018 - raises ValueError for a damaged time
@@ -183,7 +189,7 @@ class Manifest:
 
 _KINDS = {"file", "dir", "symlink"}
 _HEAD_KEYS = {"format", "snapshot_id", "engine", "created", "sources", "files", "bytes",
-              "checksum", "entries"}
+              "checksum", "entries", "job_id"}
 
 
 def _check_entry_shape(entry: Any) -> None:

@@ -21,16 +21,25 @@ class Entry:
     mtime_ns: int
     mode: int  # permission bits only
     target: str = ""  # symlink target
+    # Ownership, identity and change time: kept by snapshots when the server may set
+    # them, and (ctime, inode) catch a change that kept size and mtime (issue 12).
+    uid: int = 0
+    gid: int = 0
+    ino: int = 0
+    dev: int = 0
+    nlink: int = 1
+    ctime_ns: int = 0
 
 
 def _entry(rel: str, path: str, st: os.stat_result) -> Entry | None:
     mode = stat.S_IMODE(st.st_mode)
+    ident = (st.st_uid, st.st_gid, st.st_ino, st.st_dev, st.st_nlink, st.st_ctime_ns)
     if stat.S_ISLNK(st.st_mode):
-        return Entry(rel, path, "symlink", 0, st.st_mtime_ns, mode, os.readlink(path))
+        return Entry(rel, path, "symlink", 0, st.st_mtime_ns, mode, os.readlink(path), *ident)
     if stat.S_ISDIR(st.st_mode):
-        return Entry(rel, path, "dir", 0, st.st_mtime_ns, mode)
+        return Entry(rel, path, "dir", 0, st.st_mtime_ns, mode, "", *ident)
     if stat.S_ISREG(st.st_mode):
-        return Entry(rel, path, "file", st.st_size, st.st_mtime_ns, mode)
+        return Entry(rel, path, "file", st.st_size, st.st_mtime_ns, mode, "", *ident)
     return None  # sockets, fifos, devices: not something a file backup can copy
 
 
