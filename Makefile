@@ -26,7 +26,7 @@ lint: $(STAMP)
 # the system packages when missing (CI runs as root; elsewhere this needs sudo rights).
 # Each entry is command:apt-package (the names differ for some tools).
 SYSTEM_TOOLS := rsync:rsync restic:restic zstd:zstd chromium:chromium node:nodejs npm:npm \
-	nginx:nginx systemd-analyze:systemd openssl:openssl
+	nginx:nginx systemd-analyze:systemd openssl:openssl setfacl:acl
 sysdeps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do \
 	  command -v "$${t%%:*}" >/dev/null || missing="$$missing $${t#*:}"; \
