@@ -142,14 +142,13 @@ class Manifest:
             "bytes": self.size}
         if self.job_id:  # left out when empty, so older manifests keep their checksum
             head["job_id"] = self.job_id
-        lines = ",\n".join(json.dumps(e, sort_keys=True, ensure_ascii=False)
-                           for e in self.entries)
-        body = f'{json.dumps(head, sort_keys=True, ensure_ascii=False)[:-1]}, "entries": [\n'
+        lines = ",\n".join(_dumps(e) for e in self.entries)
+        body = f'{_dumps(head)[:-1]}, "entries": [\n'
         tail = f"{lines}\n]}}\n"
         if not checksum:
             return (body + tail).encode()
         head["checksum"] = hashlib.sha256((body + tail).encode()).hexdigest()
-        text = json.dumps(head, sort_keys=True, ensure_ascii=False)[:-1]
+        text = _dumps(head)[:-1]
         return f'{text}, "entries": [\n{tail}'.encode()
 
     def write(self, path: Path) -> None:
@@ -185,6 +184,40 @@ class Manifest:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ManifestError(f"manifest {path} is damaged: {err}") from err
         return manifest
+
+
+# A file name that is not UTF-8 (valid on Linux) is a str with lone surrogates
+# (os.fsdecode); JSON can carry them as \\udcXX escapes, and json.loads gives the same
+# str back. Only those are escaped, so manifests of UTF-8 names keep their checksums.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _dumps(value: Any) -> str:
+    """Compact-enough, sorted JSON text; lone surrogates escaped so it encodes as UTF-8."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def read_head(path: Path, limit: int = 1 << 16) -> dict[str, Any]:
+    """The head of a manifest (its first line: ids, times, job, counts), without entries.
+
+    Listing a destination of many snapshots needs only whose each one is; this reads a
+    line, not the whole manifest. An unreadable head is ManifestError.
+    """
+    try:
+        with open(path, "rb") as fh:
+            line = fh.readline(limit)
+        text = line.decode("utf-8").rstrip()
+        if not text.endswith('"entries": ['):
+            raise ValueError("no head line")
+        data = json.loads(text[:-len('"entries": [')].rstrip().rstrip(",") + "}")
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError as err:
+        raise ManifestError(f"manifest {path} is missing") from err
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"manifest {path} is damaged: {err}") from err
+    return data
 
 
 _KINDS = {"file", "dir", "symlink"}

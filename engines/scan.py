@@ -7,6 +7,7 @@ import stat
 from dataclasses import dataclass
 
 from engines.base import BackupSpec, Reporter, RunControl, SourceUnreadable
+from engines.fsmeta import shown
 from engines.selection import Selector
 
 
@@ -43,19 +44,24 @@ def _entry(rel: str, path: str, st: os.stat_result) -> Entry | None:
     return None  # sockets, fifos, devices: not something a file backup can copy
 
 
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _kind_of(st: os.stat_result) -> str:
+    """What a special file is, in words, for the warning that it was skipped."""
+    if stat.S_ISFIFO(st.st_mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a device file"
+    return "not a file, directory or symlink"
 
 
 def scan(spec: BackupSpec, control: RunControl, reporter: Reporter) -> list[Entry]:
     """List every entry the job takes, sources in order, each tree depth-first and sorted.
 
     A file or directory that vanishes or cannot be read during the walk is a warning,
-    not an error: the run goes on with what is there.
+    not an error: the run goes on with what is there. Names that are not UTF-8 (valid on
+    Linux) are taken too: paths are str with surrogate escapes, as os.fsdecode makes them,
+    and every message shows them with \\xNN escapes (engines.fsmeta.shown).
     """
     selector = Selector(spec.include, spec.exclude)
     entries: list[Entry] = []
@@ -63,9 +69,11 @@ def scan(spec: BackupSpec, control: RunControl, reporter: Reporter) -> list[Entr
         try:
             top = _entry(name, str(src), src.lstat())
         except OSError as err:
-            raise SourceUnreadable(f"source {src} cannot be read: {err.strerror}") from err
+            raise SourceUnreadable(f"source {shown(src)} cannot be read: {err.strerror}") \
+                from err
         if top is None:
-            reporter.warning(f"{src} is not a file, directory or symlink; skipped")
+            reporter.warning(f"{shown(src)} is {_kind_of(src.lstat())}; skipped (only files, "
+                             "directories and symlinks are backed up)")
             continue
         entries.append(top)
         if top.kind == "dir":
@@ -81,24 +89,21 @@ def _walk(directory: str, rel_dir: str, inner_dir: str, selector: Selector,
         with os.scandir(directory) as it:
             children = sorted(it, key=lambda e: e.name)
     except FileNotFoundError:
-        reporter.warning(f"{directory} vanished during the backup; skipped")
+        reporter.warning(f"folder {shown(directory)} vanished during the backup; skipped")
         return
     except OSError as err:
-        reporter.warning(f"{directory} cannot be read ({err.strerror}); skipped")
+        reporter.warning(f"folder {shown(directory)} cannot be read ({err.strerror}); its "
+                         "contents were skipped")
         return
     for child in children:
-        if not _utf8(child.name):
-            # Manifests and the log are UTF-8 text; a name that is not cannot be recorded.
-            reporter.warning(f"{child.path!r} has a file name that is not valid UTF-8; skipped")
-            continue
         inner = f"{inner_dir}/{child.name}" if inner_dir else child.name
         try:
             st = child.stat(follow_symlinks=False)
         except FileNotFoundError:
-            reporter.warning(f"{child.path} vanished during the backup; skipped")
+            reporter.warning(f"{shown(child.path)} vanished during the backup; skipped")
             continue
         except OSError as err:
-            reporter.warning(f"{child.path} cannot be read ({err.strerror}); skipped")
+            reporter.warning(f"{shown(child.path)} cannot be read ({err.strerror}); skipped")
             continue
         is_dir = stat.S_ISDIR(st.st_mode)
         if selector.excluded(inner, is_dir):
@@ -107,10 +112,12 @@ def _walk(directory: str, rel_dir: str, inner_dir: str, selector: Selector,
         try:
             entry = _entry(f"{rel_dir}/{child.name}", child.path, st)
         except OSError as err:
-            reporter.warning(f"{child.path} cannot be read ({err.strerror}); skipped")
+            reporter.warning(f"{shown(child.path)} cannot be read ({err.strerror}); skipped")
             continue
         if entry is None:
-            reporter.warning(f"{child.path} is a special file; skipped")
+            if taken:
+                reporter.warning(f"{shown(child.path)} is {_kind_of(st)}; skipped (only "
+                                 "files, directories and symlinks are backed up)")
             continue
         if is_dir:
             if taken or not selector.include:

@@ -10,11 +10,10 @@ after its manifest is durable, so a crash at any moment leaves nothing that look
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ from engines.base import (
     SnapshotNotFound,
     VerifyResult,
 )
+from engines.filecopy import COPY_CHUNK, TMP_PREFIX, copy_file, tmp_beside
+from engines.fsmeta import apply_meta, refused_message, shown
 from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
 from engines.manifest import (
     SNAPSHOT_ID_RE,
@@ -38,15 +39,18 @@ from engines.manifest import (
     ManifestError,
     check_rel_path,
     check_snapshot_id,
+    read_head,
     sha256_file,
     unique_snapshot_id,
 )
 from storage.atomic import fsync_dir
 
+__all__ = ["COPY_CHUNK", "TMP_PREFIX", "TreeSnapshots", "copy_file", "disk_full",
+           "manifest_path", "set_meta"]
+
 PARTIAL = ".partial"
 DELETING = ".deleting"
 MANIFEST = ".manifest.json"
-TMP_PREFIX = ".bm-tmp-"
 
 
 def manifest_path(dest: Path, snapshot_id: str) -> Path:
@@ -56,53 +60,31 @@ def manifest_path(dest: Path, snapshot_id: str) -> Path:
 
 def disk_full(dest: Path, err: OSError) -> DiskFull:
     """A DiskFull error naming the destination."""
-    return DiskFull(f"destination {dest} is full ({err.strerror}); free some space and "
-                    "run the job again")
+    return DiskFull(f"destination {shown(dest)} is full ({err.strerror}); free some space "
+                    "and run the job again")
 
 
-def set_meta(path: Path, entry: Mapping[str, Any]) -> None:
-    """Give a restored or copied entry its mode and mtime (symlinks: mtime only)."""
-    if entry["type"] == "symlink":
-        with contextlib.suppress(OSError):
-            os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
-        return
-    os.chmod(path, entry["mode"])
-    os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+def set_meta(path: Path | str, entry: Mapping[str, Any]) -> list[str]:
+    """Give a restored or copied entry its owner, attributes, mode and mtime.
 
-
-COPY_CHUNK = 4 << 20
-
-
-def copy_file(src: str | Path, dst: str | Path,
-              on_chunk: Callable[[int], None] | None = None,
-              chunk_size: int = COPY_CHUNK) -> None:
-    """Copy file content with the kernel's copy path (copy_file_range), or read/write.
-
-    `on_chunk(n)` is called after every `chunk_size` bytes so callers can count progress
-    and stop at a safe point inside a large file (it may raise to abort the copy).
+    Returns the extended attributes the filesystem refused (see engines.fsmeta).
     """
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        copied = 0
-        try:
-            while copied < size:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(chunk_size,
-                                                                          size - copied))
-                if n == 0:
-                    break
-                copied += n
-                if on_chunk is not None:
-                    on_chunk(n)
-        except OSError as err:
-            if copied or err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
-                                           errno.EOPNOTSUPP):
-                raise
-        # The plain way for what is left: all of it where copy_file_range is not
-        # supported, or the tail of a file that grew since fstat.
-        while chunk := fin.read(chunk_size):
-            fout.write(chunk)
-            if on_chunk is not None:
-                on_chunk(len(chunk))
+    return apply_meta(path, entry)
+
+
+def belongs_to(dest: Path, snapshot_id: str, job_id: str) -> bool:
+    """Whether a complete snapshot is the job's: its manifest names the job, or no job.
+
+    Manifests made before snapshots recorded their job, and callers outside a job (an
+    empty job_id), see every snapshot as before. Only the manifest's first line is read.
+    """
+    if not job_id:
+        return True
+    try:
+        owner = read_head(manifest_path(dest, snapshot_id)).get("job_id") or ""
+    except ManifestError:
+        return True  # listing skips it and verify reports it, as before
+    return not owner or owner == job_id
 
 
 class TreeSnapshots(Engine):
@@ -111,19 +93,28 @@ class TreeSnapshots(Engine):
     def snapshot_dir(self, spec: BackupSpec, snapshot_id: str) -> Path:
         """The directory of a complete snapshot, or SnapshotNotFound."""
         check_snapshot_id(snapshot_id)
-        path = spec.destination / snapshot_id
-        if not path.is_dir() or not manifest_path(spec.destination, snapshot_id).is_file():
-            raise SnapshotNotFound(f"no complete snapshot {snapshot_id} in {spec.destination}")
+        dest = spec.destination
+        path = dest / snapshot_id
+        if not path.is_dir() or not manifest_path(dest, snapshot_id).is_file() \
+                or not belongs_to(dest, snapshot_id, spec.job_id):
+            # Another job's snapshot in a shared destination is not this job's to
+            # restore, verify or delete (issue 12, item 1).
+            raise SnapshotNotFound(f"no complete snapshot {snapshot_id} of this job in "
+                                   f"{shown(dest)}")
         return path
 
-    def complete_ids(self, dest: Path) -> list[str]:
-        """Ids of complete snapshots (directory and manifest both present), oldest first."""
+    def complete_ids(self, dest: Path, job_id: str = "") -> list[str]:
+        """Ids of complete snapshots (directory and manifest both present), oldest first.
+
+        With a job id, only that job's (and those that name no job).
+        """
         try:
             names = os.listdir(dest)
         except FileNotFoundError:
             return []
         ids = [n for n in names if SNAPSHOT_ID_RE.match(n) and (dest / n).is_dir()]
-        return sorted(i for i in ids if manifest_path(dest, i).is_file())
+        return sorted(i for i in ids if manifest_path(dest, i).is_file()
+                      and belongs_to(dest, i, job_id))
 
     def snapshots(self, spec: BackupSpec) -> list[Snapshot]:
         """List complete snapshots, oldest first."""
@@ -133,6 +124,8 @@ class TreeSnapshots(Engine):
                 m = Manifest.read(manifest_path(spec.destination, snap_id))
             except ManifestError:
                 continue  # verify reports it; listing shows what can be restored
+            if spec.job_id and m.job_id and m.job_id != spec.job_id:
+                continue  # another job's snapshot in a shared destination
             out.append(Snapshot(snap_id, m.time, m.files, m.size))
         return sorted(out, key=lambda s: (s.time, s.id))
 
@@ -152,12 +145,15 @@ class TreeSnapshots(Engine):
         return snap_id, partial, False
 
     def latest(self, spec: BackupSpec) -> tuple[str, Manifest] | None:
-        """The newest complete snapshot with a readable manifest, if any."""
-        for snap_id in reversed(self.complete_ids(spec.destination)):
+        """The job's newest complete snapshot with a readable manifest, if any."""
+        for snap_id in reversed(self.complete_ids(spec.destination, spec.job_id)):
             try:
-                return snap_id, Manifest.read(manifest_path(spec.destination, snap_id))
+                manifest = Manifest.read(manifest_path(spec.destination, snap_id))
             except ManifestError:
                 continue
+            if spec.job_id and manifest.job_id and manifest.job_id != spec.job_id:
+                continue
+            return snap_id, manifest
         return None
 
     # --- restore ----------------------------------------------------------------------
@@ -165,7 +161,11 @@ class TreeSnapshots(Engine):
     def restore(self, spec: BackupSpec, snapshot_id: str, target: Path, control: RunControl,
                 reporter: Reporter, path: str | None = None,
                 overwrite: bool = False) -> RestoreResult:
-        """Copy a snapshot (or one path in it) into target, keeping its paths."""
+        """Copy a snapshot (or one path in it) into target, keeping its paths.
+
+        Files keep their holes, hard links recorded in the manifest are links again, and
+        owner, group and kept extended attributes come back where the server may set them.
+        """
         root = self.snapshot_dir(spec, snapshot_id)
         manifest = Manifest.read(manifest_path(spec.destination, snapshot_id))
         entries = select_entries(manifest, path)
@@ -175,6 +175,7 @@ class TreeSnapshots(Engine):
                      files_total=sum(1 for e in entries if e["type"] == "file"),
                      bytes_total=sum(e.get("size", 0) for e in entries if e["type"] == "file"))
         real_target = Path(os.path.realpath(target))
+        restored: dict[str, Path] = {}  # files written so far, for hard links to them
         try:
             for entry in entries:
                 control.safe_point()
@@ -182,25 +183,29 @@ class TreeSnapshots(Engine):
                 if entry["type"] == "dir":
                     out.mkdir(parents=True, exist_ok=True)
                     continue
-                tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                if entry["type"] == "symlink":
-                    os.symlink(entry["target"], tmp)
-                else:
-                    copy_file(root / entry["path"], tmp)
-                set_meta(tmp, entry)
+                leader = restored.get(entry.get("link") or "")
+                if leader is not None and _link_in_place(leader, out):
+                    restored[entry["path"]] = out
+                    meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
+                    continue
+                tmp = _new_tmp(out, entry, root)
+                refused = set_meta(tmp, entry)
+                if refused:
+                    reporter.warning(refused_message(entry["path"], refused))
                 os.replace(tmp, out)
                 if entry["type"] == "file":
-                    meter.add(files=1, nbytes=entry["size"], current_file=entry["path"])
+                    restored[entry["path"]] = out
+                    meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
             for entry in reversed(entries):  # directories last, deepest first: mtimes stick
                 if entry["type"] == "dir":
-                    set_meta(safe_output_path(real_target, entry["path"]), entry)
+                    refused = set_meta(safe_output_path(real_target, entry["path"]), entry)
+                    if refused:
+                        reporter.warning(refused_message(entry["path"], refused))
         except OSError as err:
             if is_disk_full(err):
                 raise disk_full(target, err) from err
-            raise EngineError(f"restore into {target} failed: {err.strerror} "
-                              f"({err.filename})") from err
+            raise EngineError(f"restore into {shown(target)} failed: {err.strerror} "
+                              f"({shown(err.filename or '')})") from err
         meter.update(force=True, phase="done", current_file="")
         return RestoreResult(meter.state.files_done, meter.state.bytes_done)
 
@@ -279,6 +284,33 @@ class TreeSnapshots(Engine):
                     path.unlink(missing_ok=True)
 
 
+def _new_tmp(out: Path, entry: Mapping[str, Any], root: Path) -> str:
+    """Write a file's copy or a symlink under a fresh short name beside `out`."""
+    while True:
+        tmp = tmp_beside(out)
+        try:
+            if entry["type"] == "symlink":
+                os.symlink(entry["target"], tmp)
+            else:
+                copy_file(root / entry["path"], tmp, exclusive=True)
+            return tmp
+        except FileExistsError:
+            continue  # a name already taken (a file of the user's): draw another
+
+
+def _link_in_place(leader: Path, out: Path) -> bool:
+    """Make `out` a hard link to an already restored file; False if it cannot be one."""
+    tmp = tmp_beside(out)
+    try:
+        os.link(leader, tmp)
+    except OSError as err:
+        if err.errno in (errno.EMLINK, errno.EXDEV, errno.EPERM, errno.EEXIST):
+            return False  # too many links, or a filesystem without them: copy instead
+        raise
+    os.replace(tmp, out)
+    return True
+
+
 def select_entries(manifest: Manifest, path: str | None) -> list[dict[str, Any]]:
     """The manifest entries under `path` (all of them without one), parents first."""
     if not path:
@@ -330,11 +362,22 @@ def check_entry(root: Path, entry: Mapping[str, Any]) -> str | None:
             return f"{entry['path']}: not a directory any more"
     elif not stat.S_ISREG(st.st_mode):
         return f"{entry['path']}: not a regular file any more"
+    elif entry.get("link") and _not_linked(root, entry, st):
+        return f"{entry['path']}: no longer a hard link to {entry['link']}"
     elif st.st_size != entry["size"]:
         return f"{entry['path']}: size {st.st_size}, manifest says {entry['size']}"
     elif sha256_file(path) != entry["sha256"]:
         return f"{entry['path']}: content does not match its hash (damaged)"
     return None
+
+
+def _not_linked(root: Path, entry: Mapping[str, Any], st: os.stat_result) -> bool:
+    """Whether a file recorded as a hard link to another is now a separate file."""
+    try:
+        other = (root / check_rel_path(entry["link"])).lstat()
+    except (OSError, EngineError):
+        return True
+    return (other.st_dev, other.st_ino) != (st.st_dev, st.st_ino)
 
 
 def walk_rel(root: Path) -> Iterator[str]:

@@ -53,7 +53,7 @@ def test_interrupted_run_keeps_its_work_and_resumes_without_recopying(tmp_path: 
         engine.backup(spec, InterruptAfter(), KeepCheckpoints())
     partial = spec.destination / f"{checkpoints[0]['snapshot_id']}.partial" / "src"
     done_before = {p.name: p.stat().st_ino for p in partial.iterdir()
-                   if not p.name.startswith(".bm-tmp-")}
+                   if not p.name.startswith(".bm-")}
     write(src / "added-after-crash.txt", b"new\n")
     (src / "f39.bin").unlink()
     assert 10 <= len(done_before) < 40
