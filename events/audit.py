@@ -12,7 +12,9 @@ from typing import Any
 from urllib.request import pathname2url
 
 from events import sql
-from events.record import GENESIS_HASH, StoredEvent
+from events.chain import CHECK_PAGE, ChainVerifier
+from events.errors import LogUnreadable
+from events.record import StoredEvent
 from events.watermark import missing_events, read_mark
 
 
@@ -25,13 +27,22 @@ class LogTooNew(ValueError):
 
 
 def open_readonly(db_path: Path) -> sqlite3.Connection:
-    """Open the log read-only; safe while the server is writing to it (WAL)."""
+    """Open the log read-only; safe while the server is writing to it (WAL).
+
+    A file that is not a readable SQLite database raises LogUnreadable naming it.
+    """
     if not db_path.is_file():
         raise LogMissing(f"no event log at {db_path} (is --data the right directory?)")
     uri = f"file:{pathname2url(str(db_path.resolve()))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True)
-    conn.execute("PRAGMA busy_timeout=5000")
-    problem = sql.format_problem(conn.execute(sql.READ_FORMAT).fetchone()[0])
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        found = conn.execute(sql.READ_FORMAT).fetchone()[0]
+        conn.execute(sql.SELECT_HEAD).fetchone()  # the table is there and readable
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        raise LogUnreadable(db_path, err) from err
+    problem = sql.format_problem(found)
     if problem is not None:
         conn.close()
         raise LogTooNew(problem)
@@ -66,24 +77,18 @@ class VerifyResult:
 
 
 def verify(conn: sqlite3.Connection) -> VerifyResult:
-    """Check seq continuity, stream versions and the hash chain; stop at the first bad row."""
-    prev_hash, expected_seq, checked = GENESIS_HASH, 1, 0
-    versions: dict[str, int] = {}
-    for ev in iter_events(conn):
-        if ev.seq != expected_seq:
-            return VerifyResult(checked, prev_hash, expected_seq,
-                                f"seq {expected_seq} is missing (next row is seq {ev.seq})")
-        want_version = versions.get(ev.stream, 0) + 1
-        if ev.version != want_version:
-            return VerifyResult(checked, prev_hash, ev.seq,
-                                f"stream {ev.stream!r} version {ev.version}, expected "
-                                f"{want_version}")
-        if ev.expected_hash(prev_hash) != ev.hash:
-            return VerifyResult(checked, prev_hash, ev.seq,
-                                "hash does not match its content and the chain before it")
-        versions[ev.stream] = ev.version
-        prev_hash, expected_seq, checked = ev.hash, ev.seq + 1, checked + 1
-    return VerifyResult(checked, prev_hash)
+    """Check seq continuity, stream versions and the hash chain; stop at the first bad row.
+
+    sqlite3.DatabaseError (a damaged file) is left to the caller, who knows its name.
+    """
+    verifier = ChainVerifier(versions={})
+    while True:
+        rows = conn.execute(sql.SELECT_SINCE, (verifier.seq, CHECK_PAGE)).fetchall()
+        if not rows:
+            return VerifyResult(verifier.checked, verifier.hash)
+        fault = verifier.feed(rows)
+        if fault is not None:
+            return VerifyResult(verifier.checked, verifier.hash, fault.seq, fault.reason)
 
 
 def stats(conn: sqlite3.Connection) -> dict[str, Any]:

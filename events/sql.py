@@ -75,6 +75,14 @@ SELECT_STREAM = (
     "WHERE stream = ? AND version > ? ORDER BY version"
 )
 
+# Each row of a stream with the hash of the row before it in the log (NULL if missing),
+# so a stream read alone can still be checked against the chain.
+SELECT_STREAM_WITH_PREV = (
+    "SELECT e.seq, e.stream, e.version, e.time, e.type, e.payload, e.hash, p.hash "
+    "FROM events e LEFT JOIN events p ON p.seq = e.seq - 1 "
+    "WHERE e.stream = ? AND e.version > ? ORDER BY e.version"
+)
+
 SELECT_STATS = (
     "SELECT type, COUNT(*), MIN(time), MAX(time) FROM events GROUP BY type ORDER BY type"
 )

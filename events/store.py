@@ -4,19 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import aiosqlite
 
 from events import sql
+from events.chain import (
+    ChainCheck,
+    ChainFault,
+    readonly_connection,
+    row_hash,
+)
+from events.errors import (
+    ChainBroken,
+    ConcurrencyError,
+    EventsMissing,
+    LogTooNew,
+    LogUnreadable,
+    MarkUnreadable,
+    StoreClosed,
+    StoreError,
+    StoreUnavailable,
+    WriteFailed,
+)
 from events.notifier import Notifier
-from events.record import GENESIS_HASH, Row, StoredEvent, chain_hash, utc_now_iso
+from events.reading import LogReading
+from events.record import GENESIS_HASH, Row, StoredEvent, utc_now_iso
 from events.types import Event, canonical_json
-from events.watermark import MarkWriter, missing_events, read_mark
+from events.watermark import MarkWriter, mark_path, missing_events, read_mark
+
+__all__ = ["ChainBroken", "ConcurrencyError", "EventStore", "EventsMissing", "LogTooNew",
+           "LogUnreadable", "MarkUnreadable", "StoreClosed", "StoreError", "StoreUnavailable",
+           "WriteFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +50,10 @@ log = logging.getLogger(__name__)
 # appenders share one fsync, small enough that one commit stays short.
 MAX_BATCH_CALLS = 512
 
-
-class StoreError(Exception):
-    """The event log could not do what was asked."""
-
-
-class ConcurrencyError(StoreError):
-    """A stream was not at the version the caller expected; nothing was written."""
-
-
-class EventsMissing(StoreError):
-    """The log lacks events it acknowledged earlier; it is not opened as if complete."""
-
-
-class LogTooNew(StoreError):
-    """The log was written by a newer release; it is not opened."""
-
-
-class StoreClosed(StoreError):
-    """The store is closed (the server is shutting down); nothing was written."""
+# Logs up to this many events have their whole chain checked before the store opens
+# (about 0.5 s on a small machine, see `python -m bench --only chain`); a larger log is
+# checked in the background while the server already serves, and says so on /healthz.
+FOREGROUND_CHECK_MAX = 200_000
 
 
 @dataclass
@@ -53,7 +64,7 @@ class _AppendCall:
     future: asyncio.Future[list[StoredEvent]] = field(repr=False)
 
 
-class EventStore:
+class EventStore(LogReading):
     """Append-only event log in SQLite (WAL, synchronous=FULL) with a hash chain."""
 
     def __init__(self, path: Path, writer: aiosqlite.Connection,
@@ -68,15 +79,39 @@ class EventStore:
         self._last_hash = GENESIS_HASH
         self._closed = False
         self._writer_task: asyncio.Task[None] | None = None
+        self._check_task: asyncio.Task[None] | None = None
         self._mark: MarkWriter | None = None
         self.commits = 0
+        # The check of the whole chain at open, and the first fault found by it or by a
+        # read since: once set, the log is not trusted and every append is refused.
+        self.chain = ChainCheck()
+        self.chain_fault: ChainFault | None = None
+        # Why the last write failed (disk full...) and since when; None once a commit
+        # succeeds again. The runner retries what it must record while this is set.
+        self.write_error: str | None = None
+        self.write_error_since: str | None = None
 
     # --- life cycle -------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path) -> EventStore:
-        """Open (creating if needed) the log at `path` and start its writer."""
+    async def open(cls, path: Path, foreground_check_max: int = FOREGROUND_CHECK_MAX
+                   ) -> EventStore:
+        """Open (creating if needed) the log at `path`, check it, and start its writer.
+
+        A log of up to `foreground_check_max` events has its whole hash chain checked
+        here (ChainBroken names the first bad seq); a larger one is checked in the
+        background (see `chain`). A file that is not a readable log raises LogUnreadable,
+        an unreadable events.db-acked MarkUnreadable.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return await cls._open(path, foreground_check_max)
+        except sqlite3.DatabaseError as err:
+            # Garbage bytes, a truncated file, a directory: say which file, not a traceback.
+            raise LogUnreadable(path, err) from err
+
+    @classmethod
+    async def _open(cls, path: Path, foreground_check_max: int) -> EventStore:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly
         # one transaction and nothing is committed behind our back.
         writer = await aiosqlite.connect(path, isolation_level=None)
@@ -93,26 +128,70 @@ class EventStore:
         except BaseException:
             await writer.close()
             raise
-        for pragma in sql.PRAGMAS_READER:
-            await reader.execute(pragma)
         store = cls(path, writer, reader)
         try:
+            for pragma in sql.PRAGMAS_READER:
+                await reader.execute(pragma)
             await store._load_heads()
             await store._check_mark()
-            store._mark = await asyncio.to_thread(MarkWriter, path)
+            store.chain = ChainCheck(upto=store._last_seq)
+            if store._last_seq <= foreground_check_max:
+                await store._check_chain()
+                if store.chain_fault is not None:
+                    raise ChainBroken(path, store.chain_fault)
+            try:
+                store._mark = await asyncio.to_thread(MarkWriter, path)
+            except OSError as err:
+                raise MarkUnreadable(mark_path(path),
+                                     f"it cannot be written: {err.strerror or err}") from err
         except BaseException:
             await reader.close()
             await writer.close()
             raise
         store.notifier.last_seq = store._last_seq
         store._writer_task = asyncio.create_task(store._write_loop(), name="event-writer")
+        if store.chain.state == "pending":
+            store._check_task = asyncio.create_task(store._check_chain(), name="chain-check")
         return store
+
+    async def _check_chain(self) -> None:
+        """Check the chain up to the head at open, on a connection of its own (a thread)."""
+        try:
+            fault = await asyncio.to_thread(self.chain.run,
+                                            functools.partial(readonly_connection, self.path),
+                                            self.path, time.perf_counter)
+        except LogUnreadable as err:
+            if self._writer_task is None:
+                raise  # still opening: refuse to open
+            log.error("%s", err)
+            fault = self.chain.fault
+        except Exception:
+            if self._writer_task is None:
+                raise
+            log.exception("the check of the event log's hash chain failed")
+            self.chain.state = "error"
+            return
+        if fault is not None:
+            self._chain_failed(fault)
+        elif self.chain.state == "passed":
+            log.info("event log %s: hash chain of %d events intact (checked in %.2f s)",
+                     self.path, self.chain.checked, self.chain.seconds)
+
+    def _chain_failed(self, fault: ChainFault) -> None:
+        """Stop trusting the log: appends are refused from now on; say it once."""
+        if self.chain_fault is None:
+            self.chain_fault = fault
+            if self._writer_task is not None:  # running: nobody else will say it
+                log.error("%s", ChainBroken(self.path, fault))
 
     async def close(self) -> None:
         """Write every append already accepted, then close the database."""
         if self._closed:
             return
         self._closed = True
+        self.chain.stop()
+        if self._check_task is not None:
+            await self._check_task
         self._calls.put_nowait(None)
         if self._writer_task is not None:
             await self._writer_task
@@ -161,6 +240,8 @@ class EventStore:
         """
         if self._closed:
             raise StoreClosed("the event log is closed")
+        if self.chain_fault is not None:
+            raise ChainBroken(self.path, self.chain_fault)
         if not events:
             return []
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
@@ -192,12 +273,20 @@ class EventStore:
                     break
                 batch.append(nxt)
             try:
+                if self.chain_fault is not None:  # found broken after these were queued
+                    raise ChainBroken(self.path, self.chain_fault)
                 await self._write_batch(batch)
-            except Exception as err:  # keep the writer alive: fail the calls, not the log
-                log.exception("event log write failed")
+            except ChainBroken as err:
                 for call in batch:
                     if not call.future.done():
-                        call.future.set_exception(StoreError(f"event log write failed: {err}"))
+                        call.future.set_exception(err)
+            except Exception as err:  # keep the writer alive: fail the calls, not the log
+                log.exception("event log write failed")
+                self._write_failed(err)
+                for call in batch:
+                    if not call.future.done():
+                        call.future.set_exception(WriteFailed(
+                            f"event log write failed, nothing was written: {err}"))
         # Fail whatever arrived after close was asked for.
         while not self._calls.empty():
             late = self._calls.get_nowait()
@@ -231,8 +320,8 @@ class EventStore:
             now = utc_now_iso()
             for offset, (ev, payload_json) in enumerate(zip(call.events, payloads, strict=True)):
                 row_seq, version = seq + 1 + offset, current + 1 + offset
-                prev_hash = chain_hash(prev_hash, row_seq, call.stream, version, now,
-                                       ev.type_name, payload_json)
+                prev_hash = row_hash(prev_hash, row_seq, call.stream, version, now,
+                                     ev.type_name, payload_json)
                 row: Row = (row_seq, call.stream, version, now, ev.type_name, payload_json,
                             prev_hash)
                 rows.append(row)
@@ -259,15 +348,21 @@ class EventStore:
             await self._load_heads()
             if len(accepted) == 1:
                 call = accepted[0][0]
-                exc: StoreError = (ConcurrencyError if isinstance(err, sqlite3.IntegrityError)
-                                   else StoreError)(f"append to {call.stream!r} failed, "
-                                                    f"nothing was written: {err}")
-                call.future.set_exception(exc)
+                message = f"append to {call.stream!r} failed, nothing was written: {err}"
+                if isinstance(err, sqlite3.IntegrityError):
+                    call.future.set_exception(ConcurrencyError(message))
+                else:
+                    self._write_failed(err)
+                    call.future.set_exception(WriteFailed(message))
                 return
             for call, _ in accepted:
                 await self._write_batch([call])
             return
         self.commits += 1
+        if self.write_error is not None:
+            log.info("event log %s writable again (failing since %s)", self.path,
+                     self.write_error_since)
+            self.write_error = self.write_error_since = None
         committed = [ev for _, stored in accepted for ev in stored]
         if self._mark is not None:
             # Before any caller hears of these events: the mark never trails an ack.
@@ -283,29 +378,12 @@ class EventStore:
         self._last_seq, self._last_hash = committed[-1].seq, committed[-1].hash
         self.notifier.publish(committed)
 
-    # --- reading ------------------------------------------------------------------
+    def _refuse_read(self, fault: ChainFault) -> NoReturn:
+        self._chain_failed(fault)
+        raise ChainBroken(self.path, fault)
 
-    async def read(self, since: int = 0, limit: int = 1000,
-                   until: int | None = None) -> list[StoredEvent]:
-        """Return up to `limit` events with seq > since (and <= until), in order."""
-        params: tuple[int, ...] = (since, limit) if until is None else (since, until, limit)
-        query = sql.SELECT_SINCE if until is None else sql.SELECT_SINCE_UNTIL
-        async with self._reader.execute(query, params) as cur:
-            rows = await cur.fetchall()
-        return [StoredEvent.from_row(tuple(r)) for r in rows]
-
-    async def iterate(self, since: int = 0, until: int | None = None,
-                      page: int = 5000) -> AsyncIterator[list[StoredEvent]]:
-        """Yield pages of events after `since` (up to `until`), oldest first."""
-        while True:
-            events = await self.read(since, page, until)
-            if not events:
-                return
-            yield events
-            since = events[-1].seq
-
-    async def read_stream(self, stream: str, since_version: int = 0) -> list[StoredEvent]:
-        """Return every event of one stream after a version, in order."""
-        async with self._reader.execute(sql.SELECT_STREAM, (stream, since_version)) as cur:
-            rows = await cur.fetchall()
-        return [StoredEvent.from_row(tuple(r)) for r in rows]
+    def _write_failed(self, err: BaseException) -> None:
+        """Remember that the log cannot be written, and since when (for /healthz)."""
+        if self.write_error is None:
+            self.write_error_since = utc_now_iso()
+        self.write_error = f"cannot write to the event log {self.path}: {err}"

@@ -10,8 +10,14 @@ copy of events.db put back. That is refused loudly instead of served as if compl
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from events.errors import MarkUnreadable
+
+# What MarkWriter writes: a zero-padded seq, a space, a sha256 in hex, a newline.
+_MARK_RE = re.compile(rb"([0-9]{1,20}) ([0-9a-f]{64})\n?")
 
 
 @dataclass(frozen=True)
@@ -28,12 +34,28 @@ def mark_path(db_path: Path) -> Path:
 
 
 def read_mark(db_path: Path) -> Mark | None:
-    """The mark, or None when there is none (a new log) or it cannot be read."""
+    """The mark, or None when there is none yet; MarkUnreadable when it cannot be trusted.
+
+    An empty (or all-zero) file is "none yet": the file is created when the log opens and
+    first written after a commit, and it is not fsynced, so a crash or a power cut can
+    leave it so; SQLite, which is fsynced, still holds every acknowledged event then.
+    Anything else that is not a mark (a directory in its place, no permission, garbage)
+    is refused: ignoring it would switch off the check it exists for.
+    """
+    path = mark_path(db_path)
     try:
-        seq, digest = mark_path(db_path).read_text().split()
-        return Mark(int(seq), digest)
-    except (OSError, ValueError):
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return None
+    except OSError as err:
+        raise MarkUnreadable(path, err.strerror or str(err)) from err
+    if not raw.strip(b"\0"):
+        return None
+    match = _MARK_RE.fullmatch(raw)
+    if match is None:
+        shown = raw[:40].decode("ascii", "backslashreplace")
+        raise MarkUnreadable(path, f"it holds {shown!r}, not a seq and a hash")
+    return Mark(int(match[1]), match[2].decode())
 
 
 def missing_events(mark: Mark | None, last_seq: int, hash_at_mark: str | None) -> str | None:
@@ -60,7 +82,9 @@ class MarkWriter:
 
     def write(self, seq: int, digest: str) -> None:
         """Record the last acknowledged event (fixed width, so one write replaces it)."""
-        os.pwrite(self._fd, f"{seq:020d} {digest}\n".encode(), 0)
+        data = f"{seq:020d} {digest}\n".encode()
+        if os.pwrite(self._fd, data, 0) != len(data):
+            raise OSError(f"short write to {self._fd}")
 
     def close(self) -> None:
         """Close the file."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from core.scheduler import Scheduler
 from core.state import State
 from core.webhooks import WebhookSender
 from events.record import StoredEvent
-from events.store import EventStore
+from events.store import FOREGROUND_CHECK_MAX, EventStore
 from server import handlers
 from server.api import setup_api_routes
 from server.assets import StaticAssets
@@ -30,6 +31,7 @@ from server.config import Config
 from server.csrf import csrf_middleware, csrf_token, load_secret, session_key
 from server.datadir import lock_data_dir
 from server.errors import api_guard_middleware, error_middleware
+from server.health import log_banner
 from server.keys import (
     ASSETS,
     AUTH_TOKEN,
@@ -80,12 +82,21 @@ async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the event log; on cleanup write what is queued and close it."""
-    store = await EventStore.open(app[CONFIG].events_db)
+    store = await EventStore.open(app[CONFIG].events_db, _foreground_check_max())
     app[STORE] = store
-    log.info("event log %s open at seq %d", store.path, store.last_seq)
+    log.info("event log %s open at seq %d%s", store.path, store.last_seq,
+             "; checking its hash chain in the background" if store.chain.state != "passed"
+             else "")
     yield
     await store.close()
     log.info("event log closed at seq %d", store.last_seq)
+
+
+def _foreground_check_max() -> int:
+    """Up to how many events the chain is checked before serving (a larger log is
+    checked in the background); BACKUP_MANAGER_CHAIN_FOREGROUND_MAX overrides it."""
+    raw = os.environ.get("BACKUP_MANAGER_CHAIN_FOREGROUND_MAX", "")
+    return int(raw) if raw.isdigit() else FOREGROUND_CHECK_MAX
 
 
 def _on_sighup(levels: LogLevel) -> Callable[[], None]:
@@ -120,8 +131,10 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     state = State()
     # Nothing appends before this is built (the server is not serving yet), so the
-    # replay and the listener below neither miss nor repeat an event.
-    async for page in store.iterate(since=0):
+    # replay and the listener below neither miss nor repeat an event. Not checked row by
+    # row: the start-up check of the whole chain covers these rows (and, for a large log
+    # checked in the background, stops commands and shows a banner if it fails).
+    async for page in store.iterate(since=0, verify=False):
         state.apply_all(page)
     store.notifier.add_listener(state.apply_all)
     app[STATE] = state
@@ -206,7 +219,7 @@ def create_app(config: Config) -> web.Application:
     app[ASSETS] = StaticAssets(WEB_DIR / "static")
     setup_templates(app, WEB_DIR / "templates")
     app[aiohttp_jinja2.APP_CONTEXT_PROCESSORS_KEY] = [aiohttp_jinja2.request_processor,
-                                                      page_context]
+                                                      page_context, log_banner]
     app.cleanup_ctx.extend([data_dir_ctx, store_ctx, projector_ctx, core_ctx, operations_ctx])
     app.on_shutdown.append(close_websockets)
     setup_routes(app)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
 from contextlib import closing
@@ -16,7 +17,13 @@ from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
 from events import audit
-from events.store import EventsMissing, LogTooNew
+from events.store import (
+    ChainBroken,
+    EventsMissing,
+    LogTooNew,
+    LogUnreadable,
+    MarkUnreadable,
+)
 from models.settings import LOG_LEVELS
 from server.auth import create_token, read_token, token_path
 from server.config import (
@@ -152,7 +159,10 @@ def _serve(args: argparse.Namespace) -> int:
                                                 config.host, config.port,
                                                 config.data_dir.resolve()),
                     shutdown_timeout=10)
-    except (DataDirBusy, EventsMissing, LogTooNew) as err:
+    except (DataDirBusy, EventsMissing, LogTooNew, ChainBroken, LogUnreadable,
+            MarkUnreadable) as err:
+        # Exit 2: the service manager does not restart it (RestartPreventExitStatus); a
+        # damaged log needs a person, and serving it would pass altered data off as true.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
@@ -218,10 +228,20 @@ def _events(args: argparse.Namespace) -> int:
         return _self_backup(db_path.parent, args.out)
     if args.action == "tail" and args.follow:
         return _tail_follow(db_path, args.since)
+    try:
+        return _read_log(args, db_path)
+    except sqlite3.DatabaseError as err:  # damaged past its first page
+        raise LogUnreadable(db_path, err) from err
+
+
+def _read_log(args: argparse.Namespace, db_path: Path) -> int:
     with closing(audit.open_readonly(db_path)) as conn:
         if args.action == "verify":
             result = audit.verify(conn)
-            lost = audit.acknowledged_problem(conn, db_path) if result.ok else None
+            try:
+                lost = audit.acknowledged_problem(conn, db_path) if result.ok else None
+            except MarkUnreadable as err:
+                lost = str(err)
             if lost is not None:
                 print(f"DAMAGED: {lost}")
                 return EXIT_BAD_LOG
@@ -293,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (audit.LogMissing, audit.LogTooNew, ConfigFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except LogUnreadable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_LOG
     except BrokenPipeError:
         # `events export | head` closes the pipe early; that is not an error.
         sys.stderr.close()

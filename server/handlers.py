@@ -7,6 +7,7 @@ import re
 from aiohttp import web
 
 from server.errors import BadRequest
+from server.health import chain_state, health_status, log_problems
 from server.keys import PROJECTOR, STORE, WEBSOCKETS
 from server.ws import parse_since
 
@@ -19,18 +20,29 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Report whether the log and the projector are healthy, with their positions."""
+    """Report whether the log and the projector are healthy, with their positions.
+
+    See server/health.py for what each status means; `problems` says what is wrong.
+    """
     store, projector = request.app[STORE], request.app[PROJECTOR]
-    healthy = projector.healthy
+    problems = log_problems(store)
+    if not projector.healthy:
+        problems.append(f"the YAML projections are not being written: {projector.error}"
+                        if projector.error else "the YAML projector is not running")
+    status = health_status(store, problems)
     body = {
-        "status": "ok" if healthy else "degraded",
+        "status": status,
+        "problems": problems,
         "last_seq": store.last_seq,
+        "chain_check": chain_state(store),
+        "write_error": store.write_error,
+        "write_error_since": store.write_error_since,
         "projector_seq": projector.seq,
         "projector_lag": projector.lag,
         "projector_error": str(projector.error) if projector.error else None,
         "websocket_clients": len(request.app[WEBSOCKETS]),
     }
-    return web.json_response(body, status=200 if healthy else 503)
+    return web.json_response(body, status=503 if status == "degraded" else 200)
 
 
 async def api_events(request: web.Request) -> web.Response:
