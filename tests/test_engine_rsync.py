@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import engines.rsync as rsync_engine
+import engines.rsync_manifest as rsync_manifest
 from engines.base import (
     BackupResult,
     BackupSpec,
@@ -30,14 +31,9 @@ from engines.base import (
 from engines.manifest import Manifest
 from engines.mirror import MirrorEngine
 from engines.procs import process_alive
-from engines.rsync import (
-    RSYNC_MISSING,
-    RsyncEngine,
-    TransferTally,
-    check_outcome,
-    parse_item,
-    parse_progress2,
-)
+from engines.rsync import RsyncEngine
+from engines.rsync_args import RSYNC_MISSING
+from engines.rsync_output import TransferTally, check_outcome, parse_item, parse_progress2
 from engines.scan import Entry, scan
 from engines.treestore import manifest_path
 from tests.cli_helpers import REPO
@@ -211,13 +207,13 @@ def test_unchanged_files_are_hard_links_and_are_not_hashed_again(
     time.sleep(1.05)  # snapshot ids have one-second resolution
     write(src / "big.bin", b"changed\n", mtime=1_700_009_000)
     hashed: list[str] = []
-    real_hash = rsync_engine.sha256_file
+    real_hash = rsync_manifest.sha256_file
 
     def counting_hash(path: Path, on_chunk: Callable[[int], None]) -> str:
         hashed.append(path.name)
         return real_hash(path, on_chunk)
 
-    monkeypatch.setattr(rsync_engine, "sha256_file", counting_hash)
+    monkeypatch.setattr(rsync_manifest, "sha256_file", counting_hash)
     reporter = RecordingReporter()
     second = run_backup(spec, reporter)
     old, new = tmp_path / "dest" / first.snapshot_id, tmp_path / "dest" / second.snapshot_id

@@ -1,0 +1,178 @@
+"""The rsync command line: what a snapshot keeps (holes, owners, hard links, xattrs, ACLs)
+and how files are compared, decided once per run from the server and the destination."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.base import BinaryMissing, EngineError, host_environ
+from engines.rsync_output import ITEM_MARK
+
+RSYNC_MISSING = "rsync is not installed; install it with apt-get install rsync"
+CAP_CHOWN = 0  # bit in /proc/self/status CapEff
+# A POSIX access ACL equal to mode 0644 (version 2; user_obj, group_obj, other): the kernel
+# takes it on any filesystem with ACLs and refuses it (EOPNOTSUPP) on one without.
+_PROBE_ACL = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((1, 6), (4, 4), (0x20, 4)))
+_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
+ACL_NAMES = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def rsync_binary() -> str:
+    """The rsync program on PATH, or BinaryMissing."""
+    found = shutil.which("rsync")
+    if found is None:
+        raise BinaryMissing(RSYNC_MISSING)
+    return found
+
+
+def rsync_env() -> dict[str, str]:
+    """rsync's environment: English messages, since stderr is classified by its text; and
+    no RSYNC_* variables from the caller's environment changing what rsync does."""
+    env = {k: v for k, v in host_environ().items() if not k.startswith("RSYNC_")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def checksum_option(options: Mapping[str, Any]) -> bool:
+    """The job's `checksum` option: compare file contents instead of size and times."""
+    value = options.get("checksum", False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on",
+                                                            "0", "false", "no", "off", ""):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    raise EngineError(f"option checksum must be true or false, not {value!r}")
+
+
+def may_chown() -> bool:
+    """Whether this process may give files any owner (root, or CAP_CHOWN)."""
+    if os.geteuid() == 0:
+        return True
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_CHOWN & 1)
+    return False
+
+
+@dataclass(frozen=True)
+class Keeps:
+    """What this run's rsync keeps beyond contents, modes and times."""
+
+    owners: bool  # any owner and group (else: the server's user, groups it belongs to)
+    xattrs: bool
+    acls: bool
+
+
+def probe_destination(directory: Path) -> Keeps:
+    """What a file written in `directory` can carry, found by trying on a scratch file."""
+    probe = directory / "probe"
+    probe.write_bytes(b"")
+    try:
+        return Keeps(may_chown(), _takes(probe, "user.bm-probe", b"1"),
+                     _takes(probe, ACL_NAMES[0], _PROBE_ACL))
+    finally:
+        probe.unlink()
+
+
+def _takes(path: Path, name: str, value: bytes) -> bool:
+    try:
+        os.setxattr(path, name, value, follow_symlinks=False)
+    except OSError as err:
+        if err.errno in _UNSUPPORTED:
+            return False
+        raise
+    return True
+
+
+def lost_extras(paths: Iterable[str], keeps: Keeps) -> list[str]:
+    """Warnings for the xattrs and ACLs the sources have that the destination cannot hold
+    (one per kind, naming the first file found): said once, not hidden."""
+    if keeps.xattrs and keeps.acls:
+        return []
+    xattr_at = acl_at = None
+    for path in paths:
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            continue  # gone, unreadable or a filesystem without xattrs: nothing to lose
+        if acl_at is None and not keeps.acls and any(n in ACL_NAMES for n in names):
+            acl_at = path
+        if xattr_at is None and not keeps.xattrs and \
+                any(not n.startswith("system.") for n in names):
+            xattr_at = path
+        if (keeps.acls or acl_at) and (keeps.xattrs or xattr_at):
+            break
+    out = []
+    if xattr_at:
+        out.append(f"the destination's filesystem cannot hold extended attributes; those "
+                   f"of {xattr_at} (and of any other file) are not kept")
+    if acl_at:
+        out.append(f"the destination's filesystem cannot hold ACLs; those of {acl_at} "
+                   "(and of any other file) are not kept")
+    return out
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    """How every rsync of one run copies: limits, comparison and what is kept."""
+
+    keeps: Keeps
+    bwlimit: int | None = None
+    checksum: bool = False  # compare contents, not size and mtime
+
+
+def rsync_command(rsync: str, source: str, target: str, files_from: Path, temp_dir: Path,
+                  link_dest: Path | None, options: CopyOptions,
+                  checksum: bool = False) -> list[str]:
+    """The rsync command line for one source directory (both paths end with a slash).
+
+    `checksum` compares contents for this pass even when the job does not ask for it.
+    """
+    argv = [
+        rsync,
+        # -a: recursion off (--files-from turns off the -r in -a), links as links,
+        # permissions, times, group, owner (owner only as root; rsync keeps quiet
+        # otherwise). --numeric-ids: the ids as they are, not names mapped through this
+        # server's user list.
+        "--archive", "--numeric-ids", "--no-devices", "--no-specials",
+        # Hard links inside a source stay hard links in the snapshot. Holes in sparse
+        # files stay holes: a 10 GiB file of 6 bytes takes a few KiB, not 10 GiB.
+        "--hard-links", "--sparse",
+        # Exactly the scanned paths, NUL-separated so any name survives.
+        f"--files-from={files_from}", "--from0",
+        # Temp files outside the snapshot tree: a killed rsync leaves no `.name.XXXXXX` in
+        # it; rsync shortens a long name so its temp name fits in NAME_MAX. No
+        # --partial/--partial-dir: a local copy is --whole-file, so a partial file would
+        # not be used as a basis anyway; an interrupted file is copied again whole.
+        f"--temp-dir={temp_dir}",
+        "--info=progress2", "--no-human-readable", "--outbuf=N", "-8",
+        # -ii: a line for every item, unchanged ones too, so linked bytes count as done.
+        # %b makes rsync log a transferred file once it is finished, not when it starts.
+        "--itemize-changes", "--itemize-changes", f"--out-format={ITEM_MARK}%l:%b:%i:%n",
+    ]
+    keeps = options.keeps
+    if keeps.owners and os.geteuid() != 0:
+        argv.append("--super")  # CAP_CHOWN without root: rsync only chowns when told to
+    if keeps.xattrs:
+        argv.append("--xattrs")
+    if keeps.acls:
+        argv.append("--acls")
+    if checksum or options.checksum:
+        argv.append("--checksum")
+    if link_dest is not None:
+        argv.append(f"--link-dest={link_dest}")
+    if options.bwlimit:
+        argv.append(f"--bwlimit={options.bwlimit}")
+    # Both paths are absolute, so rsync never reads `host:path` into them, and `--` ends
+    # the options even for a name that starts with a dash.
+    return [*argv, "--", source, target]

@@ -1,0 +1,147 @@
+"""Describing what rsync wrote: the snapshot's manifest entries, with what the source was.
+
+Entries say what is in the snapshot (type, size, mode, mtime, hash) and, from the scan,
+who owned it in the source (uid, gid) and, for files, the source's inode and change time.
+The next run compares those with the source: rsync's quick check trusts size and mtime
+only, so a file rewritten with both kept would otherwise stay stale (engines.rsync).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from engines.manifest import sha256_file
+from engines.scan import Entry
+
+SECOND = 1_000_000_000
+
+
+class SnapshotWalk:
+    """Walks a partial snapshot, opening for the walk any directory its owner (this
+    server, which wrote it) cannot read: rsync gives a copied directory the source's
+    mode, and a non-root server owns its copy of a mode-000 directory."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[Path, int]] = []
+
+    def walk(self, root: Path, rel: str) -> Iterator[tuple[str, Path, os.stat_result]]:
+        """Every entry at and under root, parents first, names sorted (the scan's order)."""
+        st = root.lstat()
+        yield rel, root, st
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        try:
+            children = self._children(root)
+        except PermissionError:
+            if os.geteuid() == 0 or st.st_uid != os.geteuid():
+                raise
+            mode = stat.S_IMODE(st.st_mode)
+            os.chmod(root, mode | stat.S_IRWXU)
+            self.opened.append((root, mode))
+            children = self._children(root)
+        for name in children:
+            yield from self.walk(root / name, f"{rel}/{name}")
+
+    @staticmethod
+    def _children(root: Path) -> list[str]:
+        with os.scandir(root) as it:
+            return sorted(e.name for e in it)
+
+    def close(self) -> None:
+        """Give every opened directory its mode back, deepest first."""
+        while self.opened:
+            path, mode = self.opened.pop()
+            os.chmod(path, mode)
+
+
+def describe(rel: str, path: Path, st: os.stat_result,
+           source: Entry | None) -> dict[str, Any] | None:
+    """A manifest entry for what is on disk (without the hash of a file)."""
+    mode = stat.S_IMODE(st.st_mode)
+    out: dict[str, Any]
+    if stat.S_ISDIR(st.st_mode):
+        out = {"path": rel, "type": "dir", "mode": mode, "mtime_ns": st.st_mtime_ns}
+    elif stat.S_ISLNK(st.st_mode):
+        out = {"path": rel, "type": "symlink", "target": os.readlink(path), "mode": mode,
+               "mtime_ns": st.st_mtime_ns}
+    elif stat.S_ISREG(st.st_mode):
+        out = {"path": rel, "type": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+               "mode": mode}
+    else:
+        return None
+    if source is not None:
+        # The source's owner, whatever this server could set in the snapshot, so a
+        # restore by root gives it back.
+        out["uid"], out["gid"] = source.uid, source.gid
+        if out["type"] == "file":
+            out["ctime_ns"], out["ino"] = source.ctime_ns, source.ino
+    return out
+
+
+def content_suspects(entries: Sequence[Entry],
+                     previous: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """Files rsync's quick check could wrongly keep: the previous snapshot has the path
+    with the same size and mtime second, but the source's inode or change time is not
+    what that snapshot recorded (or it recorded neither, as manifests before issue 12).
+
+    A hard-link group goes whole (rsync only links the files of one pass together).
+    """
+    suspects: set[str] = set()
+    for entry in entries:
+        if entry.kind != "file":
+            continue
+        prev = previous.get(entry.rel)
+        if prev is None or prev.get("type") != "file" or prev.get("size") != entry.size:
+            continue  # new, or a size rsync sees differ: copied anyway
+        mtime = prev.get("mtime_ns")
+        if not isinstance(mtime, int) or mtime // SECOND != entry.mtime_ns // SECOND:
+            continue  # a different mtime: rsync sees it too
+        if (mtime, prev.get("ctime_ns"), prev.get("ino")) != \
+                (entry.mtime_ns, entry.ctime_ns, entry.ino):
+            suspects.add(entry.rel)
+    if not suspects:
+        return suspects
+    groups: dict[tuple[int, int], list[str]] = {}
+    for entry in entries:
+        if entry.kind == "file" and entry.nlink > 1:
+            groups.setdefault((entry.dev, entry.ino), []).append(entry.rel)
+    for members in groups.values():
+        if suspects.intersection(members):
+            suspects.update(members)
+    return suspects
+
+
+def linked_hash(st: os.stat_result, prev_root: Path | None, rel: str,
+                prev: Mapping[str, Any] | None) -> str | None:
+    """The previous manifest's hash if this file is the previous snapshot's file (a hard
+    link made by --link-dest: same inode, so same content)."""
+    if prev_root is None or prev is None or prev.get("type") != "file" \
+            or prev.get("size") != st.st_size or not isinstance(prev.get("sha256"), str):
+        return None
+    try:
+        old = (prev_root / rel).lstat()
+    except OSError:
+        return None
+    if (old.st_dev, old.st_ino) != (st.st_dev, st.st_ino):
+        return None
+    return str(prev["sha256"])
+
+
+def hash_readable(path: Path, mode: int, on_chunk: Callable[[int], None]) -> str:
+    """Hash a file rsync wrote, even one whose mode gives its owner no read permission."""
+    try:
+        return sha256_file(path, on_chunk)
+    except PermissionError:
+        if os.geteuid() == 0 or mode & stat.S_IRUSR:
+            raise
+    # Not a hard link to an older snapshot (those are never hashed), so this changes no
+    # other snapshot's file.
+    os.chmod(path, mode | stat.S_IRUSR)
+    try:
+        return sha256_file(path, on_chunk)
+    finally:
+        os.chmod(path, mode)
