@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.errors import Conflict, Invalid, NotFound
+from core.ownership import Owner
+from core.pathcheck import PathReport, check_paths
 from core.state import JobView, RunView, State
 from engines.options import option_problems
 from events.store import ConcurrencyError, EventStore
@@ -34,6 +36,7 @@ from models.job import JobInvalid, JobSpec
 from models.settings import SettingsInvalid, validate_settings
 
 RETRIES = 5  # version conflicts with the runner's own appends before giving up
+PATH_CHECK_TIMEOUT = 10.0  # seconds a save waits for its paths (a hung network mount)
 
 
 class Commands:
@@ -42,6 +45,9 @@ class Commands:
     def __init__(self, store: EventStore, state: State) -> None:
         self.store = store
         self.state = state
+        # Saves check the paths off the loop and then append: one at a time, so two
+        # jobs saved at once cannot both take the same destination.
+        self._saving = asyncio.Lock()
 
     # --- lookups ------------------------------------------------------------------
 
@@ -65,23 +71,75 @@ class Commands:
 
     # --- jobs -----------------------------------------------------------------------
 
+    def _allow_link_local(self) -> bool:
+        return self.state.settings.get("allow_link_local_webhooks") is True
+
+    async def _check_paths(self, spec: JobSpec, job: JobView | None) -> None:
+        """Refuse paths that cannot work, or another job's destination.
+
+        What only may not work (a path on a disk not mounted yet) is saved; the job's
+        page shows it, computed when the page is read (core.pathcheck.path_warnings).
+        """
+        others = [Owner(j.job_id, str(j.spec.get("name")), str(j.spec.get("destination")))
+                  for j in self.state.jobs.values() if job is None or j.job_id != job.job_id]
+        try:
+            report: PathReport = await asyncio.wait_for(asyncio.to_thread(
+                check_paths, spec.to_dict(), job.spec if job else None, others),
+                PATH_CHECK_TIMEOUT)
+        except TimeoutError as err:
+            raise Invalid("the job's folders did not answer within "
+                          f"{PATH_CHECK_TIMEOUT:g} s (a network mount that hangs?)",
+                          {"destination": "did not answer in time"}) from err
+        if report.errors:
+            raise Invalid("; ".join(f"{k}: {v}" for k, v in report.errors.items()),
+                          report.errors)
+
     async def create_job(self, data: Mapping[str, Any]) -> JobView:
         """Validate a job spec and create the job; return it with its new id."""
-        spec = validate_job(data)
-        job_id = new_job_id(spec.name)
-        while job_id in self.state.jobs:
+        async with self._saving:
+            spec = validate_job(data, self._allow_link_local())
+            await self._check_paths(spec, None)
             job_id = new_job_id(spec.name)
-        await self.store.append(job_id, 0, [JobCreated(job_id=job_id, spec=spec.to_dict())])
-        return self.state.jobs[job_id]
+            while job_id in self.state.jobs:
+                job_id = new_job_id(spec.name)
+            await self.store.append(job_id, 0, [JobCreated(job_id=job_id,
+                                                           spec=spec.to_dict())])
+            return self.state.jobs[job_id]
 
     async def update_job(self, job_id: str, data: Mapping[str, Any]) -> JobView:
         """Replace a job's spec (fields left out keep their current values)."""
-        job = self.job(job_id)
-        spec = validate_job({**job.spec, **data})
-        if spec.to_dict() != job.spec:
-            await self.store.append(job_id, job.version,
-                                    [JobUpdated(job_id=job_id, spec=spec.to_dict())])
-        return self.state.jobs[job_id]
+        async with self._saving:
+            job = self.job(job_id)
+            spec = validate_job({**job.spec, **data}, self._allow_link_local())
+            if spec.to_dict() == job.spec:
+                return job
+            self._refuse_engine_change(job, spec)
+            await self._check_paths(spec, job)
+            for attempt in range(RETRIES):
+                job = self.job(job_id)  # a run's checkpoint may have moved the stream
+                try:
+                    await self.store.append(job_id, job.version,
+                                            [JobUpdated(job_id=job_id, spec=spec.to_dict())])
+                    break
+                except ConcurrencyError:
+                    if attempt == RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.01)
+            return self.state.jobs[job_id]
+
+    def _refuse_engine_change(self, job: JobView, spec: JobSpec) -> None:
+        """Refuse a new engine while the job has snapshots the new one cannot read."""
+        old = job.spec.get("engine")
+        if spec.engine == old:
+            return
+        # Any succeeded run counts: retention never removes a job's newest snapshot,
+        # so a job with one has snapshots on disk unless someone deleted them by hand.
+        if any(r.state == "succeeded" for r in self.state.job_runs(job.job_id)):
+            message = (f"{job.spec.get('name')} has backups made by the {old} engine, which "
+                       f"the {spec.engine} engine cannot read or restore; keep {old}, or "
+                       f"create a new job with the {spec.engine} engine and its own "
+                       "destination")
+            raise Invalid(message, {"engine": message})
 
     async def set_enabled(self, job_id: str, enabled: bool) -> JobView:
         """Switch a job's schedule on or off."""
@@ -113,16 +171,36 @@ class Commands:
     # --- runs -----------------------------------------------------------------------
 
     async def start_run(self, job_id: str, trigger: str = "manual") -> RunView:
-        """Queue a run of a job; refused while the job already has one going."""
-        job = self.job(job_id)
-        active = self.state.active_runs(job_id)
-        if active:
-            raise Conflict(f"job {job.spec.get('name')} already has a run that is "
-                           f"{active[0].state} ({active[0].run_id})")
-        run_id = new_run_id()
-        await self.store.append(job_id, job.version,
-                                [RunQueued(job_id=job_id, run_id=run_id, trigger=trigger)])
-        return self.state.runs[run_id]
+        """Queue a run of a job; refused while the job already has one going.
+
+        Two starts at once both pass the check; the second append then meets a version
+        conflict, and the check made again names the run the first one queued.
+        """
+        for attempt in range(RETRIES):
+            job = self.job(job_id)
+            self._refuse_second_run(job)
+            run_id = new_run_id()
+            try:
+                await self.store.append(job_id, job.version, [RunQueued(
+                    job_id=job_id, run_id=run_id, trigger=trigger)])
+                return self.state.runs[run_id]
+            except ConcurrencyError:
+                if attempt == RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01)  # the state catches up with what committed
+        raise AssertionError("unreachable")
+
+    def _refuse_second_run(self, job: JobView) -> None:
+        active = self.state.active_runs(job.job_id)
+        if not active:
+            return
+        name, run = job.spec.get("name"), active[0]
+        if run.state == "interrupted":
+            raise Conflict(f"{name} has an interrupted run ({run.run_id}); resume or "
+                           "discard it first")
+        detail = {"queued": " is queued and waits for a free slot",
+                  "paused": " is paused; resume or cancel it first"}.get(run.state, "")
+        raise Conflict(f"{name} is already running (run {run.run_id}{detail})")
 
     async def pause_run(self, run_id: str) -> RunView:
         """Ask a running run to hold at its next safe point."""
@@ -172,7 +250,7 @@ class Commands:
     async def change_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and record changed settings; return the settings now in force."""
         try:
-            clean = validate_settings(changes)
+            clean = validate_settings(changes, self.state.settings)
         except SettingsInvalid as err:
             raise Invalid(str(err), err.errors) from err
         changed = {k: v for k, v in clean.items() if self.state.settings.get(k) != v}
@@ -181,15 +259,17 @@ class Commands:
         return dict(self.state.settings)
 
 
-def validate_job(data: Mapping[str, Any]) -> JobSpec:
+def validate_job(data: Mapping[str, Any], allow_link_local_webhooks: bool = False) -> JobSpec:
     """A job spec from input, or Invalid naming every bad field (engine options too)."""
     errors: dict[str, str] = {}
     spec = None
     try:
-        spec = JobSpec.from_input(data)
+        spec = JobSpec.from_input(data, allow_link_local_webhooks)
     except JobInvalid as err:
         errors.update(err.errors)
     engine, options = data.get("engine"), data.get("options")
+    if options is None:
+        options = {}  # no options at all still misses the ones an engine requires
     if "options" not in errors and isinstance(engine, str) and isinstance(options, Mapping):
         problem = option_problems(engine, options)
         if problem is not None:

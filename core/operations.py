@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import posixpath
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from core.errors import Invalid, NotFound
+from core.ownership import Owner, first_steps, local_path, local_relation
 from core.runner import backup_spec
 from core.state import JobView
 from engines.base import EngineError, NullReporter, Progress, RunControl, Snapshot
@@ -23,9 +26,44 @@ async def list_snapshots(job: JobView) -> list[Snapshot]:
     return await asyncio.to_thread(engine.snapshots, backup_spec(job.spec, job.job_id))
 
 
+def target_refusal(target: str, job: JobView, path: str | None = None,
+                   others: Iterable[Owner] = ()) -> str | None:
+    """Why a restore may not write into target, or None (touches the file system).
+
+    A target equal to or inside a destination would write into the snapshots kept
+    there (or a restic repository) and corrupt them; so would a target around one when
+    the restore writes the folder that leads to it. A restore writes only
+    target/<source name>/... (or target/<path>), so restoring /home/me/docs back into
+    /home/me stays possible while the destination is /home/me/backups. The job's own
+    destination is checked, and any other job's the caller names.
+    """
+    written = ({path.split("/", 1)[0]} if path else
+               {posixpath.basename(s.rstrip("/")) or "root"
+                for s in job.spec.get("sources") or ()})
+    owners = [Owner(job.job_id, str(job.spec.get("name")), str(job.spec.get("destination"))),
+              *others]
+    for owner in owners:
+        dest = local_path(owner.destination)
+        if dest is None:
+            continue  # a remote repository: a local target cannot touch it
+        found = local_relation(target, dest)
+        if found is None or (found == "contains" and not first_steps(target, dest) & written):
+            continue
+        whose = ("this job's destination" if owner.job_id == job.job_id
+                 else f"the destination of job {owner.name} (id {owner.job_id})")
+        where = {"equal": "is", "inside": "is inside", "contains": "contains"}[found]
+        return (f"restore target {target} {where} {dest}, {whose}, where its backups are "
+                "kept; restoring there would change them: choose a folder outside it")
+    return None
+
+
 async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
-                           data: dict[str, Any]) -> dict[str, Any]:
-    """Restore a snapshot (or a path in it) into a target, recorded as events."""
+                           data: dict[str, Any], others: Iterable[Owner] = ()
+                           ) -> dict[str, Any]:
+    """Restore a snapshot (or a path in it) into a target, recorded as events.
+
+    `others` are the other jobs' destinations, refused as targets like the job's own.
+    """
     try:
         target = Path(clean_path(data.get("target"), "target"))
     except ValueError as err:
@@ -38,6 +76,9 @@ async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
             check_rel_path(path)
         except EngineError as err:
             raise Invalid(str(err), {"path": str(err)}) from err
+    refusal = await asyncio.to_thread(target_refusal, str(target), job, path, list(others))
+    if refusal is not None:
+        raise Invalid(refusal, {"target": refusal})
     await require_snapshot(job, snapshot_id)  # before anything is recorded
     overwrite = data.get("overwrite", False)
     if not isinstance(overwrite, bool):

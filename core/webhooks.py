@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import random
+import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,9 +22,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from core.state import State
+from models.urls import link_local
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,39 @@ EVENTS = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANNOT_START})
 CLOSE_WAIT = 5.0  # seconds close() gives pending deliveries before cancelling them
 _JITTER = 0.1  # each backoff delay is shortened by up to 10% so senders do not retry in step
 _USER_AGENT = "backup-manager-webhook/1"
+LINK_LOCAL_REFUSED = ("is a link-local address (where cloud metadata services live); set "
+                      "allow_link_local_webhooks in Settings to allow it")
+
+
+class LinkLocalRefused(OSError):
+    """A webhook host resolved to a link-local address that the settings do not allow."""
+
+
+class _GuardedResolver(ThreadedResolver):
+    """Resolves as usual, but refuses a host that resolves to a link-local address.
+
+    The check sits in the resolver the connection itself uses, so a name that
+    resolved elsewhere at first and to 169.254.169.254 now (DNS rebinding) is refused too.
+    """
+
+    def __init__(self, state: State) -> None:
+        super().__init__()
+        self.state = state
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        """The host's addresses, unless one is link-local and that is not allowed."""
+        found = await super().resolve(host, port, family)
+        if not _link_local_allowed(self.state):
+            for item in found:
+                if link_local(item["host"]):
+                    raise LinkLocalRefused(f"{host} resolves to {item['host']}, which "
+                                           f"{LINK_LOCAL_REFUSED}")
+        return found
+
+
+def _link_local_allowed(state: State) -> bool:
+    return state.settings.get("allow_link_local_webhooks") is True
 
 
 @dataclass
@@ -172,6 +209,9 @@ class WebhookSender:
         """One attempt: (worth retrying, None if delivered else why not)."""
         headers = {"Content-Type": "application/json", "X-Backup-Manager-Event": d.event,
                    "X-Backup-Manager-Delivery": d.delivery_id}
+        host = _host(d.url)
+        if link_local(host) and not _link_local_allowed(self.state):
+            return False, f"{host} {LINK_LOCAL_REFUSED}"  # an IP is never resolved
         try:
             # Redirects are not followed: a client would turn the POST into a GET, and
             # a webhook that moved is a setting to fix, not something to guess around.
@@ -187,6 +227,10 @@ class WebhookSender:
             return True, f"no answer within {self.timeout:g} s"
         except aiohttp.InvalidURL:  # its message is the URL, which may hold a password
             return False, "invalid URL"
+        except aiohttp.ClientConnectorError as err:
+            if isinstance(err.os_error, LinkLocalRefused):
+                return False, str(err.os_error)
+            return True, _scrub(str(err) or type(err).__name__, d.url)
         except (aiohttp.ClientError, OSError) as err:
             return True, _scrub(str(err) or type(err).__name__, d.url)
 
@@ -208,6 +252,7 @@ class WebhookSender:
         # Created on first use, inside the running loop that will own it.
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=_GuardedResolver(self.state)),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"User-Agent": _USER_AGENT})
         return self._session
@@ -215,6 +260,14 @@ class WebhookSender:
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _host(url: str) -> str:
+    """The URL's host without IPv6 brackets, or "" when it has none."""
+    try:
+        return URL(url).host or ""
+    except (ValueError, TypeError):
+        return ""
 
 
 def _shown(url: str) -> str:

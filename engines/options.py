@@ -42,10 +42,12 @@ def _text(value: Any) -> str | None:
 
 _BWLIMIT = _whole(0, 10_000_000)  # KiB/s, as rsync reads it; 0 means no limit
 ENGINE_OPTIONS: dict[str, dict[str, Check]] = {
-    "mirror": {"bwlimit": _BWLIMIT, "threads": _whole(1, 64)},
+    # checksum: compare file contents, not only size, mtime, ctime and inode, to find
+    # changes (slower: every file is read). The engines read spec.options["checksum"].
+    "mirror": {"bwlimit": _BWLIMIT, "threads": _whole(1, 64), "checksum": _flag},
     # archive and restic have no bandwidth limit (yet): refused rather than ignored.
     "archive": {"compression": _one_of("zstd", "gzip"), "level": _whole(1, 22)},
-    "rsync": {"bwlimit": _BWLIMIT},
+    "rsync": {"bwlimit": _BWLIMIT, "checksum": _flag},
     "restic": {"password_file": _abs_path, "cache_dir": _abs_path, "init": _flag,
                "read_data_subset": _text},
 }

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
 from croniter import croniter
 
 from models.retention import InvalidRetention, Retention
+from models.text import control_char, describe
+from models.urls import check_webhook_url
 
 ENGINES = ("mirror", "archive", "rsync", "restic")
 MAX_NAME = 100
@@ -20,6 +23,7 @@ MAX_PATTERNS = 200
 MAX_PATTERN = 1024
 INTERVAL_RE = re.compile(r"^every\s+(\d{1,6})\s*(m|min|minutes?|h|hours?|d|days?)$", re.I)
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+NEVER_FIRES = timedelta(days=5 * 366)  # a cron expression with no time within this is refused
 
 
 class JobInvalid(ValueError):
@@ -46,6 +50,8 @@ def clean_path(value: Any, what: str) -> str:
         raise ValueError(f"{what} cannot contain a NUL byte")
     if len(value) > MAX_PATH:
         raise ValueError(f"{what} is longer than {MAX_PATH} characters")
+    if (char := control_char(value.strip())) is not None:
+        raise ValueError(f"{what} must not contain the invisible character {describe(char)}")
     path = PurePosixPath(value.strip())
     if not path.is_absolute():
         raise ValueError(f"{what} {value!r} must be an absolute path (starting with /)")
@@ -90,9 +96,22 @@ def _schedule(value: Any) -> str | None:
             raise ValueError("an interval schedule must be at least 1 minute")
         return text
     if len(text.split()) == 5 and croniter.is_valid(text):
+        _fires(text)
         return text
     raise ValueError(f"{value[:60]!r} is not a valid schedule: use a cron expression such as "
                      "'0 3 * * *' or an interval such as 'every 6 hours'")
+
+
+def _fires(text: str) -> None:
+    """Raise ValueError unless a cron expression has a next time within NEVER_FIRES."""
+    now = datetime.now(UTC)
+    try:
+        # croniter gives up quickly on impossible dates (it bounds its own search).
+        after = croniter(text, now).get_next(datetime)
+    except (ValueError, KeyError, OverflowError) as err:  # CroniterError is a ValueError
+        raise ValueError(f"{text!r} never fires: no such date comes within 5 years") from err
+    if after - now > NEVER_FIRES:
+        raise ValueError(f"{text!r} does not fire within 5 years (next: {after:%Y-%m-%d})")
 
 
 def _options(value: Any) -> dict[str, Any]:
@@ -129,7 +148,8 @@ class JobSpec:
     webhook_url: str | None = None
 
     @classmethod
-    def from_input(cls, data: Mapping[str, Any]) -> JobSpec:
+    def from_input(cls, data: Mapping[str, Any],
+                   allow_link_local_webhooks: bool = False) -> JobSpec:
         """Validate raw input (JSON or a form) into a spec, or raise JobInvalid per field."""
         errors: dict[str, str] = {}
         values: dict[str, Any] = {}
@@ -144,8 +164,11 @@ class JobSpec:
             raw = data.get("name")
             if not isinstance(raw, str) or not raw.strip():
                 raise ValueError("a name is required")
-            if len(raw) > MAX_NAME or any(ord(c) < 32 for c in raw):
+            if len(raw) > MAX_NAME:
                 raise ValueError(f"the name must be at most {MAX_NAME} printable characters")
+            if (char := control_char(raw)) is not None:
+                raise ValueError(f"the name must not contain the invisible character "
+                                 f"{describe(char)}")
             return raw.strip()
 
         def engine_() -> str:
@@ -186,9 +209,12 @@ class JobSpec:
             raw = data.get("webhook_url")
             if raw in (None, ""):
                 return None
-            if not isinstance(raw, str) or not re.fullmatch(r"https?://[^\s\x00]{1,2000}", raw):
+            if not isinstance(raw, str):
                 raise ValueError("the webhook must be an http:// or https:// URL")
-            return raw
+            try:
+                return check_webhook_url(raw, allow_link_local_webhooks)
+            except ValueError as err:
+                raise ValueError(f"the webhook URL {err}") from err
 
         check("name", name_)
         check("engine", engine_)

@@ -7,9 +7,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+MAX_KEEP = 100_000  # more than a snapshot every 5 minutes for a year; bounds the sorting work
+
 
 class InvalidRetention(ValueError):
-    """A retention policy value is not a whole number of 0 or more."""
+    """A retention policy value is not a whole number from 0 to MAX_KEEP."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,10 @@ class Retention:
         for name, value in asdict(self).items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidRetention(f"retention {name} must be a whole number of 0 or "
-                                       f"more, not {value!r}")
+                                       f"more, not {_shown(value)}")
+            if value > MAX_KEEP:
+                raise InvalidRetention(f"retention {name} must be at most {MAX_KEEP:,}, "
+                                       f"not {_shown(value)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Retention:
@@ -39,6 +44,14 @@ class Retention:
     def keeps_everything(self) -> bool:
         """Whether this policy removes nothing (all counts zero)."""
         return not any(asdict(self).values())
+
+
+def _shown(value: Any) -> str:
+    """A refused value for a message, cut short (10**30 has 31 digits)."""
+    if isinstance(value, int) and value.bit_length() > 200:
+        return "a number that long"  # repr of a huge int is slow, or refused past 4300 digits
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _newest_per_bucket(snapshots: list[tuple[str, datetime]], count: int,

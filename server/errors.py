@@ -43,6 +43,15 @@ def _status_for(err: Exception) -> int | None:
     return None
 
 
+def _message(err: Exception) -> str:
+    """What a person reads: the store's version wording means nothing to them."""
+    if isinstance(err, ConcurrencyError):
+        log.info("version conflict answered with 409: %s", err)
+        return ("this job changed while your request was handled (another request or its "
+                "run got there first); reload and try again")
+    return str(err)
+
+
 def wants_json(request: web.Request) -> bool:
     """Whether the caller is a script (the API) rather than a browser."""
     return request.path.startswith("/api/") or "application/json" in request.headers.get(
@@ -90,7 +99,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return respond_error(request, 500, "internal error; see the application log")
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, err)
-        return respond_error(request, status, str(err), getattr(err, "errors", None))
+        return respond_error(request, status, _message(err), getattr(err, "errors", None))
 
 
 @web.middleware

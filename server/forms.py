@@ -130,8 +130,8 @@ def job_input(values: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]
     }, errors
 
 
-SETTINGS_FIELDS = ("max_concurrent_runs", "auto_resume", "webhook_url", "log_level", "theme",
-                   *RETENTION_KEYS)
+SETTINGS_FIELDS = ("max_concurrent_runs", "auto_resume", "webhook_url",
+                   "allow_link_local_webhooks", "log_level", "theme", *RETENTION_KEYS)
 
 
 def settings_form_values(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -140,6 +140,7 @@ def settings_form_values(settings: Mapping[str, Any]) -> dict[str, str]:
         "max_concurrent_runs": str(settings.get("max_concurrent_runs", "")),
         "auto_resume": "yes" if settings.get("auto_resume") else "no",
         "webhook_url": str(settings.get("webhook_url") or ""),
+        "allow_link_local_webhooks": "yes" if settings.get("allow_link_local_webhooks") else "no",
         "log_level": str(settings.get("log_level", "INFO")),
         "theme": str(settings.get("theme", "system")),
     }
@@ -159,16 +160,23 @@ def settings_input(values: Mapping[str, str]) -> dict[str, Any]:
     auto_resume = values.get("auto_resume")
     if auto_resume not in ("yes", "no"):
         errors["auto_resume"] = "choose yes or no"
+    # An older form without the field leaves the setting as it is.
+    link_local = values.get("allow_link_local_webhooks") or None
+    if link_local not in (None, "yes", "no"):
+        errors["allow_link_local_webhooks"] = "choose yes or no"
     retention: dict[str, int] = {}
     for key in RETENTION_KEYS:
         number = _whole_number(values.get(key, ""), key.replace("_", " "), errors, key)
         retention[key] = number or 0
     if errors:
         raise FormInvalid(errors)
-    return {"max_concurrent_runs": max_runs, "auto_resume": auto_resume == "yes",
-            "default_retention": retention,
-            "webhook_url": values.get("webhook_url", "").strip() or None,
-            "log_level": values.get("log_level", ""), "theme": values.get("theme", "")}
+    changes = {"max_concurrent_runs": max_runs, "auto_resume": auto_resume == "yes",
+               "default_retention": retention,
+               "webhook_url": values.get("webhook_url", "").strip() or None,
+               "log_level": values.get("log_level", ""), "theme": values.get("theme", "")}
+    if link_local is not None:
+        changes["allow_link_local_webhooks"] = link_local == "yes"
+    return changes
 
 
 CHOICES = {"engine": ENGINES, "log_level": LOG_LEVELS, "theme": THEMES}

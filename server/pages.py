@@ -21,6 +21,7 @@ from markupsafe import Markup
 from core import operations
 from core.commands import validate_job
 from core.errors import CommandError, Invalid
+from core.pathcheck import path_warnings
 from core.queries import JobRow
 from core.state import JobView
 from engines.base import EngineError
@@ -138,6 +139,14 @@ async def _snapshots(job: JobView) -> tuple[list[Any], str | None]:
         return [], str(err)
 
 
+async def _path_warnings(spec: Mapping[str, Any]) -> list[str]:
+    """What may keep the job's paths from working now (a disk not mounted), off the loop."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(path_warnings, spec), 5)
+    except TimeoutError:
+        return ["the job's folders did not answer within 5 s (a network mount that hangs?)"]
+
+
 async def job_page(request: web.Request, restore_errors: Mapping[str, str] | None = None,
                    restore_values: Mapping[str, Any] | None = None,
                    status: int = 200) -> web.Response:
@@ -157,6 +166,7 @@ async def job_page(request: web.Request, restore_errors: Mapping[str, str] | Non
         "snapshots": snapshots, "snapshot_error": snapshot_error,
         "activity": list(reversed(job.activity)),
         "restore_errors": restore_errors or {}, "restore_values": restore_values or {},
+        "path_warnings": await _path_warnings(job.spec) if fragment is None else [],
     }
     return render(request, "job.html", context, {
         "header": "partials/job_header.html", "runs": "partials/job_runs.html",
@@ -206,11 +216,15 @@ async def job_save(request: web.Request) -> web.StreamResponse:
         else:
             saved = await commands.update_job(job.job_id, data)
             message = f"Job “{saved.spec['name']}” saved."
+        warnings = await _path_warnings(saved.spec)
     except Invalid as err:
         shown = {("retention" if k.startswith("keep_") else k): v
                  for k, v in err.errors.items()}
         # 422 so htmx swaps the form in place (see the htmx-config meta in base.html).
         return render(request, "job_form.html", _form_context(values, shown, job), status=422)
+    if warnings:  # saved, but a path is missing for now: say so at once
+        return redirect(_url(request, "job", job_id=saved.job_id),
+                        ("warn", f"{message} But: {'; '.join(warnings)}"))
     return redirect(_url(request, "job", job_id=saved.job_id), ("ok", message))
 
 

@@ -91,7 +91,7 @@ async def test_pause_resume_and_cancel_through_the_api(app_client: Client,
     paused = await app_client.post(f"/api/runs/{run_id}/pause", json={})
     assert paused.status == 200 and (await paused.json())["state"] == "paused"
     twice = await app_client.post(f"/api/jobs/{job['id']}/start", json={})
-    assert twice.status == 409 and "already has a run" in (await twice.json())["error"]
+    assert twice.status == 409 and "Big is already running" in (await twice.json())["error"]
     resumed = await app_client.post(f"/api/runs/{run_id}/resume", json={})
     assert (await resumed.json())["state"] == "running"
     cancelled = await app_client.post(f"/api/runs/{run_id}/cancel", json={})
@@ -200,8 +200,10 @@ async def test_run_commands_refuse_bad_ids_and_states_and_append_nothing(
 
 
 async def test_disable_and_enable(app_client: Client, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
     job = await (await app_client.post("/api/jobs", json={
-        "name": "s", "engine": "mirror", "sources": ["/srv/a"], "destination": "/srv/b",
+        "name": "s", "engine": "mirror", "sources": [str(tmp_path / "a")],
+        "destination": str(tmp_path / "b"),
         "schedule": "every 1 hours"})).json()
     off = await (await app_client.post(f"/api/jobs/{job['id']}/disable", json={})).json()
     assert off["enabled"] is False and off["next_run"] is None
@@ -269,8 +271,11 @@ async def test_engine_options_are_checked_when_the_job_is_saved(app_client: Clie
         assert resp.status == 400, body
         assert message in body["fields"]["options"], (extra, body)
     assert store.last_seq == before
+    (tmp_path / "src").mkdir()
+    (tmp_path / "pw").write_text("secret\n")
     ok = await app_client.post("/api/jobs", json={
-        **base, "engine": "restic", "options": {"password_file": "/etc/pw", "init": True}})
+        **base, "engine": "restic",
+        "options": {"password_file": str(tmp_path / "pw"), "init": True}})
     assert ok.status == 201
 
 

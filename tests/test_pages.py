@@ -265,9 +265,12 @@ async def test_dashboard_counts_runs_and_draws_them_in_the_chart(app_client: Cli
     ok = await (await app_client.post("/api/jobs", json={
         "name": "Fine", "engine": "mirror", "sources": [str(src)],
         "destination": str(tmp_path / "d1"), "schedule": "every 6 hours"})).json()
+    gone = tmp_path / "gone"
+    gone.mkdir()  # a missing source is refused when saved: it goes away afterwards
     bad = await (await app_client.post("/api/jobs", json={
-        "name": "Broken", "engine": "mirror", "sources": ["/no/such/source"],
+        "name": "Broken", "engine": "mirror", "sources": [str(gone)],
         "destination": str(tmp_path / "d2"), "enabled": False})).json()
+    gone.rmdir()
     for job in (ok, bad):
         run_id = (await (await app_client.post(f"/api/jobs/{job['id']}/start",
                                                json={})).json())["run_id"]
@@ -284,15 +287,18 @@ async def test_dashboard_counts_runs_and_draws_them_in_the_chart(app_client: Cli
     assert recent.index("Broken") < recent.index("Fine")  # newest first
 
 
-async def test_stats_poll_answers_204_while_nothing_changed(app_client: Client) -> None:
+async def test_stats_poll_answers_204_while_nothing_changed(app_client: Client,
+                                                           tmp_path: Path) -> None:
     page = await (await app_client.get("/dashboard")).text()
     poll = re.search(r'id="stats" hx-get="([^"]+)"', page)
     assert poll
     url = poll.group(1).replace("&amp;", "&")
     same = await app_client.get(url)
     assert same.status == 204  # nothing to swap: focus and screen readers undisturbed
+    (tmp_path / "a").mkdir()
     await app_client.post("/api/jobs", json={"name": "New", "engine": "mirror",
-                                             "sources": ["/a"], "destination": "/b"})
+                                             "sources": [str(tmp_path / "a")],
+                                             "destination": str(tmp_path / "b")})
     changed = await app_client.get(url)
     assert changed.status == 200
     assert re.search(r'data-stat="jobs">1<', await changed.text())
@@ -305,11 +311,14 @@ async def test_odd_numbers_in_the_query_are_handled(app_client: Client) -> None:
     assert bad.status == 400 and "limit" in (await bad.json())["error"]
 
 
-async def test_search_pushes_its_own_url_and_the_list_refresh_keeps_it(app_client: Client
+async def test_search_pushes_its_own_url_and_the_list_refresh_keeps_it(app_client: Client,
+                                                                       tmp_path: Path
                                                                        ) -> None:
+    (tmp_path / "src").mkdir()
     for name in ("Alpha", "Beta"):
         await app_client.post("/api/jobs", json={"name": name, "engine": "mirror",
-                                                 "sources": [f"/{name}"], "destination": "/b"})
+                                                 "sources": [str(tmp_path / "src")],
+                                                 "destination": str(tmp_path / name)})
     resp = await app_client.get("/jobs?fragment=list&q=alp",
                                 headers={"HX-Request": "true", "HX-Trigger": "job-search"})
     html = await resp.text()

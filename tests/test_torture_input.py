@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,7 +130,11 @@ JOB_FIELDS = ["name", "engine", "sources", "destination", "include", "exclude", 
               "retention", "options", "enabled", "webhook_url"]
 SETTINGS_KEYS = ["max_concurrent_runs", "auto_resume", "default_retention", "webhook_url",
                  "log_level", "theme"]
-SRC, DST = "/srv/torture/src", "/srv/torture/dst"
+# A job's source must exist when it is saved (and a destination be creatable): real
+# folders, made once; the destination is created by no test (nothing runs this job).
+ROOT = Path(tempfile.gettempdir()) / "bm-torture-input"
+SRC, DST, FORM_DST = str(ROOT / "src"), str(ROOT / "dst"), str(ROOT / "form-dst")
+Path(SRC).mkdir(parents=True, exist_ok=True)
 
 
 def base_spec(**extra: Any) -> dict[str, Any]:
@@ -343,7 +348,7 @@ BAD_JOB_FIELDS: list[tuple[str, Any]] = [
     ("sources", {"a": "/a"}), ("sources", 5), ("sources", ["/a", "/a"]),
     ("sources", [f"/s{i}" for i in range(33)]), ("sources", ["~/docs"]), ("sources", [""]),
     ("destination", "relative"), ("destination", ""), ("destination", None),
-    ("destination", SRC + "/inside"), ("destination", SRC), ("destination", "/srv"),
+    ("destination", SRC + "/inside"), ("destination", SRC), ("destination", str(ROOT)),
     ("destination", "/"), ("destination", "/a/../b"), ("destination", "/b\x00"),
     ("destination", 5), ("destination", ["/b"]), ("destination", "~/backups"),
     ("destination", "C:\\backups"), ("destination", "/" + "x" * 5000),
@@ -776,7 +781,7 @@ BAD_JOB_FORMS: list[dict[str, str]] = [
     {"engine": ""}, {"sources": ""}, {"sources": "relative/path"}, {"sources": "/a/../etc"},
     {"sources": "/a\x00b"}, {"sources": "/ok\nrelative"}, {"sources": "/" + "x" * 5000},
     {"destination": ""}, {"destination": "relative"}, {"destination": SRC + "/inside"},
-    {"destination": "/srv"}, {"destination": "/a/../b"}, {"destination": "/b\x00"},
+    {"destination": str(ROOT)}, {"destination": "/a/../b"}, {"destination": "/b\x00"},
     {"schedule": "every tuesday"}, {"schedule": "61 * * * *"}, {"schedule": "* * * *"},
     {"schedule": "every 0 minutes"}, {"keep_last": "-3"}, {"keep_daily": "²"},
     {"keep_weekly": "1.5"}, {"keep_monthly": "x"}, {"keep_last": "9999999"},
@@ -789,7 +794,7 @@ BAD_JOB_FORMS: list[dict[str, str]] = [
 def job_form(token: str, **fields: str) -> dict[str, str]:
     """A valid job form (schedule switched off) with some fields replaced."""
     return {"_csrf": token, "name": "Torture form", "engine": "mirror", "sources": SRC,
-            "destination": DST, **fields}
+            "destination": FORM_DST, **fields}
 
 
 async def test_job_forms_refuse_every_hand_picked_bad_field(app_client: Client) -> None:

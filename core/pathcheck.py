@@ -1,0 +1,153 @@
+"""Whether a job's paths are usable: refused when they cannot work, warned when they may.
+
+The rule for a path that does not exist: it is refused, unless it may appear when a
+disk is mounted later. That is the case when the nearest folder that does exist is on
+another file system than / (a mounted disk, where a folder may come with a nested
+mount), or when the path lies under /mnt, /media or /run/media (where disks are
+mounted). Then the job is saved with a warning that its page keeps showing while the
+path is missing. A destination that does not exist is fine when it can be created (the
+first run creates it); under /mnt, /media or /run/media on the system disk it is
+warned about, since the disk it is meant for is probably not mounted.
+
+Every function here touches the file system: call them off the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.ownership import Owner, local_path, owner_conflict
+
+MOUNT_ROOTS = ("/mnt", "/media", "/run/media")
+
+
+@dataclass
+class PathReport:
+    """What is wrong with a job's paths (by form field) and what only may be."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def nearest_existing(path: str) -> str:
+    """The path itself or its nearest parent that exists."""
+    current = posixpath.normpath(path)
+    while not os.path.lexists(current) and current != "/":
+        current = posixpath.dirname(current)
+    return current
+
+
+def under_mount_root(path: str) -> bool:
+    """Whether a path lies under a folder where disks are mounted (/mnt, /media, ...)."""
+    return any(path == root or path.startswith(root + "/") for root in MOUNT_ROOTS)
+
+
+def _on_root_fs(path: str) -> bool:
+    try:
+        return os.stat(path).st_dev == os.stat("/").st_dev
+    except OSError:
+        return False
+
+
+def may_mount_later(path: str) -> bool:
+    """Whether a missing path may appear when a disk is mounted (see the module doc)."""
+    return under_mount_root(path) or not _on_root_fs(nearest_existing(path))
+
+
+def _can_write(path: str) -> bool:
+    return os.access(path, os.W_OK | os.X_OK, effective_ids=True)
+
+
+def _source(src: str, report: PathReport) -> None:
+    if os.path.lexists(src):
+        if not os.access(src, os.R_OK, effective_ids=True):
+            report.warnings.append(f"source {src} cannot be read by the server "
+                                   "(permission denied); runs will fail until it can")
+        return
+    if may_mount_later(src):
+        report.warnings.append(f"source {src} does not exist (yet); it may be on a disk "
+                               "that is not mounted; runs fail until it is there")
+    else:
+        report.errors.setdefault("sources", f"source {src} does not exist")
+
+
+def _destination(dest: str, report: PathReport) -> None:
+    if os.path.lexists(dest):
+        if not os.path.isdir(dest):
+            report.errors["destination"] = f"destination {dest} is not a folder"
+        elif not _can_write(dest):
+            report.errors["destination"] = (f"destination {dest} cannot be written by the "
+                                            "server (permission denied)")
+        return
+    parent = nearest_existing(dest)
+    if under_mount_root(dest) and _on_root_fs(parent):
+        report.warnings.append(f"destination {dest} does not exist and would be created on "
+                               "the system disk: the disk meant for it may not be mounted")
+        return
+    if os.path.isdir(parent) and _can_write(parent):
+        return  # the first run creates it
+    if may_mount_later(dest):
+        report.warnings.append(f"destination {dest} does not exist (yet) and cannot be "
+                               f"created in {parent}; runs fail until its disk is mounted")
+        return
+    why = "is not a folder" if not os.path.isdir(parent) else "cannot be written by the server"
+    report.errors["destination"] = f"destination {dest} cannot be created: {parent} {why}"
+
+
+def _password_file(value: Any, report: PathReport) -> None:
+    if not isinstance(value, str) or not value.startswith("/"):
+        return  # engines.options says what is wrong with its form
+    try:
+        info = os.stat(value)
+        if not stat.S_ISREG(info.st_mode):
+            raise IsADirectoryError(0, "not a regular file")
+        with open(value, "rb") as fh:  # a regular file: opening cannot block
+            first = fh.readline(4096)
+    except OSError as err:
+        report.errors["options"] = (f"the restic password file {value} cannot be read "
+                                    f"({err.strerror or err})")
+        return
+    if not first.strip(b"\r\n"):
+        report.errors["options"] = (f"the restic password file {value} is empty: its first "
+                                    "line is the repository password")
+
+
+def check_paths(spec: Mapping[str, Any], old: Mapping[str, Any] | None = None,
+                others: Iterable[Owner] = ()) -> PathReport:
+    """Check a job's sources, destination, password file and destination owner.
+
+    With `old` (the spec being replaced) only paths that changed are checked for
+    existence, so renaming a job whose disk is away is not refused; the owner check
+    always runs, since another job may have been saved meanwhile.
+    """
+    report = PathReport()
+    old = old or {}
+    old_sources = set(old.get("sources") or ())
+    for src in spec.get("sources") or ():
+        if src not in old_sources:
+            _source(src, report)
+    dest = str(spec.get("destination") or "")
+    conflict = owner_conflict(dest, others)
+    if conflict is not None:
+        report.errors["destination"] = conflict
+    local = local_path(dest)
+    if local is not None and conflict is None and dest != old.get("destination"):
+        _destination(local, report)
+    if spec.get("engine") == "restic":
+        password = (spec.get("options") or {}).get("password_file")
+        if password != (old.get("options") or {}).get("password_file") \
+                or old.get("engine") != "restic":
+            _password_file(password, report)
+    return report
+
+
+def path_warnings(spec: Mapping[str, Any]) -> list[str]:
+    """Warnings about a saved job's paths as they are now, for its page."""
+    report = check_paths(spec)
+    # On the page, what would refuse a save is still only a warning: the job exists.
+    return list(report.errors.values()) + report.warnings
