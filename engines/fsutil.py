@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import RestoreConflict
+from engines.fsmeta import shown
 
 
 def is_disk_full(err: OSError) -> bool:
@@ -35,7 +36,8 @@ def refuse_clashes(target: Path, items: Iterable[tuple[str, bool]], overwrite: b
     """Refuse, before anything is written, a restore target that already has what the
     restore would write; `items` are (path inside the snapshot, is a directory)."""
     if target.exists() and not target.is_dir():
-        raise RestoreConflict(f"restore target {target} exists and is not a directory")
+        raise RestoreConflict(f"restore target {shown(target)} exists and is not a "
+                              "directory")
     if overwrite or not target.is_dir():
         return
     clashes = []
@@ -48,7 +50,7 @@ def refuse_clashes(target: Path, items: Iterable[tuple[str, bool]], overwrite: b
             continue  # an existing directory is merged into, not replaced
         clashes.append(rel)
     if clashes:
-        sample = ", ".join(clashes[:3])
+        sample = ", ".join(shown(c) for c in clashes[:3])
         raise RestoreConflict(
-            f"{len(clashes)} file(s) to restore already exist in {target} ({sample}); "
+            f"{len(clashes)} file(s) to restore already exist in {shown(target)} ({sample}); "
             "restore into an empty directory, or allow overwriting")

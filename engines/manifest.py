@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import blake3
 
 from engines.base import EngineError
+from engines.fsmeta import shown
 from storage.atomic import write_atomic
 
 FORMAT = 1
@@ -180,9 +181,9 @@ class Manifest:
                     or data.get("bytes") != manifest.size):
                 raise ValueError("its content does not match its checksum (changed or damaged)")
         except FileNotFoundError as err:
-            raise ManifestError(f"manifest {path} is missing") from err
+            raise ManifestError(f"manifest {shown(path)} is missing") from err
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise ManifestError(f"manifest {path} is damaged: {err}") from err
+            raise ManifestError(f"manifest {shown(path)} is damaged: {err}") from err
         return manifest
 
 
@@ -214,9 +215,9 @@ def read_head(path: Path, limit: int = 1 << 16) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError as err:
-        raise ManifestError(f"manifest {path} is missing") from err
+        raise ManifestError(f"manifest {shown(path)} is missing") from err
     except (OSError, ValueError) as err:
-        raise ManifestError(f"manifest {path} is damaged: {err}") from err
+        raise ManifestError(f"manifest {shown(path)} is damaged: {err}") from err
     return data
 
 

@@ -233,7 +233,7 @@ class TreeSnapshots(Engine):
                 meter.add(files=1, nbytes=entry.get("size", 0), current_file=entry["path"])
         for rel in walk_rel(root):
             if rel not in expected:
-                problems.append(f"{rel}: in the snapshot but not in its manifest")
+                problems.append(f"{shown(rel)}: in the snapshot but not in its manifest")
         meter.update(force=True, phase="done", current_file="")
         return VerifyResult(not problems, tuple(problems), manifest.files)
 
@@ -319,7 +319,7 @@ def select_entries(manifest: Manifest, path: str | None) -> list[dict[str, Any]]
     chosen = [e for e in manifest.entries
               if e["path"] == rel or e["path"].startswith(rel + "/")]
     if not chosen:
-        raise SnapshotNotFound(f"{path} is not in snapshot {manifest.snapshot_id}")
+        raise SnapshotNotFound(f"{shown(path)} is not in snapshot {manifest.snapshot_id}")
     # The parents of the chosen path exist in the target as plain directories.
     parents = [p for p in Path(rel).parents if str(p) != "."]
     by_path = manifest.by_path()
@@ -333,7 +333,8 @@ def safe_output_path(real_target: Path, rel: str) -> Path:
     out = real_target / rel
     parent = Path(os.path.realpath(out.parent))
     if parent != real_target and real_target not in parent.parents:
-        raise EngineError(f"{rel} would be written outside {real_target}; refused")
+        raise EngineError(f"{shown(rel)} would be written outside {shown(real_target)}; "
+                          "refused")
     return out
 
 
@@ -343,31 +344,33 @@ def prepare_target(target: Path, entries: Sequence[Mapping[str, Any]], overwrite
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise EngineError(f"restore target {target} cannot be created: {err.strerror}") from err
+        raise EngineError(f"restore target {shown(target)} cannot be created: "
+                          f"{err.strerror}") from err
 
 
 def check_entry(root: Path, entry: Mapping[str, Any]) -> str | None:
     """Compare one entry on disk with its manifest record; return the problem, if any."""
     path = root / entry["path"]
+    name = shown(entry["path"])
     try:
         st = path.lstat()
     except FileNotFoundError:
-        return f"{entry['path']}: missing"
+        return f"{name}: missing"
     kind = entry["type"]
     if kind == "symlink":
         if not stat.S_ISLNK(st.st_mode) or os.readlink(path) != entry["target"]:
-            return f"{entry['path']}: symlink changed"
+            return f"{name}: symlink changed"
     elif kind == "dir":
         if not stat.S_ISDIR(st.st_mode):
-            return f"{entry['path']}: not a directory any more"
+            return f"{name}: not a directory any more"
     elif not stat.S_ISREG(st.st_mode):
-        return f"{entry['path']}: not a regular file any more"
+        return f"{name}: not a regular file any more"
     elif entry.get("link") and _not_linked(root, entry, st):
-        return f"{entry['path']}: no longer a hard link to {entry['link']}"
+        return f"{name}: no longer a hard link to {shown(entry['link'])}"
     elif st.st_size != entry["size"]:
-        return f"{entry['path']}: size {st.st_size}, manifest says {entry['size']}"
+        return f"{name}: size {st.st_size}, manifest says {entry['size']}"
     elif sha256_file(path) != entry["sha256"]:
-        return f"{entry['path']}: content does not match its hash (damaged)"
+        return f"{name}: content does not match its hash (damaged)"
     return None
 
 
