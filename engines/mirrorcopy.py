@@ -33,7 +33,7 @@ def file_record(entry: Entry, digest: str, size: int,
     record: dict[str, Any] = {
         "path": entry.rel, "type": "file", "size": size, "mtime_ns": entry.mtime_ns,
         "mode": entry.mode, "sha256": digest, "uid": entry.uid, "gid": entry.gid,
-        "ctime_ns": entry.ctime_ns, "ino": entry.ino, "dev": entry.dev}
+        "ctime_ns": entry.ctime_ns, "ino": entry.ino}
     if xattrs:
         record["xattrs"] = dict(xattrs)
     return record

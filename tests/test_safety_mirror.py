@@ -161,6 +161,25 @@ def test_changed_content_with_the_same_size_and_mtime_is_backed_up(
     assert (out / "src" / "ledger.txt").read_bytes() == b"balance: 999\n"
 
 
+def test_a_snapshot_from_before_ctime_was_recorded_is_not_trusted(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "f.txt", b"same size\n")
+    spec = BackupSpec.build([src], tmp_path / "dest")
+    first = backup(spec)
+    # Rewrite the manifest as older versions wrote it: no ctime, inode or owner.
+    path = manifest_path(spec.destination, first)
+    old = Manifest.read(path)
+    old.entries = [{k: v for k, v in e.items() if k not in ("ctime_ns", "ino", "dev")}
+                   for e in old.entries]
+    old.write(path)
+    second = backup(spec)
+    copies = [spec.destination / s / "src" / "f.txt" for s in (first, second)]
+    assert copies[0].stat().st_ino != copies[1].stat().st_ino  # copied, not trusted
+    third = backup(spec)  # now recorded: linked
+    assert (spec.destination / third / "src" / "f.txt").stat().st_ino == \
+        copies[1].stat().st_ino
+
+
 # --- item 9: names that are not UTF-8, and what is still skipped -------------------------------
 
 
