@@ -52,13 +52,15 @@ from engines.base import (
     RunControl,
     bwlimit_option,
 )
+from engines.fsmeta import ACL_NAMES, read_xattrs, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest
 from engines.procs import stop_leftover
 from engines.rsync_args import (
     CopyOptions,
+    Keeps,
+    LostExtras,
     checksum_option,
-    lost_extras,
     probe_destination,
     rsync_binary,
     rsync_command,
@@ -292,13 +294,12 @@ class RsyncEngine(TreeSnapshots):
                 remove_tree(work)  # temp files of an rsync that was killed
             (work / "tmp").mkdir(parents=True)
             options = CopyOptions(probe_destination(work), bwlimit, checksum)
+            lost = LostExtras(options.keeps)
             # Scan first: the same selection as mirror, exact totals before copying (so
             # progress never has to guess), and the list rsync copies. rsync's own totals
             # cover entries of every kind and grow while it lists; ours are final.
             meter.update(force=True, phase="scanning", counting=True)
             entries = scan(spec, control, warn)
-            for message in lost_extras((e.path for e in entries), options.keeps):
-                warn.warning(message)
             files = [e for e in entries if e.kind == "file"]
             meter.update(force=True, phase="copying", counting=False, files_total=len(files),
                          bytes_total=sum(e.size for e in files))
@@ -313,8 +314,10 @@ class RsyncEngine(TreeSnapshots):
             self._copy_sources(rsync, spec, entries, recheck, partial, work, prev_root,
                                options, control, meter, warn, checkpointer)
             records = self._manifest_entries(spec, partial, prev_root, prev_entries,
-                                             {e.rel: e for e in entries}, control, warn,
-                                             checkpointer)
+                                             {e.rel: e for e in entries}, lost, control,
+                                             warn, checkpointer)
+            for message in lost.warnings():
+                warn.warning(message)
             remove_tree(work)
             checkpointer.meter.update(force=True, phase="finalising", current_file="")
             # Data first, then the manifest, then the rename that makes it complete.
@@ -409,13 +412,18 @@ class RsyncEngine(TreeSnapshots):
                 base_files += run.tally.files_done
                 base_bytes += run.tally.bytes_done
             if top.kind == "dir":
-                set_meta(target, {"type": "dir", "mode": top.mode, "mtime_ns": top.mtime_ns})
+                # Not in rsync's list (only its contents are), so its owner and
+                # attributes are set here, as rsync does for the rest.
+                set_meta(target, {"type": "dir", "mode": top.mode, "mtime_ns": top.mtime_ns,
+                                  "uid": top.uid, "gid": top.gid,
+                                  "xattrs": _holdable(top.path, options.keeps)})
         meter.update(force=True, current_file="")
 
     def _manifest_entries(self, spec: BackupSpec, partial: Path, prev_root: Path | None,
                           prev_entries: dict[str, dict[str, Any]],
-                          sources: Mapping[str, Entry], control: RunControl,
-                          warn: Reporter, checkpointer: _Checkpointer) -> list[dict[str, Any]]:
+                          sources: Mapping[str, Entry], lost: LostExtras,
+                          control: RunControl, warn: Reporter,
+                          checkpointer: _Checkpointer) -> list[dict[str, Any]]:
         """Describe what rsync wrote; hash files, except those linked to the previous
         snapshot, and each hard-linked file once."""
         meter = ProgressMeter(warn)
@@ -424,24 +432,34 @@ class RsyncEngine(TreeSnapshots):
         records: list[dict[str, Any]] = []
         to_hash: list[tuple[dict[str, Any], Path, tuple[int, int]]] = []
         known: dict[tuple[int, int], str] = {}  # hashes by inode: links share content
+        first: dict[tuple[int, int], str] = {}  # the first name of each inode
         walker = SnapshotWalk()
         try:
             for name in spec.source_names():
                 if not os.path.lexists(partial / name):
                     continue
                 for rel, path, st in walker.walk(partial / name, name):
-                    record = describe(rel, path, st, sources.get(rel))
+                    source = sources.get(rel)
+                    record = describe(rel, path, st, source)
                     if record is None:
-                        warn.warning(f"{rel} is a special file; left out of the manifest")
+                        warn.warning(f"{shown(rel)} is a special file; left out of the "
+                                     "manifest")
                         continue
                     records.append(record)
-                    if record["type"] == "file":
-                        inode = (st.st_dev, st.st_ino)
-                        digest = linked_hash(st, prev_root, rel, prev_entries.get(rel))
-                        if digest is None:
-                            to_hash.append((record, path, inode))
-                        else:
-                            record["sha256"] = known[inode] = digest
+                    if source is not None and record["type"] != "symlink":
+                        self._add_xattrs(record, source, lost, warn)
+                    if record["type"] != "file":
+                        continue
+                    inode = (st.st_dev, st.st_ino)
+                    if inode in first:
+                        # -H made it a link to an earlier name: restore links it again.
+                        record["link"] = first[inode]
+                    first.setdefault(inode, rel)
+                    digest = linked_hash(st, prev_root, rel, prev_entries.get(rel))
+                    if digest is None:
+                        to_hash.append((record, path, inode))
+                    else:
+                        record["sha256"] = known[inode] = digest
             pending = {inode: r["size"] for r, _, inode in to_hash if inode not in known}
             meter.update(force=True, counting=False, files_total=len(pending),
                          bytes_total=sum(pending.values()))
@@ -461,6 +479,20 @@ class RsyncEngine(TreeSnapshots):
         finally:
             walker.close()
         return records
+
+    @staticmethod
+    def _add_xattrs(record: dict[str, Any], source: Entry, lost: LostExtras,
+                    warn: Reporter) -> None:
+        """Record the source's kept xattrs and ACLs (restore sets them from here)."""
+        try:
+            xattrs = read_xattrs(source.path)
+        except OSError as err:
+            warn.warning(f"extended attributes of {shown(source.path)} cannot be read "
+                         f"({err.strerror}); kept without them")
+            return
+        if xattrs:
+            record["xattrs"] = xattrs
+            lost.note(source.path, xattrs)
 
 
 def _prune_stale(partial: Path, entries: Sequence[Entry]) -> None:
@@ -488,6 +520,14 @@ def _prune_stale(partial: Path, entries: Sequence[Entry]) -> None:
 
 
 _KINDS = {stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFREG: "file"}
+
+
+def _holdable(path: str, keeps: Keeps) -> dict[str, str]:
+    """The kept xattrs and ACLs of a source folder that the destination can hold."""
+    with contextlib.suppress(OSError):  # unreadable: the manifest walk warns
+        return {name: value for name, value in read_xattrs(path).items()
+                if (keeps.acls if name in ACL_NAMES else keeps.xattrs)}
+    return {}
 
 
 def _discard(partial: Path) -> None:

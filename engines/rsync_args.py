@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import BinaryMissing, EngineError, host_environ
+from engines.fsmeta import ACL_NAMES, shown
 from engines.rsync_output import ITEM_MARK
 
 RSYNC_MISSING = "rsync is not installed; install it with apt-get install rsync"
@@ -23,7 +24,6 @@ CAP_CHOWN = 0  # bit in /proc/self/status CapEff
 _PROBE_ACL = struct.pack("<I", 2) + b"".join(
     struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((1, 6), (4, 4), (0x20, 4)))
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
-ACL_NAMES = ("system.posix_acl_access", "system.posix_acl_default")
 
 
 def rsync_binary() -> str:
@@ -94,32 +94,34 @@ def _takes(path: Path, name: str, value: bytes) -> bool:
     return True
 
 
-def lost_extras(paths: Iterable[str], keeps: Keeps) -> list[str]:
-    """Warnings for the xattrs and ACLs the sources have that the destination cannot hold
-    (one per kind, naming the first file found): said once, not hidden."""
-    if keeps.xattrs and keeps.acls:
-        return []
-    xattr_at = acl_at = None
-    for path in paths:
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-        except OSError:
-            continue  # gone, unreadable or a filesystem without xattrs: nothing to lose
-        if acl_at is None and not keeps.acls and any(n in ACL_NAMES for n in names):
-            acl_at = path
-        if xattr_at is None and not keeps.xattrs and \
-                any(not n.startswith("system.") for n in names):
-            xattr_at = path
-        if (keeps.acls or acl_at) and (keeps.xattrs or xattr_at):
-            break
-    out = []
-    if xattr_at:
-        out.append(f"the destination's filesystem cannot hold extended attributes; those "
-                   f"of {xattr_at} (and of any other file) are not kept")
-    if acl_at:
-        out.append(f"the destination's filesystem cannot hold ACLs; those of {acl_at} "
-                   "(and of any other file) are not kept")
-    return out
+class LostExtras:
+    """Notes the first source file with xattrs or ACLs the snapshot's filesystem cannot
+    hold, for one warning per kind: the manifest keeps them (a restore puts them back),
+    but the snapshot's own files lack them, which is said, not hidden."""
+
+    def __init__(self, keeps: Keeps) -> None:
+        self.keeps = keeps
+        self.xattr_at: str | None = None
+        self.acl_at: str | None = None
+
+    def note(self, path: str, names: Iterable[str]) -> None:
+        """Take the kept attribute names a source file has."""
+        for name in names:
+            if name in ACL_NAMES:
+                if not self.keeps.acls and self.acl_at is None:
+                    self.acl_at = path
+            elif not self.keeps.xattrs and self.xattr_at is None:
+                self.xattr_at = path
+
+    def warnings(self) -> list[str]:
+        """One warning per kind of attribute the snapshot's files lack."""
+        out = []
+        for what, at in (("extended attributes", self.xattr_at), ("ACLs", self.acl_at)):
+            if at is not None:
+                out.append(f"the destination's filesystem cannot hold {what}: the snapshot's "
+                           f"copy of {shown(at)} (and of any other such file) lacks them; "
+                           "the manifest keeps them and a restore puts them back")
+        return out
 
 
 @dataclass(frozen=True)

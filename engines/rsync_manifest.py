@@ -1,7 +1,9 @@
 """Describing what rsync wrote: the snapshot's manifest entries, with what the source was.
 
-Entries say what is in the snapshot (type, size, mode, mtime, hash) and, from the scan,
-who owned it in the source (uid, gid) and, for files, the source's inode and change time.
+Entries say what is in the snapshot (type, size, mode, mtime, hash, "link": the first
+name of a hard-linked file) and, from the source, who owned it (uid, gid), its kept
+extended attributes and ACLs ("xattrs", as engines.fsmeta reads them) and, for files, the
+inode and change time; the same keys as the mirror engine's, which restore reads.
 The next run compares those with the source: rsync's quick check trusts size and mtime
 only, so a file rewritten with both kept would otherwise stay stale (engines.rsync).
 """
@@ -78,7 +80,7 @@ def describe(rel: str, path: Path, st: os.stat_result,
         # restore by root gives it back.
         out["uid"], out["gid"] = source.uid, source.gid
         if out["type"] == "file":
-            out["ctime_ns"], out["ino"] = source.ctime_ns, source.ino
+            out["ctime_ns"], out["ino"], out["dev"] = source.ctime_ns, source.ino, source.dev
     return out
 
 
