@@ -69,6 +69,29 @@ class Commands:
         version = self.store.stream_version(stream)
         await self.store.append(stream, version, events)
 
+    async def _decide_and_append(self, job_id: str,
+                                 decide: Callable[[JobView], list[Event]]) -> list[Event]:
+        """Append what `decide` makes of the job's current state, deciding again on a race.
+
+        A running run appends to the job's stream too; when one of its events lands
+        between the check and the append, the append meets a version conflict that says
+        nothing about this command, so the check is made again against the newer state
+        (and may now refuse, in words, as a second start does).
+        """
+        for attempt in range(RETRIES):
+            job = self.job(job_id)
+            events = decide(job)
+            if not events:
+                return events
+            try:
+                await self.store.append(job_id, job.version, events)
+                return events
+            except ConcurrencyError:
+                if attempt == RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01)  # the state catches up with what committed
+        raise AssertionError("unreachable")
+
     # --- jobs -----------------------------------------------------------------------
 
     def _allow_link_local(self) -> bool:
@@ -115,16 +138,11 @@ class Commands:
                 return job
             self._refuse_engine_change(job, spec)
             await self._check_paths(spec, job)
-            for attempt in range(RETRIES):
-                job = self.job(job_id)  # a run's checkpoint may have moved the stream
-                try:
-                    await self.store.append(job_id, job.version,
-                                            [JobUpdated(job_id=job_id, spec=spec.to_dict())])
-                    break
-                except ConcurrencyError:
-                    if attempt == RETRIES - 1:
-                        raise
-                    await asyncio.sleep(0.01)
+
+            def update(job: JobView) -> list[Event]:
+                self._refuse_engine_change(job, spec)  # a run may have succeeded meanwhile
+                return [JobUpdated(job_id=job_id, spec=spec.to_dict())]
+            await self._decide_and_append(job_id, update)
             return self.state.jobs[job_id]
 
     def _refuse_engine_change(self, job: JobView, spec: JobSpec) -> None:
@@ -143,30 +161,32 @@ class Commands:
 
     async def set_enabled(self, job_id: str, enabled: bool) -> JobView:
         """Switch a job's schedule on or off."""
-        job = self.job(job_id)
-        if job.enabled != enabled:
-            event: Event = JobEnabled(job_id=job_id) if enabled else JobDisabled(job_id=job_id)
-            await self.store.append(job_id, job.version, [event])
+        def switch(job: JobView) -> list[Event]:
+            if job.enabled == enabled:
+                return []
+            return [JobEnabled(job_id=job_id) if enabled else JobDisabled(job_id=job_id)]
+        await self._decide_and_append(job_id, switch)
         return self.state.jobs[job_id]
 
     async def delete_job(self, job_id: str) -> None:
         """Delete a job; refused while it has a run that is not finished."""
-        job = self.job(job_id)
-        active = self.state.active_runs(job_id)
-        if active:
-            raise Conflict(f"job {job.spec.get('name')} has a run that is {active[0].state}; "
-                           "cancel or discard it first")
-        await self.store.append(job_id, job.version, [JobDeleted(job_id=job_id)])
+        def delete(job: JobView) -> list[Event]:
+            active = self.state.active_runs(job_id)
+            if active:
+                raise Conflict(f"job {job.spec.get('name')} has a run that is "
+                               f"{active[0].state}; cancel or discard it first")
+            return [JobDeleted(job_id=job_id)]
+        await self._decide_and_append(job_id, delete)
 
     async def stop_runs(self, job_id: str) -> None:
         """Cancel a job's queued, running and paused runs and discard interrupted ones."""
-        job = self.job(job_id)
-        events: list[Event] = []
-        for run in self.state.active_runs(job_id):
-            kind = RunDiscarded if run.state == "interrupted" else RunCancelled
-            events.append(kind(job_id=job_id, run_id=run.run_id))
-        if events:
-            await self.store.append(job_id, job.version, events)
+        def stop(job: JobView) -> list[Event]:
+            events: list[Event] = []
+            for run in self.state.active_runs(job_id):
+                kind = RunDiscarded if run.state == "interrupted" else RunCancelled
+                events.append(kind(job_id=job_id, run_id=run.run_id))
+            return events
+        await self._decide_and_append(job_id, stop)
 
     # --- runs -----------------------------------------------------------------------
 
@@ -176,19 +196,13 @@ class Commands:
         Two starts at once both pass the check; the second append then meets a version
         conflict, and the check made again names the run the first one queued.
         """
-        for attempt in range(RETRIES):
-            job = self.job(job_id)
+        run_id = new_run_id()  # kept across retries: nothing was written under it
+
+        def queue(job: JobView) -> list[Event]:
             self._refuse_second_run(job)
-            run_id = new_run_id()
-            try:
-                await self.store.append(job_id, job.version, [RunQueued(
-                    job_id=job_id, run_id=run_id, trigger=trigger)])
-                return self.state.runs[run_id]
-            except ConcurrencyError:
-                if attempt == RETRIES - 1:
-                    raise
-                await asyncio.sleep(0.01)  # the state catches up with what committed
-        raise AssertionError("unreachable")
+            return [RunQueued(job_id=job_id, run_id=run_id, trigger=trigger)]
+        await self._decide_and_append(job_id, queue)
+        return self.state.runs[run_id]
 
     def _refuse_second_run(self, job: JobView) -> None:
         active = self.state.active_runs(job.job_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import Invalid, NotFound
-from core.ownership import Owner, first_steps, local_path, local_relation
+from core.ownership import Owner, local_path, local_relation
 from core.runner import backup_spec
 from core.state import JobView
 from engines.base import EngineError, NullReporter, Progress, RunControl, Snapshot
@@ -47,11 +47,15 @@ def target_refusal(target: str, job: JobView, path: str | None = None,
         if dest is None:
             continue  # a remote repository: a local target cannot touch it
         found = local_relation(target, dest)
-        if found is None or (found == "contains" and not first_steps(target, dest) & written):
+        if found == "contains" or found is None:
+            # What the restore writes (target/<name>, symlinks followed) decides.
+            found = next((f"contains (through {name})" for name in sorted(written)
+                          if local_relation(posixpath.join(target, name), dest)), None)
+        if found is None:
             continue
         whose = ("this job's destination" if owner.job_id == job.job_id
                  else f"the destination of job {owner.name} (id {owner.job_id})")
-        where = {"equal": "is", "inside": "is inside", "contains": "contains"}[found]
+        where = {"equal": "is", "inside": "is inside"}.get(found, found)
         return (f"restore target {target} {where} {dest}, {whose}, where its backups are "
                 "kept; restoring there would change them: choose a folder outside it")
     return None

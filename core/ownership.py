@@ -66,16 +66,6 @@ def local_relation(a: str, b: str) -> str | None:
     return None
 
 
-def first_steps(outer: str, inner: str) -> set[str]:
-    """The names of outer's entries that lead to inner (inner inside outer), any form."""
-    steps = set()
-    for x in _forms(outer):
-        for y in _forms(inner):
-            if relation(y, x) == "inside":
-                steps.add(y[len(x.rstrip("/")) + 1:].split("/", 1)[0])
-    return steps
-
-
 def overlap(destination: str, other: str) -> str | None:
     """How destination lies against another destination (equal, inside, contains) or None."""
     mine, theirs = local_path(destination), local_path(other)

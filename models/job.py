@@ -50,7 +50,7 @@ def clean_path(value: Any, what: str) -> str:
         raise ValueError(f"{what} cannot contain a NUL byte")
     if len(value) > MAX_PATH:
         raise ValueError(f"{what} is longer than {MAX_PATH} characters")
-    if (char := control_char(value.strip())) is not None:
+    if (char := control_char(value)) is not None:
         raise ValueError(f"{what} must not contain the invisible character {describe(char)}")
     path = PurePosixPath(value.strip())
     if not path.is_absolute():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from urllib.parse import urlsplit
 
 from yarl import URL
@@ -20,10 +21,16 @@ def link_local(address: str) -> bool:
     These hold cloud metadata services (169.254.169.254), which a webhook must not
     reach unless a person allowed it. An IPv4 address mapped into IPv6 counts too.
     """
+    text = address.split("%", 1)[0]
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(text)
     except ValueError:
-        return False
+        if not re.fullmatch(r"[0-9a-fA-FxX.]{1,40}", text):
+            return False
+        try:  # the C library reads 2852039166 and 0xa9fea9fe as 169.254.169.254 too
+            ip = ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_link_local
