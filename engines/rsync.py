@@ -181,7 +181,8 @@ def _collect_lines(stream: IO[bytes], keep: deque[str], dropped: list[int]) -> N
     for raw in stream:
         if len(keep) == keep.maxlen:
             dropped[0] += 1
-        keep.append(raw.decode("utf-8", "replace").rstrip("\n"))
+        # A name that is not UTF-8 shows as \xNN, as engines.fsmeta.shown writes it.
+        keep.append(raw.decode("utf-8", "backslashreplace").rstrip("\n"))
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def run_rsync(argv: list[str], control: RunControl, meter: ProgressMeter,
     watcher = _Watcher(proc, control, meter, checkpointer)
     watcher.start()
     tally = TransferTally()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
     ended = False
     try:
         fd = proc.stdout.fileno()
@@ -451,10 +452,12 @@ class RsyncEngine(TreeSnapshots):
                     if record["type"] != "file":
                         continue
                     inode = (st.st_dev, st.st_ino)
-                    if inode in first:
+                    leader = first.setdefault(inode, rel)
+                    if leader != rel and _same_source(sources, leader, rel):
                         # -H made it a link to an earlier name: restore links it again.
-                        record["link"] = first[inode]
-                    first.setdefault(inode, rel)
+                        # (Two names can also share a copy because both matched one old
+                        # file; unless they are one file in the source, they stay two.)
+                        record["link"] = leader
                     digest = linked_hash(st, prev_root, rel, prev_entries.get(rel))
                     if digest is None:
                         to_hash.append((record, path, inode))
@@ -520,6 +523,12 @@ def _prune_stale(partial: Path, entries: Sequence[Entry]) -> None:
 
 
 _KINDS = {stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFREG: "file"}
+
+
+def _same_source(sources: Mapping[str, Entry], one: str, other: str) -> bool:
+    """Whether two snapshot paths were one file (hard-linked) in the source."""
+    a, b = sources.get(one), sources.get(other)
+    return a is not None and b is not None and (a.dev, a.ino) == (b.dev, b.ino)
 
 
 def _holdable(path: str, keeps: Keeps) -> dict[str, str]:

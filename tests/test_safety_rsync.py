@@ -470,3 +470,23 @@ def test_a_destination_without_xattrs_or_acls_warns_and_the_restore_has_them(
         if acls:
             assert os.getxattr(out / "src" / "owned.txt", "system.posix_acl_access") == \
                 os.getxattr(src / "owned.txt", "system.posix_acl_access")
+
+
+def test_names_that_stop_being_one_file_are_restored_as_two(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "a.txt", b"shared\n")
+    os.link(src / "a.txt", src / "b.txt")
+    spec = BackupSpec.build([src], tmp_path / "dest")
+    first = backup(spec).snapshot_id
+    assert Manifest.read(manifest_path(spec.destination, first)).by_path()["src/b.txt"][
+        "link"] == "src/a.txt"
+    (src / "b.txt").unlink()
+    shutil.copy2(src / "a.txt", src / "b.txt")  # same content, size and mtime: a copy now
+    next_second()
+    second = backup(spec).snapshot_id
+    assert "link" not in Manifest.read(manifest_path(spec.destination, second)).by_path()[
+        "src/b.txt"]
+    out = tmp_path / "out"
+    restore(spec, second, out)
+    assert (out / "src" / "a.txt").stat().st_ino != (out / "src" / "b.txt").stat().st_ino
+    assert (out / "src" / "b.txt").read_bytes() == b"shared\n"
