@@ -20,6 +20,7 @@ from engines.base import BackupSpec, RunControl, SnapshotNotFound
 from engines.filecopy import TMP_LEN
 from engines.manifest import Manifest
 from engines.mirror import MirrorEngine
+from engines.rsync import RsyncEngine
 from engines.treestore import manifest_path
 from models.retention import Retention
 from tests.engine_helpers import RecordingReporter, tree_signature, write
@@ -107,6 +108,19 @@ def test_names_of_248_to_255_bytes_back_up_and_restore(tmp_path: Path) -> None:
     assert tree_signature(out / "src") == tree_signature(src)
     assert MirrorEngine().verify(spec, first, RunControl(), RecordingReporter()).ok
     assert len(".bm-00000000") == TMP_LEN
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
+def test_rsync_snapshots_with_255_byte_names_restore_too(tmp_path: Path) -> None:
+    # rsync restores through the same tree code as mirror.
+    src = tmp_path / "src"
+    write(src / ("漢" * 85), b"long name\n")
+    os.symlink("x", src / ("l" * 255))
+    spec = BackupSpec.build([src], tmp_path / "dest")
+    engine = RsyncEngine()
+    snap = engine.backup(spec, RunControl(), RecordingReporter()).snapshot_id
+    engine.restore(spec, snap, tmp_path / "out", RunControl(), RecordingReporter())
+    assert tree_signature(tmp_path / "out" / "src") == tree_signature(src)
 
 
 # --- item 6: sparse files --------------------------------------------------------------------
