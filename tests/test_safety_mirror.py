@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.base import BackupSpec, RunControl, SnapshotNotFound
+from engines.base import BackupSpec, Interrupted, RunControl, SnapshotNotFound
 from engines.filecopy import TMP_LEN
 from engines.manifest import Manifest
 from engines.mirror import MirrorEngine
@@ -192,6 +192,43 @@ def test_a_snapshot_from_before_ctime_was_recorded_is_not_trusted(tmp_path: Path
     third = backup(spec)  # now recorded: linked
     assert (spec.destination / third / "src" / "f.txt").stat().st_ino == \
         copies[1].stat().st_ino
+
+
+def test_a_resumed_run_recopies_a_file_changed_since_it_was_copied(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(20):
+        write(src / f"f{i:02d}.txt", b"version 1 %02d\n" % i)
+    checkpoints: list[dict[str, object]] = []
+
+    class InterruptAt(RunControl):
+        """Interrupts at the 15th safe point, with some files done (one thread)."""
+
+        calls = 0
+
+        def safe_point(self) -> None:
+            self.calls += 1
+            if self.calls == 15:
+                self.interrupt()
+            super().safe_point()
+
+    class Keep(RecordingReporter):
+        def checkpoint(self, state: object) -> None:
+            checkpoints.append(dict(state))  # type: ignore[call-overload]
+
+    spec = BackupSpec.build([src], tmp_path / "dest", options={"threads": 1})
+    with pytest.raises(Interrupted):
+        MirrorEngine().backup(spec, InterruptAt(), Keep())
+    partial = spec.destination / f"{checkpoints[0]['snapshot_id']}.partial" / "src"
+    assert (partial / "f00.txt").read_bytes() == b"version 1 00\n"
+    before = (src / "f00.txt").stat()
+    (src / "f00.txt").write_bytes(b"version 2 00\n")  # same size, mtime put back
+    os.utime(src / "f00.txt", ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = MirrorEngine().backup(spec, RunControl(), RecordingReporter(),
+                                   resume=checkpoints[-1])
+    final = spec.destination / result.snapshot_id / "src"
+    assert (final / "f00.txt").read_bytes() == b"version 2 00\n"
+    assert MirrorEngine().verify(spec, result.snapshot_id, RunControl(),
+                                 RecordingReporter()).ok
 
 
 # --- item 9: names that are not UTF-8, and what is still skipped -------------------------------
