@@ -624,7 +624,8 @@ def _ms(seconds: float) -> float:
 
 
 async def run(selected: Sequence[str]) -> list[Figure]:
-    """Run the selected benchmarks (append, replay, ws), print as they go; return figures."""
+    """Run the selected benchmarks (append, replay and chain, ws), print as they go; return
+    figures."""
     figures: list[Figure] = []
     if "append" in selected:
         seconds = env_float("BENCH_APPEND_SECONDS", 3.0)
@@ -675,6 +676,11 @@ async def run(selected: Sequence[str]) -> list[Figure]:
         figures.append(Figure(f"replay {total:,} events", rep.replay_seconds, "s",
                               target=target, higher_is_better=False))
         figures.append(Figure(f"generate {total:,} events (setup)", rep.generate_seconds, "s"))
+
+    if "chain" in selected or "replay" in selected:
+        from bench.chaincheck import run_chain  # it imports this module's helpers
+
+        figures += await run_chain()
 
     if "ws" in selected:
         clients = env_int("BENCH_WS_CLIENTS", 500)

@@ -57,7 +57,7 @@ class ChainBroken(StoreUnavailable):
 def chain_broken_message(db_path: Path, fault: ChainFault) -> str:
     """Name the seq, say what is wrong with it and what to do."""
     return (f"the event log {db_path} is damaged at seq {fault.seq}: {fault.reason}. "
-            "It is not trusted, so no command is accepted. Stop the server, run "
+            "Nothing more is recorded in a log that cannot be trusted. Stop the server, run "
             "`backup-manager events verify` to see the damage, and put back events.db "
             "(with its -wal file) from a backup taken before it (`backup-manager events "
             "backup`); events before that seq are intact and can be exported with "

@@ -386,4 +386,5 @@ class EventStore(LogReading):
         """Remember that the log cannot be written, and since when (for /healthz)."""
         if self.write_error is None:
             self.write_error_since = utc_now_iso()
+            log.error("cannot write to the event log %s: %s", self.path, err)
         self.write_error = f"cannot write to the event log {self.path}: {err}"
