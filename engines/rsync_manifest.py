@@ -80,7 +80,7 @@ def describe(rel: str, path: Path, st: os.stat_result,
         # restore by root gives it back.
         out["uid"], out["gid"] = source.uid, source.gid
         if out["type"] == "file":
-            out["ctime_ns"], out["ino"], out["dev"] = source.ctime_ns, source.ino, source.dev
+            out["ctime_ns"], out["ino"] = source.ctime_ns, source.ino
     return out
 
 
