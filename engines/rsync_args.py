@@ -3,7 +3,6 @@ and how files are compared, decided once per run from the server and the destina
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -18,7 +17,6 @@ from engines.fsmeta import ACL_NAMES, shown
 from engines.rsync_output import ITEM_MARK
 
 RSYNC_MISSING = "rsync is not installed; install it with apt-get install rsync"
-CAP_CHOWN = 0  # bit in /proc/self/status CapEff
 # A POSIX access ACL equal to mode 0644 (version 2; user_obj, group_obj, other): the kernel
 # takes it on any filesystem with ACLs and refuses it (EOPNOTSUPP) on one without.
 _PROBE_ACL = struct.pack("<I", 2) + b"".join(
@@ -53,22 +51,10 @@ def checksum_option(options: Mapping[str, Any]) -> bool:
     raise EngineError(f"option checksum must be true or false, not {value!r}")
 
 
-def may_chown() -> bool:
-    """Whether this process may give files any owner (root, or CAP_CHOWN)."""
-    if os.geteuid() == 0:
-        return True
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_CHOWN & 1)
-    return False
-
-
 @dataclass(frozen=True)
 class Keeps:
-    """What this run's rsync keeps beyond contents, modes and times."""
+    """What this run's rsync keeps beyond contents, modes, times, owners and hard links."""
 
-    owners: bool  # any owner and group (else: the server's user, groups it belongs to)
     xattrs: bool
     acls: bool
 
@@ -78,7 +64,7 @@ def probe_destination(directory: Path) -> Keeps:
     probe = directory / "probe"
     probe.write_bytes(b"")
     try:
-        return Keeps(may_chown(), _takes(probe, "user.bm-probe", b"1"),
+        return Keeps(_takes(probe, "user.bm-probe", b"1"),
                      _takes(probe, ACL_NAMES[0], _PROBE_ACL))
     finally:
         probe.unlink()
@@ -143,9 +129,11 @@ def rsync_command(rsync: str, source: str, target: str, files_from: Path, temp_d
     argv = [
         rsync,
         # -a: recursion off (--files-from turns off the -r in -a), links as links,
-        # permissions, times, group, owner (owner only as root; rsync keeps quiet
-        # otherwise). --numeric-ids: the ids as they are, not names mapped through this
-        # server's user list.
+        # permissions, times, group, owner. Owners only as root: otherwise rsync keeps
+        # quiet and the copies are the server's (the manifest still records the owners,
+        # for a restore by root). No --super for CAP_CHOWN alone: a file given away
+        # could then not get its times and mode, nor a folder given away its files.
+        # --numeric-ids: the ids as they are, not names mapped through the user list.
         "--archive", "--numeric-ids", "--no-devices", "--no-specials",
         # Hard links inside a source stay hard links in the snapshot. Holes in sparse
         # files stay holes: a 10 GiB file of 6 bytes takes a few KiB, not 10 GiB.
@@ -163,8 +151,6 @@ def rsync_command(rsync: str, source: str, target: str, files_from: Path, temp_d
         "--itemize-changes", "--itemize-changes", f"--out-format={ITEM_MARK}%l:%b:%i:%n",
     ]
     keeps = options.keeps
-    if keeps.owners and os.geteuid() != 0:
-        argv.append("--super")  # CAP_CHOWN without root: rsync only chowns when told to
     if keeps.xattrs:
         argv.append("--xattrs")
     if keeps.acls:

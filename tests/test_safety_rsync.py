@@ -117,7 +117,7 @@ def _argv(spec: BackupSpec) -> list[str]:
     """The rsync command line the engine uses for this spec (as the engine builds it)."""
     from engines.rsync_args import CopyOptions, Keeps, rsync_command
     return rsync_command("rsync", "/s/", "/t/", Path("/f"), Path("/tmp"), None,
-                         CopyOptions(Keeps(True, True, True)))
+                         CopyOptions(Keeps(True, True)))
 
 
 # --- item 6: sparse files --------------------------------------------------------------------
