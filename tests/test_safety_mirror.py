@@ -12,11 +12,14 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from engines.base import BackupSpec, Interrupted, RunControl, SnapshotNotFound
+from engines.base import BackupResult, BackupSpec, Interrupted, RunControl, SnapshotNotFound
 from engines.filecopy import TMP_LEN
 from engines.manifest import Manifest
 from engines.mirror import MirrorEngine
@@ -264,6 +267,59 @@ def test_names_that_are_not_utf8_are_backed_up_and_restored_byte_for_byte(
     with open(got + b"/\xff\xfe dir/inner\x80.bin", "rb") as fh:
         assert fh.read() == b"inside\n"
     assert os.readlink(got + b"/link\xe9") == b"caf\xe9.txt"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to run the backup as another user")
+def test_an_unreadable_folder_and_file_are_warnings_that_name_them(tmp_path: Path) -> None:
+    # The backup runs in a child that drops to `nobody`, as a non-root server would.
+    base = Path(tempfile.mkdtemp(prefix="bm-unreadable-"))
+    try:
+        base.chmod(0o755)
+        src, dest = base / "src", base / "dest"
+        write(src / "ok.txt", b"fine\n")
+        write(src / "secret.txt", b"root only\n", mode=0o600)
+        write(src / "locked" / "inside.txt", b"root only\n")
+        (src / "locked").chmod(0o700)
+        dest.mkdir()
+        os.chown(dest, NOBODY, NOBODY)
+        spec = BackupSpec.build([src], dest, job_id="j")
+        said = _as_nobody(lambda: MirrorEngine().backup(spec, RunControl(),
+                                                       RecordingReporter()))
+        assert said.get("error") is None, said
+        assert said["files"] == 1
+        assert sorted(said["warnings"]) == [
+            f"{src}/secret.txt cannot be read (Permission denied); skipped",
+            f"folder {src}/locked cannot be read (Permission denied); its contents were "
+            "skipped"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+NOBODY = 65534
+
+
+def _as_nobody(run: Callable[[], BackupResult]) -> dict[str, Any]:
+    """Run a backup in a forked child as uid/gid 65534; its files and warnings, or error."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            result = run()
+            out = {"files": result.files, "warnings": list(result.warnings)}
+        except BaseException as err:  # anything at all is reported to the parent
+            out = {"error": repr(err)}
+        os.write(write_end, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 1 << 16):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return dict(json.loads(b"".join(chunks)))
 
 
 # --- item 10: owner, hard links, extended attributes, ACLs -------------------------------------
