@@ -66,7 +66,9 @@ class _Journal:
         self.done: dict[str, tuple[int, int, str]] = {}
         with contextlib.suppress(FileNotFoundError):
             text = path.read_text(encoding="utf-8", errors="surrogateescape")
-            for line in text.splitlines():
+            # Only whole lines: a kill mid-write leaves a torn last line whose cut-off
+            # path could name another file. Not splitlines: names may hold \u2028.
+            for line in text.split("\n")[:-1]:
                 parts = line.split("\t", 3)
                 if len(parts) == 4 and parts[0].isdigit() and parts[1].isdigit():
                     self.done[parts[3]] = (int(parts[0]), int(parts[1]), parts[2])
@@ -77,7 +79,7 @@ class _Journal:
     def record(self, record: Mapping[str, Any]) -> None:
         """Note a finished file (the write is made durable at the next sync)."""
         rel = record["path"]
-        if "\n" not in rel and "\r" not in rel:
+        if "\n" not in rel:
             self._fh.write(f"{record['size']}\t{record['mtime_ns']}\t{record['sha256']}"
                            f"\t{rel}\n")
 

@@ -22,7 +22,7 @@ import pytest
 from engines.base import BackupResult, BackupSpec, Interrupted, RunControl, SnapshotNotFound
 from engines.filecopy import TMP_LEN
 from engines.manifest import Manifest
-from engines.mirror import MirrorEngine
+from engines.mirror import MirrorEngine, _Journal
 from engines.rsync import RsyncEngine
 from engines.treestore import manifest_path
 from models.retention import Retention
@@ -375,3 +375,14 @@ def test_owner_hard_links_xattrs_and_acls_survive_backup_and_restore(tmp_path: P
     for snap in (first, second):
         assert MirrorEngine().verify(spec, snap, RunControl(), RecordingReporter()).ok
     assert tree_signature(out / "src") == tree_signature(src)
+
+
+def test_the_resume_journal_ignores_a_torn_last_line_and_odd_names(tmp_path: Path) -> None:
+    path = tmp_path / "x.journal"
+    digest = "0" * 64
+    odd = "src/a\u2028b" + os.fsdecode(b"\xff")
+    path.write_bytes(f"5\t7\t{digest}\t{odd}\n".encode("utf-8", "surrogateescape")
+                     + f"5\t7\t{digest}\tsrc/abc".encode()[:-1])  # killed mid-line
+    journal = _Journal(path)
+    journal.close()
+    assert journal.done == {odd: (5, 7, digest)}
