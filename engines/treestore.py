@@ -10,6 +10,7 @@ after its manifest is durable, so a crash at any moment leaves nothing that look
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -188,11 +189,9 @@ class TreeSnapshots(Engine):
                     restored[entry["path"]] = out
                     meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
                     continue
-                tmp = _new_tmp(out, entry, root)
-                refused = set_meta(tmp, entry)
+                refused = _place(out, entry, root)
                 if refused:
                     reporter.warning(refused_message(entry["path"], refused))
-                os.replace(tmp, out)
                 if entry["type"] == "file":
                     restored[entry["path"]] = out
                     meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
@@ -284,8 +283,12 @@ class TreeSnapshots(Engine):
                     path.unlink(missing_ok=True)
 
 
-def _new_tmp(out: Path, entry: Mapping[str, Any], root: Path) -> str:
-    """Write a file's copy or a symlink under a fresh short name beside `out`."""
+def _place(out: Path, entry: Mapping[str, Any], root: Path) -> list[str]:
+    """Restore a file or symlink under a fresh short name beside `out`, then rename it.
+
+    A failure (a full disk) removes the half-written temp file: its random name would
+    otherwise stay in the user's folder. Returns the attributes the filesystem refused.
+    """
     while True:
         tmp = tmp_beside(out)
         try:
@@ -293,9 +296,21 @@ def _new_tmp(out: Path, entry: Mapping[str, Any], root: Path) -> str:
                 os.symlink(entry["target"], tmp)
             else:
                 copy_file(root / entry["path"], tmp, exclusive=True)
-            return tmp
+            break
         except FileExistsError:
             continue  # a name already taken (a file of the user's): draw another
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    try:
+        refused = set_meta(tmp, entry)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return refused
 
 
 def _link_in_place(leader: Path, out: Path) -> bool:

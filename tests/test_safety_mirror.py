@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from engines.base import BackupResult, BackupSpec, Interrupted, RunControl, SnapshotNotFound
+from engines.base import (
+    BackupResult,
+    BackupSpec,
+    DiskFull,
+    Interrupted,
+    RunControl,
+    SnapshotNotFound,
+)
 from engines.filecopy import TMP_LEN
 from engines.manifest import Manifest
 from engines.mirror import MirrorEngine, _Journal
@@ -386,3 +393,16 @@ def test_the_resume_journal_ignores_a_torn_last_line_and_odd_names(tmp_path: Pat
     journal = _Journal(path)
     journal.close()
     assert journal.done == {odd: (5, 7, digest)}
+
+
+def test_a_restore_that_runs_out_of_space_leaves_no_temp_file(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "a-small.txt", b"fits\n")
+    write(src / "b-big.bin", os.urandom(6 << 20))
+    spec = BackupSpec.build([src], tmp_path / "dest")
+    snap = backup(spec)
+    with small_tmpfs(tmp_path / "target", "4m") as target:
+        with pytest.raises(DiskFull, match="is full"):
+            restore(spec, snap, target)
+        left = [n for _d, _s, names in os.walk(target) for n in names]
+        assert left == ["a-small.txt"]
