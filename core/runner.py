@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from core.active import ActiveRun, RunReporter
+from core.outcome import (
+    RETRY_FIRST,
+    RETRY_MAX,
+    CannotStart,
+    append_until_stored,
+    run_engine,
+    storable,
+    wait_a_while,
+    warning_samples,
+)
 from core.runlog import RunLogs
 from core.state import RunView, State
 from core.webhooks import WebhookSender
@@ -24,12 +34,11 @@ from engines.base import (
     Cancelled,
     EngineError,
     Interrupted,
-    Progress,
-    RunControl,
+    Reporter,
 )
 from engines.registry import get_engine
 from events.record import StoredEvent
-from events.store import EventStore, StoreError
+from events.store import ConcurrencyError, EventStore, StoreError
 from events.types import (
     Event,
     RunCheckpointed,
@@ -43,52 +52,10 @@ from models.retention import Retention
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY = 0.25  # seconds between progress broadcasts per run
-
-
 def backup_spec(spec: Mapping[str, Any], job_id: str) -> BackupSpec:
     """The engine-facing spec of a job's spec."""
     return BackupSpec.build(spec["sources"], spec["destination"], spec.get("include", ()),
                             spec.get("exclude", ()), spec.get("options", {}), job_id)
-
-
-@dataclass
-class ActiveRun:
-    """A run this process is executing."""
-
-    run: RunView
-    destination: str
-    control: RunControl = field(default_factory=RunControl)
-    task: asyncio.Task[None] | None = None
-    progress: dict[str, Any] | None = None  # the latest progress broadcast, for page renders
-
-
-class _Reporter:
-    """Carries an engine's reports from its worker thread to the event loop."""
-
-    def __init__(self, runner: Runner, run: RunView, loop: asyncio.AbstractEventLoop) -> None:
-        self.runner, self.run, self.loop = runner, run, loop
-        self._last = 0.0
-
-    def progress(self, progress: Progress) -> None:
-        """Broadcast progress at most every PROGRESS_EVERY seconds (and the last one)."""
-        now = time.monotonic()
-        if now - self._last < PROGRESS_EVERY and progress.phase != "done":
-            return
-        self._last = now
-        message = {"kind": "progress", "job_id": self.run.job_id, "run_id": self.run.run_id,
-                   **progress.as_dict()}
-        self.loop.call_soon_threadsafe(self.runner.broadcast, message)
-
-    def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Store a checkpoint so a crashed run can resume from it."""
-        event = RunCheckpointed(job_id=self.run.job_id, run_id=self.run.run_id,
-                                checkpoint=dict(state))
-        self.loop.call_soon_threadsafe(self.runner.append_soon, self.run.job_id, event)
-
-    def warning(self, message: str) -> None:
-        """Keep a warning in the run's log."""
-        self.runner.logs.write(self.run.run_id, f"WARNING {message}")
 
 
 class Runner:
@@ -102,6 +69,7 @@ class Runner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stop_wake = asyncio.Event()  # cuts retry waits short when the app stops
         self._pending: set[asyncio.Task[Any]] = set()
 
     # --- life cycle ---------------------------------------------------------------
@@ -115,8 +83,10 @@ class Runner:
     async def stop(self) -> None:
         """Stop every run at a safe point, recorded as interrupted so the next start resumes."""
         self._stopping = True
+        self._stop_wake.set()
         for active in self.active.values():
             active.control.interrupt()
+            active.changed.set()
         tasks = [a.task for a in self.active.values() if a.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -154,6 +124,7 @@ class Runner:
             run_id = ev.payload.get("run_id") if ev.type.startswith("Run") else None
             active = self.active.get(run_id) if isinstance(run_id, str) else None
             if active is not None:
+                active.changed.set()
                 if ev.type == "RunPaused":
                     active.control.pause()
                     self.logs.write(active.run.run_id, "paused")
@@ -232,6 +203,14 @@ class Runner:
 
     # --- executing one run ----------------------------------------------------------
 
+    def _stopping_now(self) -> bool:
+        return self._stopping
+
+    async def _record(self, stream: str, events: list[Event]) -> bool:
+        """Append an outcome, retried until the log can take it (see core.outcome)."""
+        return await append_until_stored(self.store, stream, events, self._stopping_now,
+                                         self._stop_wake)
+
     async def _execute(self, active: ActiveRun) -> None:
         run = active.run
         job = self.state.jobs[run.job_id]
@@ -245,33 +224,44 @@ class Runner:
                                         f"{', resuming from a checkpoint' if resume else ''})")
             engine = get_engine(spec["engine"])
             bspec = backup_spec(spec, run.job_id)
-            reporter = _Reporter(self, run, asyncio.get_running_loop())
+            reporter = self._reporter(run)
             result: BackupResult = await asyncio.to_thread(
-                _run_engine, engine, bspec, active.control, reporter, resume)
-            await self._succeeded(run, spec, result)
-            outcome = "succeeded"
+                run_engine, engine, bspec, active.control, reporter, resume)
+            outcome = await self._succeeded(active, spec, result)
+            if outcome == "cancelled":
+                self.logs.write(run.run_id, "cancelled while held at its end; its snapshot "
+                                            "was removed")
+            elif outcome == "unrecorded":
+                self.logs.write(run.run_id, "stopped before its success could be recorded "
+                                            "(the event log cannot be written); the next "
+                                            "start resumes it and adopts its snapshot")
             detail = {"snapshot_id": result.snapshot_id, "files": result.files,
                       "bytes": result.bytes, "duration": round(result.duration, 3),
-                      "warnings": len(result.warnings)}
+                      "warnings": len(result.warnings),
+                      "warning_samples": warning_samples(result.warnings)}
         except Cancelled:
             outcome = "cancelled"
             self.logs.write(run.run_id, "cancelled; the partial snapshot was removed")
         except Interrupted:
             outcome = "interrupted"
-            await self._append(run.job_id, [RunInterrupted(job_id=run.job_id, run_id=run.run_id,
-                                                           reason="shutdown")])
-            self.logs.write(run.run_id, "interrupted by shutdown; it resumes on the next start")
+            # A person paused it: it stays paused (interrupted) until someone resumes it.
+            reason = "shutdown_while_paused" if self._state_of(run) == "paused" else "shutdown"
+            await self._record(run.job_id, [RunInterrupted(job_id=run.job_id,
+                                                           run_id=run.run_id, reason=reason)])
+            self.logs.write(run.run_id, "interrupted by shutdown; " + (
+                "it waits for a resume" if reason != "shutdown" else
+                "it resumes on the next start"))
         except EngineError as err:
             error = str(err)
             if isinstance(err, CannotStart):
                 outcome = "cannot_start"
-            await self._append(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
+            await self._record(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
                                                       error=error)])
             self.logs.write(run.run_id, f"FAILED {error}")
         except Exception as err:  # never leave a run hanging in "running"
             log.exception("run %s crashed", run.run_id)
             error = f"internal error: {err}"
-            await self._append(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
+            await self._record(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
                                                       error=error)])
             self.logs.write(run.run_id, f"FAILED {error}")
         finally:
@@ -283,14 +273,111 @@ class Runner:
             self.webhooks.notify(run.job_id, str(spec.get("name", run.job_id)), f"run.{outcome}",
                                  run.run_id, detail)
 
-    async def _succeeded(self, run: RunView, spec: Mapping[str, Any],
-                         result: BackupResult) -> None:
-        await self.store.append(run.job_id, None, [RunSucceeded(
-            job_id=run.job_id, run_id=run.run_id, snapshot_id=result.snapshot_id,
-            files=result.files, bytes=result.bytes, duration=round(result.duration, 3))])
-        self.logs.write(run.run_id, f"succeeded: snapshot {result.snapshot_id}, "
-                                    f"{result.files} files, {result.bytes} bytes, "
-                                    f"{result.duration:.1f} s, {len(result.warnings)} warnings")
+    def _reporter(self, run: RunView) -> Reporter:
+        """Where the engine of a run reports (a hook tests use to act at a moment)."""
+        return RunReporter(self, run, asyncio.get_running_loop())
+
+    def _state_of(self, run: RunView) -> str:
+        current = self.state.runs.get(run.run_id)
+        return current.state if current is not None else "cancelled"
+
+    async def _succeeded(self, active: ActiveRun, spec: Mapping[str, Any],
+                         result: BackupResult) -> str:
+        """Record the success (held while the run is paused), then apply retention."""
+        run = active.run
+        event = RunSucceeded(job_id=run.job_id, run_id=run.run_id,
+                             snapshot_id=result.snapshot_id, files=result.files,
+                             bytes=result.bytes, duration=round(result.duration, 3),
+                             warnings=len(result.warnings),
+                             warning_samples=warning_samples(result.warnings))
+        if not storable(event):  # never retried forever: keep the figures, drop the samples
+            event = dataclasses.replace(event, warning_samples=[])
+        outcome = await self._record_success(active, event)
+        if outcome == "succeeded":
+            self.logs.write(run.run_id, f"succeeded: snapshot {result.snapshot_id}, "
+                                        f"{result.files} files, {result.bytes} bytes, "
+                                        f"{result.duration:.1f} s, "
+                                        f"{len(result.warnings)} warnings")
+            await self._retention(run, spec)
+        return outcome
+
+    async def _record_success(self, active: ActiveRun, event: RunSucceeded) -> str:
+        """Append RunSucceeded only onto a log that shows the run running, not paused.
+
+        A pause that lands after the engine's last safe point holds the run here, with
+        its complete snapshot, until it is resumed; a cancel then removes the snapshot,
+        a shutdown leaves it interrupted for a person to resume. The append names the
+        stream version it checked, so a pause committed in between is seen, not
+        overwritten. Returns the outcome: succeeded, cancelled, interrupted, unrecorded.
+        """
+        run = active.run
+        delay, failures, held = RETRY_FIRST, 0, False
+        while True:
+            state = self._state_of(run)
+            if state == "paused":
+                if not held:
+                    held = True
+                    # Named in the checkpoint: a resume after a crash adopts the snapshot.
+                    await self._record(run.job_id, [RunCheckpointed(
+                        job_id=run.job_id, run_id=run.run_id,
+                        checkpoint={**self._checkpoint(run),
+                                    "snapshot_id": event.snapshot_id})])
+                    self.logs.write(run.run_id, f"paused with snapshot {event.snapshot_id} "
+                                                "complete; success is recorded on resume")
+                state = await self._state_when_not_paused(active)
+            if state == "cancelled":
+                await self._remove_held_snapshot(run, event.snapshot_id)
+                return "cancelled"
+            if state == "paused":  # the app is stopping while the run is held
+                recorded = await self._record(run.job_id, [RunInterrupted(
+                    job_id=run.job_id, run_id=run.run_id, reason="shutdown_while_paused")])
+                self.logs.write(run.run_id, "interrupted by shutdown while paused; it waits "
+                                            "for a resume")
+                return "interrupted" if recorded else "unrecorded"
+            try:
+                await self.store.append(run.job_id, self.store.stream_version(run.job_id),
+                                        [event])
+                return "succeeded"
+            except ConcurrencyError:
+                continue  # something (a pause, a cancel) landed since the check: look again
+            except StoreError as err:  # a full disk: retried until space is back
+                failures += 1
+                if failures == 1 or failures % 50 == 0:
+                    log.error("could not record RunSucceeded of run %s (attempt %d; "
+                              "retrying until it can be written): %s", run.run_id,
+                              failures, err)
+            if self._stopping:
+                return "unrecorded"  # the next start resumes it and adopts the snapshot
+            await wait_a_while(self._stop_wake, delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _state_when_not_paused(self, active: ActiveRun) -> str:
+        """The run's state as the log shows it, waiting while it is paused (until stop)."""
+        while True:
+            active.changed.clear()
+            state = self._state_of(active.run)
+            if state != "paused" or self._stopping:
+                return state
+            await active.changed.wait()
+
+    def _checkpoint(self, run: RunView) -> dict[str, Any]:
+        current = self.state.runs.get(run.run_id)
+        return dict(current.checkpoint or {}) if current is not None else {}
+
+    async def _remove_held_snapshot(self, run: RunView, snapshot_id: str) -> None:
+        """A run cancelled while held at its end: its snapshot goes, as a cancel says."""
+        job = self.state.jobs.get(run.job_id)
+        if job is None:
+            return
+        try:
+            await asyncio.to_thread(get_engine(job.spec["engine"]).delete_snapshots,
+                                    backup_spec(job.spec, job.job_id), [snapshot_id])
+        except (EngineError, OSError) as err:
+            self.logs.write(run.run_id, f"WARNING cancelled, but snapshot {snapshot_id} "
+                                        f"could not be removed: {err}")
+
+    async def _retention(self, run: RunView, spec: Mapping[str, Any]) -> None:
+        """Prune what the job's (or the default) retention policy does not keep."""
         policy = Retention.from_dict(spec.get("retention") or {})
         if policy.keeps_everything:
             policy = Retention.from_dict(self.state.settings.get("default_retention") or {})
@@ -303,49 +390,7 @@ class Runner:
             self.logs.write(run.run_id, f"WARNING retention could not prune: {err}")
             return
         if removed:
-            await self._append(run.job_id, [SnapshotPruned(job_id=run.job_id, snapshot_id=s)
-                                             for s in removed])
+            await self._record(run.job_id, [SnapshotPruned(job_id=run.job_id, snapshot_id=s)
+                                            for s in removed])
             self.logs.write(run.run_id, f"pruned {len(removed)} snapshot(s): "
                                         f"{', '.join(removed)}")
-
-
-class CannotStart(EngineError):
-    """A run could not even begin: a source or the destination missing, a binary missing."""
-
-
-def _run_engine(engine: Any, spec: BackupSpec, control: RunControl, reporter: _Reporter,
-                resume: Mapping[str, Any] | None) -> BackupResult:
-    """Check the run can begin, then back up (in a worker thread)."""
-    try:
-        engine.check_ready(spec)
-        spec.check_sources()
-        spec.check_destination()
-    except EngineError as err:
-        raise CannotStart(str(err)) from err
-    adopted = _finished_before_crash(engine, spec, resume)
-    if adopted is not None:
-        return adopted
-    result: BackupResult = engine.backup(spec, control, reporter, resume)
-    return result
-
-
-def _finished_before_crash(engine: Any, spec: BackupSpec,
-                           resume: Mapping[str, Any] | None) -> BackupResult | None:
-    """The snapshot a resumed run had already completed, if the crash came after that.
-
-    A kill between putting the snapshot in place and recording RunSucceeded leaves a
-    complete snapshot no run claims; running again would make a second one. The
-    checkpoint names the snapshot the run was making, so the run takes it as its result.
-    """
-    snapshot_id = (resume or {}).get("snapshot_id")
-    if not isinstance(snapshot_id, str) or not snapshot_id:
-        return None
-    try:
-        listed = engine.snapshots(spec)
-    except EngineError:
-        return None  # cannot tell (a busy restic repository): resume the normal way
-    for snap in listed:
-        if snap.id == snapshot_id:
-            engine.tidy(spec)  # what the cut-off finalising would have removed
-            return BackupResult(snap.id, snap.files, snap.size, 0.0)
-    return None

@@ -41,6 +41,8 @@ class RunView:
     error: str | None = None
     interrupted_reason: str | None = None
     resumes: int = 0
+    warnings: int = 0  # files skipped or not kept as they were (a succeeded run's)
+    warning_samples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The run as JSON-ready values."""
@@ -145,6 +147,8 @@ class State:
             run.snapshot_id = p.get("snapshot_id")
             run.files, run.bytes = int(p.get("files", 0)), int(p.get("bytes", 0))
             run.duration = float(p.get("duration", 0.0))
+            run.warnings = int(p.get("warnings", 0))
+            run.warning_samples = [str(w) for w in p.get("warning_samples", [])]
         elif ev.type == "RunFailed":
             run.error = p.get("error")
         if run.state in TERMINAL_STATES:

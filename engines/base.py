@@ -292,7 +292,14 @@ def bwlimit_option(options: Mapping[str, Any]) -> int | None:
 
 
 class RateLimiter:
-    """Keeps the bytes written per second under a limit, shared by every worker thread."""
+    """Keeps the bytes written per second under a limit, shared by every worker thread.
+
+    Time spent not writing (a pause, a slow source) earns at most BURST seconds of
+    credit: without the cap, a run paused for a minute at 1 MiB/s would write 60 MiB
+    at full speed on resume.
+    """
+
+    BURST = 0.2  # seconds of bytes that may be written ahead of the steady rate
 
     def __init__(self, bytes_per_second: float) -> None:
         self.rate = bytes_per_second
@@ -309,6 +316,12 @@ class RateLimiter:
     def consume(self, nbytes: int) -> None:
         """Count bytes just written and sleep as long as the limit asks."""
         with self._lock:
+            now = time.monotonic()
+            # Behind schedule by more than the burst (idle or paused): move the start so
+            # the credit is the burst, not all the time that passed.
+            earliest = now - self.BURST
+            if self._start + self._total / self.rate < earliest:
+                self._start = earliest - self._total / self.rate
             self._total += nbytes
             due = self._start + self._total / self.rate
         delay = due - time.monotonic()

@@ -155,7 +155,12 @@ class RunResumed(Event):
 @event_type
 @dataclass(frozen=True)
 class RunSucceeded(Event):
-    """A run finished and its snapshot is complete."""
+    """A run finished and its snapshot is complete (listed again after the backup).
+
+    `warnings` counts what the run skipped or could not keep (an unreadable file, a
+    FIFO); `warning_samples` holds the first of them. Both default so events written
+    before they existed still decode.
+    """
 
     job_id: str
     run_id: str
@@ -163,6 +168,8 @@ class RunSucceeded(Event):
     files: int = 0
     bytes: int = 0
     duration: float = 0.0
+    warnings: int = 0
+    warning_samples: list[str] = field(default_factory=list)
 
 
 @event_type
@@ -187,7 +194,12 @@ class RunCancelled(Event):
 @event_type
 @dataclass(frozen=True)
 class RunInterrupted(Event):
-    """A run was cut off (crash or shutdown) and can be resumed or discarded."""
+    """A run was cut off and can be resumed or discarded.
+
+    `reason`: "crash" or "shutdown" (resumed by the next start as the settings say), or
+    "crash_while_paused" or "shutdown_while_paused" (a person paused it: it waits for
+    someone to resume it, across restarts).
+    """
 
     job_id: str
     run_id: str

@@ -25,3 +25,14 @@ def next_run_state(previous: str, event_type: str) -> str:
         # to the queue and waits for a slot like any other.
         return "running" if previous == "paused" else "queued"
     return _STATE_BY_EVENT.get(event_type, previous)
+
+
+# Why a run was cut off (RunInterrupted.reason), as a person reads it. A run that was
+# paused when it was cut off stays interrupted until someone resumes it.
+INTERRUPT_REASONS = {
+    "crash": "cut off by a crash",
+    "shutdown": "stopped by a shutdown",
+    "crash_while_paused": "paused, then cut off by a crash; it waits for you to resume it",
+    "shutdown_while_paused": "paused when the server stopped; it waits for you to resume it",
+}
+PAUSED_REASONS = frozenset({"crash_while_paused", "shutdown_while_paused"})

@@ -13,6 +13,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from core.queries import parse_time
+from models.runs import INTERRUPT_REASONS
 from models.settings import THEMES
 from server.errors import Handler
 from server.keys import ASSETS, AUTH_TOKEN, CSRF_TOKEN, STATE, STORE
@@ -69,6 +70,7 @@ async def page_context(request: web.Request) -> dict[str, Any]:
         "flash": _flash(request),
         "last_seq": request.app[STORE].last_seq,
         "interrupted": interrupted,
+        "interrupt_reasons": INTERRUPT_REASONS,
         "job_names": {r.job_id: state.jobs[r.job_id].spec.get("name", r.job_id)
                       for r in interrupted},
         "static_url": request.app[ASSETS].url,

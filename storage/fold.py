@@ -107,6 +107,9 @@ def _fold_run(doc: Doc, ev: StoredEvent) -> None:
         stats = {"snapshot_id": p.get("snapshot_id"), "files": p.get("files", 0),
                  "bytes": p.get("bytes", 0), "duration": p.get("duration", 0.0)}
         run.update(stats)
+        if p.get("warnings"):  # only then: files of runs without warnings stay as they were
+            run["warnings"] = p["warnings"]
+            run["warning_samples"] = list(p.get("warning_samples", []))
         doc["totals"]["succeeded"] += 1
         doc["totals"]["bytes"] += int(stats["bytes"] or 0)
         doc["last_success"] = {"run_id": run_id, "finished": ev.time,
