@@ -149,6 +149,31 @@ def test_a_sparse_file_larger_than_the_destination_keeps_its_holes(tmp_path: Pat
             assert fh.read(10) == b"\0\0hello!\0\0"
 
 
+@pytest.mark.parametrize("layout", ["data-hole-data", "hole-only", "hole-data-hole", "dense"])
+def test_a_sparse_files_hash_skips_reading_holes_and_equals_the_plain_hash(
+        tmp_path: Path, layout: str) -> None:
+    from engines.manifest import sha256_file
+    from engines.rsync_manifest import sha256_sparse
+    path = tmp_path / "f"
+    size = 64 << 20
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        if layout == "data-hole-data":
+            fh.write(os.urandom(100_000))
+            fh.seek(size - 5000)
+            fh.write(os.urandom(5000))
+        elif layout == "hole-data-hole":
+            fh.seek(size // 3 + 7)
+            fh.write(b"hello!" * 50_000)
+        elif layout == "dense":
+            fh.write(os.urandom(size))
+    seen: list[int] = []
+    with open(path, "rb") as fh:
+        digest = sha256_sparse(fh.fileno(), size, seen.append)
+    assert digest == sha256_file(path)
+    assert sum(seen) == size  # progress counts holes as done too
+
+
 # --- item 7: a change that kept size and mtime -----------------------------------------------
 
 
