@@ -276,10 +276,10 @@ class RsyncEngine(TreeSnapshots):
         """Make a new snapshot with rsync, or finish the one a checkpoint names."""
         started = time.monotonic()
         rsync = rsync_binary()
+        bwlimit = bwlimit_option(spec.options)  # a bad option changes nothing on disk
+        checksum = checksum_option(spec.options)
         spec.check_sources()
         spec.check_destination()
-        bwlimit = bwlimit_option(spec.options)
-        checksum = checksum_option(spec.options)
         dest = spec.destination
         self.tidy(spec)
         stop_leftover(resume, "rsync", str(dest / str((resume or {}).get("partial", ""))))

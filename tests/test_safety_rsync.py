@@ -267,6 +267,7 @@ def test_a_bad_checksum_option_is_a_clear_error(tmp_path: Path) -> None:
                             options={"checksum": "maybe"})
     with pytest.raises(Exception, match="option checksum must be true or false"):
         backup(spec)
+    assert not spec.destination.exists()  # refused before anything was written
 
 
 # --- item 9: what cannot be read, names that are not UTF-8, special files ---------------------
