@@ -39,6 +39,32 @@ def tmp_beside(path: str | Path) -> str:
     return os.path.join(os.path.dirname(os.fspath(path)), tmp_name())
 
 
+def symlink_into(target: str, out: str | Path) -> str:
+    """Create a symlink under a fresh temporary name beside `out`; return that name."""
+    while True:
+        tmp = tmp_beside(out)
+        try:
+            os.symlink(target, tmp)
+            return tmp
+        except FileExistsError:
+            continue  # the name is taken (a file of the user's): draw another
+
+
+def link_into(existing: str | Path, out: str | Path) -> bool:
+    """Make `out` a hard link to `existing`, atomically; False where it cannot be one
+    (too many links, another filesystem, no hard links there, `existing` gone)."""
+    tmp = tmp_beside(out)
+    try:
+        os.link(existing, tmp)
+    except OSError as err:
+        if err.errno in (errno.EMLINK, errno.EXDEV, errno.EPERM, errno.EEXIST,
+                         errno.ENOENT):
+            return False
+        raise
+    os.replace(tmp, out)
+    return True
+
+
 def _data_regions(fd: int, size: int) -> list[tuple[int, int]]:
     """(start, end) of the parts of a file that hold data; all of it if holes are unknown."""
     regions: list[tuple[int, int]] = []

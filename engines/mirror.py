@@ -17,7 +17,6 @@ again.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ from engines.base import (
     Reporter,
     RunControl,
 )
-from engines.filecopy import tmp_beside
+from engines.filecopy import link_into, symlink_into
 from engines.fsmeta import refused_message, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest
@@ -183,7 +182,7 @@ class MirrorEngine(TreeSnapshots):
                 out.mkdir(exist_ok=True)
             elif entry.kind == "symlink":
                 if not out.is_symlink() or os.readlink(out) != entry.target:
-                    _symlink_in_place(entry.target, out)
+                    os.replace(symlink_into(entry.target, out), out)
                 set_meta(out, made)
         leaders, followers = _link_groups(entries)
         chunks: list[list[Entry]] = [[]]
@@ -251,32 +250,9 @@ def _link_groups(entries: list[Entry]) -> tuple[list[Entry], list[tuple[Entry, E
 def _link_follower(partial: Path, entry: Entry,
                    leader: dict[str, Any] | None) -> dict[str, Any] | None:
     """Make another name of a hard-linked file a link to its first name's copy."""
-    if leader is None:
+    if leader is None or not link_into(partial / leader["path"], partial / entry.rel):
         return None
-    src = partial / leader["path"]
-    out = partial / entry.rel
-    tmp = tmp_beside(out)
-    try:
-        os.link(src, tmp)
-    except OSError as err:
-        if err.errno in (errno.EMLINK, errno.EXDEV, errno.EPERM, errno.EEXIST,
-                         errno.ENOENT):
-            return None
-        raise
-    os.replace(tmp, out)
     return {**leader, "path": entry.rel, "link": leader["path"]}
-
-
-def _symlink_in_place(target: str, out: Path) -> None:
-    """Create or replace a symlink atomically, under a short temporary name."""
-    while True:
-        tmp = tmp_beside(out)
-        try:
-            os.symlink(target, tmp)
-            break
-        except FileExistsError:
-            continue
-    os.replace(tmp, out)
 
 
 def _remove_strays(partial: Path, wanted: set[str]) -> None:

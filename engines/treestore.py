@@ -11,7 +11,6 @@ after its manifest is durable, so a crash at any moment leaves nothing that look
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,7 +30,14 @@ from engines.base import (
     SnapshotNotFound,
     VerifyResult,
 )
-from engines.filecopy import COPY_CHUNK, TMP_PREFIX, copy_file, tmp_beside
+from engines.filecopy import (
+    COPY_CHUNK,
+    TMP_PREFIX,
+    copy_file,
+    link_into,
+    symlink_into,
+    tmp_beside,
+)
 from engines.fsmeta import apply_meta, refused_message, shown
 from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
 from engines.manifest import (
@@ -185,7 +191,7 @@ class TreeSnapshots(Engine):
                     out.mkdir(parents=True, exist_ok=True)
                     continue
                 leader = restored.get(entry.get("link") or "")
-                if leader is not None and _link_in_place(leader, out):
+                if leader is not None and link_into(leader, out):
                     restored[entry["path"]] = out
                     meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
                     continue
@@ -289,41 +295,26 @@ def _place(out: Path, entry: Mapping[str, Any], root: Path) -> list[str]:
     A failure (a full disk) removes the half-written temp file: its random name would
     otherwise stay in the user's folder. Returns the attributes the filesystem refused.
     """
-    while True:
-        tmp = tmp_beside(out)
-        try:
-            if entry["type"] == "symlink":
-                os.symlink(entry["target"], tmp)
-            else:
-                copy_file(root / entry["path"], tmp, exclusive=True)
-            break
-        except FileExistsError:
-            continue  # a name already taken (a file of the user's): draw another
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+    tmp = ""
     try:
+        if entry["type"] == "symlink":
+            tmp = symlink_into(entry["target"], out)
+        else:
+            while True:
+                tmp = tmp_beside(out)
+                try:
+                    copy_file(root / entry["path"], tmp, exclusive=True)
+                    break
+                except FileExistsError:
+                    tmp = ""  # the name is taken (a file of the user's): draw another
         refused = set_meta(tmp, entry)
         os.replace(tmp, out)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     return refused
-
-
-def _link_in_place(leader: Path, out: Path) -> bool:
-    """Make `out` a hard link to an already restored file; False if it cannot be one."""
-    tmp = tmp_beside(out)
-    try:
-        os.link(leader, tmp)
-    except OSError as err:
-        if err.errno in (errno.EMLINK, errno.EXDEV, errno.EPERM, errno.EEXIST):
-            return False  # too many links, or a filesystem without them: copy instead
-        raise
-    os.replace(tmp, out)
-    return True
 
 
 def select_entries(manifest: Manifest, path: str | None) -> list[dict[str, Any]]:
