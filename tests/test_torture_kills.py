@@ -14,11 +14,18 @@ Every run then ends succeeded with exactly one new snapshot, whose restore is by
 to the source as it was; at the end every listed snapshot verifies and no helper program
 (rsync, restic) a killed server left behind is still running. The figures are printed in
 the terminal summary. TORTURE_SEED=N replays another sequence of moments.
+
+A second test kills the server while retention removes a snapshot (mirror and rsync
+rename it away first, which the watch sees) and half-way through a restore. After each
+restart no run or restore is left going, every listed snapshot verifies, a half-deleted
+one is not listed and nothing of it stays in the destination after the next run, and no
+file of the cut-off restore sits under its final name unless it is complete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import random
@@ -29,6 +36,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.engine_contract_helpers import RESTIC_PASSWORD
 from tests.engine_helpers import BASE_MTIME, make_tree, tree_signature, write
@@ -331,3 +339,117 @@ async def test_kill_9_at_random_moments_during_backups(
     assert not debris, f"left in the destination by killed attempts: {debris}"
     assert not strays, f"complete snapshots that no run recorded (the resumed run made " \
                        f"another): {strays}"
+
+
+# --- kills during a prune and during a restore ---------------------------------------------
+
+# Engines whose prune renames a snapshot away before removing it (the moment is visible).
+PRUNE_WATCHED = {"mirror", "rsync"}
+
+
+def layered_source(root: Path, rng: random.Random) -> Path:
+    """A source whose restore takes a while and passes a landmark half-way: many small
+    files under a/, then the folder m/, then a large file under z/ (manifest order)."""
+    for i in range(1500):
+        write(root / "a" / f"f{i:04d}.txt", rng.randbytes(1024), mtime=BASE_MTIME + i)
+    write(root / "m" / "landmark.txt", b"half-way\n", mtime=BASE_MTIME)
+    write(root / "z" / "big.bin", rng.randbytes(24 * MiB), mtime=BASE_MTIME)
+    return root
+
+
+def settled_files(target: Path) -> dict[str, bytes]:
+    """Files a restore left under their final names (dot names are temporary ones)."""
+    out: dict[str, bytes] = {}
+    for folder, dirs, files in os.walk(target):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(folder) / name
+            if not name.startswith(".") and not path.is_symlink():
+                out[path.relative_to(target).as_posix()] = path.read_bytes()
+    return out
+
+
+async def checks_after_restart(server: Server, work: Path, job_id: str) -> list[str]:
+    """The log verifies, the projections equal a rebuild, no run or restore is left going,
+    and every snapshot listed verifies; returns the listed ids."""
+    assert_chain_verifies(server.data)
+    await assert_projections_equal_a_rebuild(server, work)
+    job = await server.api.call("GET", f"/api/jobs/{job_id}")
+    stuck = [r for r in job["runs"] if r["state"] in ("running", "queued", "paused")]
+    assert not stuck, json_dump(stuck)
+    listed = await snapshot_ids(server, job_id)
+    for sid in listed:
+        await verify_snapshot(server, job_id, sid)
+    return listed
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("engine", ["mirror", "rsync", "archive"])
+async def test_kill_9_during_a_prune_and_during_a_restore(
+        engine: str, server: Server, tmp_path: Path) -> None:
+    rng = random.Random(f"{SEED}-prune-restore-{engine}")
+    src = layered_source(tmp_path / "src", rng)
+    dest = tmp_path / "dest"
+    await server.start()
+    job = await server.api.call("POST", "/api/jobs", {
+        "name": f"Prune and restore {engine}", "engine": engine, "sources": [str(src)],
+        "destination": str(dest), "retention": {"keep_last": 1}})
+    job_id = job["id"]
+
+    async def backup() -> dict[str, Any]:
+        run_id = (await server.api.call("POST", f"/api/jobs/{job_id}/start", {}))["run_id"]
+        run = await server.api.wait_state(run_id, {"succeeded", "failed"}, within=RUN_WITHIN)
+        assert run["state"] == "succeeded", json_dump(run)
+        return dict(run)
+
+    first = await backup()
+    # A kill while retention removes the first snapshot (it is renamed away at once).
+    write(src / "z" / "second.txt", b"second run\n", mtime=BASE_MTIME + 1)
+    if engine in PRUNE_WATCHED:
+        watcher = Watcher(dest, lambda name: name.endswith(".deleting"), server.kill9,
+                          within=RUN_WITHIN)
+        await server.api.call("POST", f"/api/jobs/{job_id}/start", {})
+        assert await watcher.wait(_never) is not None, "the prune never began"
+        await server.start()
+        listed = await checks_after_restart(server, tmp_path, job_id)
+        assert first["snapshot_id"] not in listed, "a half-deleted snapshot is listed"
+        assert len(listed) == 1, listed
+    else:
+        await backup()
+    sig = tree_signature(src)
+    latest = await backup()  # retention again: nothing left of the killed prune
+    listed = await checks_after_restart(server, tmp_path, job_id)
+    assert listed == [latest["snapshot_id"]], listed
+    debris = sorted(n for n in os.listdir(dest) if n.split(".", 1)[0] != latest["snapshot_id"])
+    assert not debris, f"left in the destination by the killed prune: {debris}"
+
+    # A kill half-way through a restore (when the folder m/ appears in the target).
+    target = tmp_path / "restored"
+    watcher = Watcher(target / src.name, lambda name: name == "m", server.kill9,
+                      within=RUN_WITHIN)
+    restore = asyncio.create_task(server.api.call(
+        "POST", f"/api/jobs/{job_id}/snapshots/{latest['snapshot_id']}/restore",
+        {"target": str(target)}))
+    assert await watcher.wait(_never) is not None, "the restore never reached m/"
+    with contextlib.suppress(aiohttp.ClientError, AssertionError):
+        await restore
+    await server.start()
+    await checks_after_restart(server, tmp_path, job_id)
+    doc = yaml.safe_load((server.data / "jobs" / f"{job_id}.yaml").read_text())
+    assert doc["last_restore"]["state"] == "failed", json_dump(doc["last_restore"])
+    assert "cut off" in doc["last_restore"]["error"]
+    source_files = settled_files(src)
+    for rel, content in settled_files(target / src.name).items():
+        assert content == source_files.get(rel), f"{rel} is under its final name but " \
+                                                 "not complete"
+    # Restoring again completes it, with nothing of the killed attempt left over.
+    await server.api.call("POST", f"/api/jobs/{job_id}/snapshots/"
+                                  f"{latest['snapshot_id']}/restore",
+                          {"target": str(target), "overwrite": True})
+    assert tree_signature(target / src.name) == sig
+    assert not server.leftovers(), server.leftovers()
+
+
+async def _never() -> bool:
+    """A watch that only ends with its name or its time limit."""
+    return False
