@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -87,16 +89,62 @@ def check_rel_path(path: str) -> str:
 
 
 def sha256_file(path: str | Path, on_chunk: Callable[[int], None] | None = None) -> str:
-    """Hash a file's content in chunks, calling on_chunk(n) after each (it may raise)."""
+    """Hash a file's content in chunks, calling on_chunk(n) after each (it may raise).
+
+    A sparse file's holes are hashed from memory instead of read: the kernel zero-fills
+    every page of a hole it is asked to read, which made a 10 GiB file holding 6 bytes
+    the slowest part of its backup. The digest is the same.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
+        fd = fh.fileno()
+        st = os.fstat(fd)
+        pos = 0
+        if st.st_blocks * 512 < st.st_size:
+            pos = _hash_sparse(fd, st.st_size, digest, on_chunk)
+        fh.seek(pos)
         buf = bytearray(HASH_CHUNK)
         view = memoryview(buf)
-        while n := fh.readinto(buf):
+        while n := fh.readinto(buf):  # all of a dense file; the rest of a sparse one
             digest.update(view[:n])
             if on_chunk is not None:
                 on_chunk(n)
     return digest.hexdigest()
+
+
+_ZEROS = memoryview(bytes(HASH_CHUNK))
+
+
+def _hash_sparse(fd: int, size: int, digest: Hasher,
+                 on_chunk: Callable[[int], None] | None) -> int:
+    """Hash a file's holes as zeros and its data as read, up to `size` or up to where
+    the filesystem cannot tell (no SEEK_DATA) or the file shrank; return that offset."""
+    pos = 0
+    while pos < size:
+        try:
+            data = min(os.lseek(fd, pos, os.SEEK_DATA), size)
+        except OSError as err:
+            if err.errno != errno.ENXIO:
+                return pos  # no SEEK_DATA here: the plain read does the rest
+            data = size  # nothing but a hole up to the end
+        while pos < data:
+            n = min(HASH_CHUNK, data - pos)
+            digest.update(_ZEROS[:n])
+            pos += n
+            if on_chunk is not None:
+                on_chunk(n)
+        if pos >= size:
+            break
+        end = min(os.lseek(fd, pos, os.SEEK_HOLE), size)
+        while pos < end:
+            chunk = os.pread(fd, min(HASH_CHUNK, end - pos), pos)
+            if not chunk:
+                return pos  # shrank since fstat: the plain read finds the end
+            digest.update(chunk)
+            pos += len(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    return pos
 
 
 @dataclass
