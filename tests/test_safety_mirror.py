@@ -7,6 +7,7 @@ extended attributes and ACLs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from engines.base import (
     SnapshotNotFound,
 )
 from engines.filecopy import TMP_LEN
-from engines.manifest import Manifest
+from engines.manifest import Manifest, sha256_file
 from engines.mirror import MirrorEngine, _Journal
 from engines.rsync import RsyncEngine
 from engines.treestore import manifest_path
@@ -406,3 +407,15 @@ def test_a_restore_that_runs_out_of_space_leaves_no_temp_file(tmp_path: Path) ->
             restore(spec, snap, target)
         left = [n for _d, _s, names in os.walk(target) for n in names]
         assert left == ["a-small.txt"]
+
+
+def test_hashing_a_sparse_file_from_its_holes_gives_the_plain_digest(tmp_path: Path) -> None:
+    path = tmp_path / "holey"
+    with open(path, "wb") as fh:
+        fh.truncate(64 << 20)  # a trailing hole too
+        fh.seek(3 << 20)
+        fh.write(os.urandom(100_000))
+        fh.seek((40 << 20) + 17)
+        fh.write(b"x")
+    assert path.stat().st_blocks * 512 < path.stat().st_size
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
