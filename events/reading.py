@@ -33,6 +33,7 @@ class LogReading:
         if not verify:
             rows = await self._select(since, limit, until)
             return [StoredEvent.from_row(r) for r in rows]
+        since = max(since, 0)  # a position below 0 (a damaged position file) is the start
         # The row at `since` comes along as the first link of the chain.
         rows = await self._select(since - 1, limit + 1, until) if since > 0 else \
             await self._select(0, limit, until)

@@ -232,6 +232,9 @@ async def test_reads_check_each_row_against_its_predecessor(tmp_path: Path) -> N
         for i in range(5):
             await store.append(f"job-{i}", 0, [created(f"job-{i}")])
         assert len(await store.read(since=2)) == 3
+        assert [e.seq for e in await store.read(since=-5)] == [1, 2, 3, 4, 5]
+        assert await store.read(since=99) == [] and await store.read(since=5) == []
+        assert [e.seq for e in await store.read(since=1, until=3)] == [2, 3]
         tamper_sql_any(db, 4)
         assert [e.seq for e in await store.read(since=0, limit=3)] == [1, 2, 3]
         with pytest.raises(ChainBroken, match="damaged at seq 4"):

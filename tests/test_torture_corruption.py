@@ -80,13 +80,15 @@ def api(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return err.code, json.loads(err.read() or b"null")
 
 
-def create_jobs(port: int, count: int, prefix: str = "Job") -> list[str]:
-    """Create jobs (disabled, never run) one request at a time; each 201 is an ack."""
+def create_jobs(port: int, count: int, root: Path, prefix: str = "Job") -> list[str]:
+    """Create jobs (disabled, never run) one request at a time; each 201 is an ack.
+    Their sources are real folders under `root` (a job on a missing source is refused)."""
     ids = []
     for i in range(count):
+        (root / f"s{i}").mkdir(parents=True, exist_ok=True)
         status, job = api(port, "POST", "/api/jobs", {
-            "name": f"{prefix} {i} ünïcødé", "engine": "mirror", "sources": [f"/srv/s{i}"],
-            "destination": f"/srv/d{i}", "enabled": False, "schedule": "0 3 * * *",
+            "name": f"{prefix} {i} ünïcødé", "engine": "mirror", "sources": [str(root / f"s{i}")],
+            "destination": str(root / f"d{i}"), "enabled": False, "schedule": "0 3 * * *",
             "exclude": ["*.tmp"], "retention": {"keep_last": i + 1}})
         assert status == 201, job
         ids.append(job["id"])
@@ -132,7 +134,7 @@ DAMAGES = {
 def test_yaml_garbage_is_rebuilt_byte_identical_with_a_warning(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with counted_server(data) as (_, port):
-        job_ids = create_jobs(port, len(DAMAGES) + 1)
+        job_ids = create_jobs(port, len(DAMAGES) + 1, tmp_path / "paths")
         assert api(port, "PUT", "/api/settings", {"theme": "dark", "max_concurrent_runs": 3}
                    )[0] == 200
     good = projection_files(data)
@@ -179,7 +181,7 @@ def test_yaml_garbage_is_rebuilt_byte_identical_with_a_warning(tmp_path: Path) -
 def test_a_garbage_position_file_rebuilds_every_projection(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with counted_server(data) as (_, port):
-        create_jobs(port, 3)
+        create_jobs(port, 3, tmp_path / "paths")
     good = projection_files(data)
     assert good == replayed(data, tmp_path / "replay")
     failures = []
@@ -248,7 +250,8 @@ def start_expecting_refusal(data: Path, log: Path, within: float = 30
 def test_a_truncated_wal_is_refused_naming_the_lost_events(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with counted_server(data) as (proc, port):
-        job_ids = create_jobs(port, 12)  # twelve commits, each acknowledged with a 201
+        # Twelve commits, each acknowledged with a 201.
+        job_ids = create_jobs(port, 12, tmp_path / "paths")
         status, events = api(port, "GET", "/api/events?since=0&limit=1000")
         acked = events["last_seq"]
         assert status == 200 and acked >= len(job_ids)
