@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.ownership import Owner, local_path, owner_conflict
+from core.ownership import Owner, local_path, local_relation, owner_conflict
 
 MOUNT_ROOTS = ("/mnt", "/media", "/run/media")
 
@@ -99,6 +99,20 @@ def _destination(dest: str, report: PathReport) -> None:
     report.errors["destination"] = f"destination {dest} cannot be created: {parent} {why}"
 
 
+def _against_sources(dest: str, sources: Iterable[str], report: PathReport) -> None:
+    """The models refuse a destination inside a source as written; this sees symlinks."""
+    for src in sources:
+        found = local_relation(dest, src)
+        if found in ("equal", "inside"):
+            report.errors["destination"] = (f"destination {dest} is inside source {src} "
+                                            "(through a symlink): it would back itself up")
+            return
+        if found == "contains":
+            report.errors["sources"] = (f"source {src} is inside destination {dest} "
+                                        "(through a symlink): it would back up its backups")
+            return
+
+
 def _password_file(value: Any, report: PathReport) -> None:
     if not isinstance(value, str) or not value.startswith("/"):
         return  # engines.options says what is wrong with its form
@@ -136,7 +150,10 @@ def check_paths(spec: Mapping[str, Any], old: Mapping[str, Any] | None = None,
     if conflict is not None:
         report.errors["destination"] = conflict
     local = local_path(dest)
-    if local is not None and conflict is None and dest != old.get("destination"):
+    if local is not None and conflict is None:
+        _against_sources(local, spec.get("sources") or (), report)
+    if local is not None and "destination" not in report.errors \
+            and dest != old.get("destination"):
         _destination(local, report)
     if spec.get("engine") == "restic":
         password = (spec.get("options") or {}).get("password_file")

@@ -170,3 +170,13 @@ async def test_an_engine_change_is_refused_once_the_job_has_backups(
                                             tmp_path / "fresh"))
     resp = await app_client.put(f"/api/jobs/{fresh['id']}", json={"engine": "archive"})
     assert resp.status == 200 and (await resp.json())["engine"] == "archive"
+
+
+async def test_a_destination_inside_a_source_through_a_symlink_is_refused(
+        app_client: Client, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "x.txt", b"x")
+    (tmp_path / "backups").symlink_to(src, target_is_directory=True)
+    answer = await refused(app_client, "POST", "/api/jobs",
+                           mirror("Loop", src, tmp_path / "backups" / "loop"))
+    assert f"is inside source {src}" in answer["fields"]["destination"]
