@@ -268,3 +268,23 @@ async def test_the_checksum_option_is_taken_by_mirror_and_rsync_only(
     await refused(app_client, body(src, tmp_path / "m", options={"checksum": "sometimes"}),
                   "options", "checksum must be true or false")
     assert app_client.app[STATE].settings["allow_link_local_webhooks"] is False
+
+
+async def test_the_settings_form_switches_link_local_webhooks_on_and_off(
+        app_client: Client) -> None:
+    csrf = csrf_of(await (await app_client.get("/settings")).text())
+    form = {"_csrf": csrf, "max_concurrent_runs": "2", "auto_resume": "yes",
+            "log_level": "INFO", "theme": "system", "keep_last": "7",
+            "webhook_url": "http://169.254.169.254/hook"}
+    refused = await app_client.post("/settings", data={**form,
+                                                       "allow_link_local_webhooks": "no"})
+    assert refused.status == 422
+    assert "link-local" in field_errors(await refused.text())["webhook_url"]
+    saved = await app_client.post("/settings", allow_redirects=False,
+                                  data={**form, "allow_link_local_webhooks": "yes"})
+    assert saved.status == 303, await saved.text()
+    settings = app_client.app[STATE].settings
+    assert settings["allow_link_local_webhooks"] is True
+    assert settings["webhook_url"] == "http://169.254.169.254/hook"
+    page = await (await app_client.get("/settings")).text()
+    assert re.search(r'<option value="yes" selected>Allow</option>', page)
