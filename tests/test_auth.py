@@ -87,11 +87,14 @@ async def test_signing_in_sets_a_strict_session_cookie(guarded: tuple[Client, st
     assert store.last_seq == 0  # signing in and out is not a job state change
 
 
-async def test_the_api_takes_the_token_as_a_bearer_header(guarded: tuple[Client, str]) -> None:
+async def test_the_api_takes_the_token_as_a_bearer_header(guarded: tuple[Client, str],
+                                                         tmp_path: Path) -> None:
     client, token = guarded
     headers = {"Authorization": f"Bearer {token}"}
+    (tmp_path / "a").mkdir()
     made = await client.post("/api/jobs", headers=headers, json={
-        "name": "Scripted", "engine": "mirror", "sources": ["/a"], "destination": "/b"})
+        "name": "Scripted", "engine": "mirror", "sources": [str(tmp_path / "a")],
+        "destination": str(tmp_path / "b")})
     assert made.status == 201
     forged = await client.get("/api/jobs", headers={"Authorization": "Bearer " + "x" * 43},
                               cookies={"bm_session": "9999999999.deadbeef"})

@@ -28,9 +28,12 @@ def seed(live_server: LiveServer, tmp_path: Path) -> str:
         "exclude": ["*.tmp"]})
     assert status == 201, job
     run_id = live_server.request_json("POST", f"/api/jobs/{job['id']}/start", {})[1]["run_id"]
+    # A missing source is refused when saved: this one goes away afterwards.
+    (tmp_path / "gone").mkdir()
     status, broken = live_server.request_json("POST", "/api/jobs", {
-        "name": "Missing source", "engine": "mirror", "sources": ["/no/such/dir"],
+        "name": "Missing source", "engine": "mirror", "sources": [str(tmp_path / "gone")],
         "destination": str(tmp_path / "dest2")})
+    (tmp_path / "gone").rmdir()
     live_server.request_json("POST", f"/api/jobs/{broken['id']}/start", {})
     wait_state(live_server, run_id, "succeeded")
 

@@ -10,6 +10,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from events.types import JobCreated
+from models.ids import new_job_id
+from models.job import JobSpec
+from server.keys import STORE
 from tests.engine_helpers import write
 from tests.test_api import wait_run
 
@@ -27,6 +31,17 @@ async def make_job(client: Client, tmp_path: Path, name: str, dest: str,
         "destination": str(tmp_path / dest), "options": options})
     assert resp.status == 201, await resp.text()
     return str((await resp.json())["id"])
+
+
+async def job_by_hand(client: Client, tmp_path: Path, name: str, dest: str) -> str:
+    """A mirror job written straight into the log, past the commands' checks."""
+    src = tmp_path / f"src-{name}"
+    write(src / "data.bin", os.urandom(1024))
+    spec = JobSpec.from_input({"name": name, "engine": "mirror", "sources": [str(src)],
+                               "destination": str(tmp_path / dest)}).to_dict()
+    job_id = new_job_id(name)
+    await client.app[STORE].append(job_id, 0, [JobCreated(job_id=job_id, spec=spec)])
+    return job_id
 
 
 async def start(client: Client, job_id: str) -> str:
@@ -65,7 +80,9 @@ async def test_one_run_per_destination(app_client: Client, tmp_path: Path) -> No
     first = await start(app_client, await make_job(app_client, tmp_path, "a", "shared",
                                                    slow=True))
     await wait_run(app_client, first, {"running"})
-    same = await start(app_client, await make_job(app_client, tmp_path, "b", "shared"))
+    # Two jobs on one destination are refused when saved; one put there by hand (in the
+    # log) still never runs beside the owner.
+    same = await start(app_client, await job_by_hand(app_client, tmp_path, "b", "shared"))
     other = await start(app_client, await make_job(app_client, tmp_path, "c", "elsewhere"))
     assert (await wait_run(app_client, other, {"succeeded"}))["state"] == "succeeded"
     assert await state_of(app_client, same) == "queued"
@@ -75,9 +92,11 @@ async def test_one_run_per_destination(app_client: Client, tmp_path: Path) -> No
 
 async def test_a_run_that_cannot_start_fails_with_a_clear_message(app_client: Client,
                                                                   tmp_path: Path) -> None:
+    (tmp_path / "missing").mkdir()  # refused when saved if missing: it goes away after
     resp = await app_client.post("/api/jobs", json={
         "name": "gone", "engine": "mirror", "sources": [str(tmp_path / "missing")],
         "destination": str(tmp_path / "dest")})
+    (tmp_path / "missing").rmdir()
     run_id = await start(app_client, str((await resp.json())["id"]))
     run = await wait_run(app_client, run_id, {"failed", "succeeded"})
     assert run["state"] == "failed" and "does not exist" in run["error"]
@@ -133,9 +152,11 @@ async def test_webhook_hears_of_success_and_of_a_run_that_cannot_start(
         src = tmp_path / "src"
         write(src / "a.txt", b"a")
         good = await make_job(app_client, tmp_path, "good", "d-good")
+        (tmp_path / "missing").mkdir()  # refused when saved if missing: it goes after
         bad = (await (await app_client.post("/api/jobs", json={
             "name": "bad", "engine": "mirror", "sources": [str(tmp_path / "missing")],
             "destination": str(tmp_path / "d-bad")})).json())["id"]
+        (tmp_path / "missing").rmdir()
         good_run = await start(app_client, good)
         bad_run = await start(app_client, bad)
         async with asyncio.timeout(20):

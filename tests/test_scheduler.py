@@ -58,12 +58,15 @@ class Env:
     state: State
     commands: Commands
     scheduler: Scheduler
+    tmp: Path
 
     async def job(self, name: str, schedule: str | None, **extra: Any) -> JobView:
-        """Create a job through the command, as the API would."""
+        """Create a job through the command, as the API would (its source exists)."""
+        src = self.tmp / "src" / name
+        src.mkdir(parents=True, exist_ok=True)
         return await self.commands.create_job(
-            {"name": name, "engine": "mirror", "sources": [f"/srv/{name}"],
-             "destination": f"/backups/{name}", "schedule": schedule, **extra})
+            {"name": name, "engine": "mirror", "sources": [str(src)],
+             "destination": str(self.tmp / "backups" / name), "schedule": schedule, **extra})
 
     async def finish(self, run: RunView) -> None:
         """Record a run as started and succeeded, as the runner would."""
@@ -96,7 +99,7 @@ async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     commands = Commands(store, state)
     scheduler = Scheduler(state, commands, clock=clock)
     store.notifier.add_listener(scheduler.on_events)
-    yield Env(clock, store, state, commands, scheduler)
+    yield Env(clock, store, state, commands, scheduler, tmp_path)
     await scheduler.stop()
     await store.close()
 

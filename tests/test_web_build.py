@@ -58,9 +58,11 @@ def test_templates_load_nothing_from_other_sites() -> None:
 
 
 async def test_every_page_with_its_css_and_js_is_under_60_kb_gzipped(
-        app_client: Client) -> None:
+        app_client: Client, tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
     await app_client.post("/api/jobs", json={"name": "Docs", "engine": "mirror",
-                                             "sources": ["/srv/docs"], "destination": "/b/d"})
+                                             "sources": [str(tmp_path / "docs")],
+                                             "destination": str(tmp_path / "b")})
     job_id = (await (await app_client.get("/api/jobs")).json())["jobs"][0]["id"]
     pages = ["/dashboard", "/jobs", "/jobs/new", f"/jobs/{job_id}", f"/jobs/{job_id}/edit",
              "/settings", "/logs"]
