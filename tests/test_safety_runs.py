@@ -202,6 +202,7 @@ async def test_skipped_files_show_as_warnings_in_api_pages_yaml_and_webhook(
         page = await (await app_client.get(f"/jobs/{job_id}")).text()
         assert shown in page and "a-pipe" in page
         assert shown in await (await app_client.get("/dashboard")).text()
+        assert f"with {skipped} warning" in await (await app_client.get("/jobs")).text()
         await until(lambda: bool(received))
         assert received[0]["event"] == "run.succeeded"
         assert received[0]["warnings"] == skipped
