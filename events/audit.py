@@ -12,9 +12,9 @@ from typing import Any
 from urllib.request import pathname2url
 
 from events import sql
-from events.chain import CHECK_PAGE, ChainVerifier
-from events.errors import LogUnreadable
-from events.record import StoredEvent
+from events.chain import CHECK_PAGE, ChainFault, ChainVerifier
+from events.errors import ChainBroken, LogUnreadable
+from events.record import GENESIS_HASH, StoredEvent
 from events.watermark import missing_events, read_mark
 
 
@@ -111,18 +111,56 @@ def last_seq(conn: sqlite3.Connection) -> int:
     return int(head[0]) if head else 0
 
 
+def chain_from(conn: sqlite3.Connection, db_path: Path, since: int) -> ChainVerifier:
+    """A verifier positioned at row `since` (at most the head), its hash read from the log."""
+    since = max(0, min(since, last_seq(conn)))
+    verifier = ChainVerifier(since, GENESIS_HASH)
+    if since > 0:
+        row = conn.execute(sql.SELECT_HASH_AT, (since,)).fetchone()
+        if row is None:
+            raise ChainBroken(db_path, ChainFault(since, f"seq {since} is missing"))
+        verifier.hash = row[0]
+    return verifier
+
+
+def iter_checked(conn: sqlite3.Connection, db_path: Path, verifier: ChainVerifier,
+                 page: int = 10_000) -> Iterator[StoredEvent]:
+    """Yield the events after the verifier's position, each checked against the row
+    before it (as the server checks what it reads); ChainBroken at the first that does
+    not hold. The verifier moves on with them, so a later call goes on from there."""
+    while True:
+        rows = conn.execute(sql.SELECT_SINCE, (verifier.seq, page)).fetchall()
+        if not rows:
+            return
+        start = verifier.seq
+        fault = verifier.feed(rows)
+        for row in rows[:verifier.seq - start]:
+            yield StoredEvent.from_row(row)
+        if fault is not None:
+            raise ChainBroken(db_path, fault)
+
+
+def tail(conn: sqlite3.Connection, db_path: Path, since: int) -> Iterator[StoredEvent]:
+    """The checked events after `since`."""
+    for ev in iter_checked(conn, db_path, chain_from(conn, db_path, since)):
+        if ev.seq > since:
+            yield ev
+
+
 def follow(db_path: Path, since: int, poll: float = 0.25,
            stop_after: float | None = None) -> Iterator[StoredEvent]:
-    """Yield events after `since` and keep polling for new ones (a separate process
-    cannot use the server's notifier, so it polls the read-only log)."""
+    """Yield events after `since`, each checked against the chain, and keep polling for
+    new ones (a separate process cannot use the server's notifier, so it polls the
+    read-only log)."""
     deadline = None if stop_after is None else time.monotonic() + stop_after
     with closing(open_readonly(db_path)) as conn:
+        verifier = chain_from(conn, db_path, since)
         while deadline is None or time.monotonic() < deadline:
-            got = False
-            for ev in iter_events(conn, since):
-                yield ev
-                since, got = ev.seq, True
-            if not got:
+            before = verifier.seq
+            for ev in iter_checked(conn, db_path, verifier):
+                if ev.seq > since:
+                    yield ev
+            if verifier.seq == before:
                 time.sleep(poll)
 
 

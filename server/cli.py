@@ -264,7 +264,7 @@ def _read_log(args: argparse.Namespace, db_path: Path) -> int:
                   f"settings.yaml written to {args.out}")
             return EXIT_OK
         since = args.since if args.since is not None else max(0, audit.last_seq(conn) - 10)
-        for ev in audit.iter_events(conn, since):
+        for ev in audit.tail(conn, db_path, since):
             sys.stdout.write(ev.to_json() + "\n")
         return EXIT_OK
 
@@ -313,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (audit.LogMissing, audit.LogTooNew, ConfigFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except LogUnreadable as err:
+    except (LogUnreadable, ChainBroken) as err:  # ChainBroken: a tail met an altered row
+        sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_LOG
     except BrokenPipeError:

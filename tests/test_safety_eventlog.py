@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from events import sql
-from events.audit import open_readonly, verify
+from events.audit import follow, open_readonly, verify
 from events.store import ChainBroken, EventStore, LogUnreadable, MarkUnreadable, WriteFailed
 from events.types import SettingsChanged
 from tests.cli_helpers import cli, free_port, running_server, spawn_server, stop_server
@@ -423,3 +423,31 @@ def test_healthz_says_what_is_wrong_while_the_data_directory_is_full(tmp_path: P
                 assert health["write_error"] is None and health["problems"] == [], health
             finally:
                 stop_server(proc)
+
+
+def test_events_tail_checks_each_row_it_prints(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "events.db"
+
+    async def fill() -> None:
+        store = await EventStore.open(db)
+        try:
+            for i in range(5):
+                await store.append(f"job-{i}", 0, [created(f"job-{i}")])
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    result = cli("events", "tail", "--since", "0", "--data", str(data))
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 5, result
+    tamper_sql_any(db, 3)
+    result = cli("events", "tail", "--since", "0", "--data", str(data))
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [1, 2]
+    assert result.returncode == 1 and "damaged at seq 3" in result.stderr, result
+    assert "Traceback" not in result.stderr and "Dogs" not in result.stdout
+    followed = []
+    with pytest.raises(ChainBroken, match="damaged at seq 3"):
+        for ev in follow(db, 1, poll=0.05, stop_after=5):
+            followed.append(ev.seq)
+    assert followed == [2]
