@@ -178,6 +178,11 @@ class EventStore(LogReading):
             log.info("event log %s: hash chain of %d events intact (checked in %.2f s)",
                      self.path, self.chain.checked, self.chain.seconds)
 
+    async def wait_chain_check(self) -> None:
+        """Wait until the start-up check of the chain has finished (see `chain.state`)."""
+        if self._check_task is not None:
+            await asyncio.shield(self._check_task)
+
     def _chain_failed(self, fault: ChainFault) -> None:
         """Stop trusting the log: appends are refused from now on; say it once."""
         if self.chain_fault is None:
