@@ -8,7 +8,9 @@ zeros, so a 10 GiB file holding 6 bytes would take 10 GiB.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
 import secrets
 from collections.abc import Callable
@@ -39,8 +41,23 @@ def tmp_beside(path: str | Path) -> str:
     return os.path.join(os.path.dirname(os.fspath(path)), tmp_name())
 
 
-def symlink_into(target: str, out: str | Path) -> str:
-    """Create a symlink under a fresh temporary name beside `out`; return that name."""
+def restore_tmp(out: str | Path) -> str:
+    """The temporary name a restore writes `out` under: short, and the same every time,
+    so restoring again removes what a killed restore left (random names would stay in
+    the user's folder). Whatever is there under that name is removed first."""
+    head, name = os.path.split(os.fspath(out))
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    tmp = os.path.join(head, f"{TMP_PREFIX}{digest}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    return tmp
+
+
+def symlink_into(target: str, out: str | Path, tmp: str | None = None) -> str:
+    """Create a symlink under a temporary name beside `out` (fresh, or `tmp`); return it."""
+    if tmp is not None:
+        os.symlink(target, tmp)
+        return tmp
     while True:
         tmp = tmp_beside(out)
         try:
@@ -50,10 +67,10 @@ def symlink_into(target: str, out: str | Path) -> str:
             continue  # the name is taken (a file of the user's): draw another
 
 
-def link_into(existing: str | Path, out: str | Path) -> bool:
-    """Make `out` a hard link to `existing`, atomically; False where it cannot be one
-    (too many links, another filesystem, no hard links there, `existing` gone)."""
-    tmp = tmp_beside(out)
+def link_into(existing: str | Path, out: str | Path, tmp: str | None = None) -> bool:
+    """Make `out` a hard link to `existing`, atomically (through `tmp`, or a fresh name);
+    False where it cannot be one (too many links, another filesystem, none there)."""
+    tmp = tmp or tmp_beside(out)
     try:
         os.link(existing, tmp)
     except OSError as err:

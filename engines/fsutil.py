@@ -22,7 +22,9 @@ def is_disk_full(err: OSError) -> bool:
 
 def remove_tree(path: Path) -> None:
     """Remove a file, symlink or tree, including read-only directories inside it."""
-    def make_writable(func: Any, p: str, _exc: Any) -> None:
+    def make_writable(func: Any, p: str, exc: Any) -> None:
+        if isinstance(exc[1], FileNotFoundError):
+            return  # removed meanwhile (a second clean-up of the same tree): fine
         os.chmod(os.path.dirname(p), stat.S_IRWXU)
         func(p)
 

@@ -30,14 +30,7 @@ from engines.base import (
     SnapshotNotFound,
     VerifyResult,
 )
-from engines.filecopy import (
-    COPY_CHUNK,
-    TMP_PREFIX,
-    copy_file,
-    link_into,
-    symlink_into,
-    tmp_beside,
-)
+from engines.filecopy import copy_file, link_into, restore_tmp, symlink_into
 from engines.fsmeta import apply_meta, refused_message, shown
 from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
 from engines.manifest import (
@@ -51,9 +44,6 @@ from engines.manifest import (
     unique_snapshot_id,
 )
 from storage.atomic import fsync_dir
-
-__all__ = ["COPY_CHUNK", "TMP_PREFIX", "TreeSnapshots", "copy_file", "disk_full",
-           "manifest_path", "set_meta"]
 
 PARTIAL = ".partial"
 DELETING = ".deleting"
@@ -191,7 +181,7 @@ class TreeSnapshots(Engine):
                     out.mkdir(parents=True, exist_ok=True)
                     continue
                 leader = restored.get(entry.get("link") or "")
-                if leader is not None and link_into(leader, out):
+                if leader is not None and link_into(leader, out, restore_tmp(out)):
                     restored[entry["path"]] = out
                     meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
                     continue
@@ -256,10 +246,11 @@ class TreeSnapshots(Engine):
             remove_tree(doomed)
 
     def tidy(self, spec: BackupSpec) -> None:
-        """Remove half-written manifests and the journals of snapshots already complete.
+        """Remove what killed attempts left that no run can still need.
 
         A kill while a manifest is written leaves its temp file; a kill just after the
-        snapshot was renamed into place leaves its journal. Neither is needed by anyone.
+        snapshot was renamed into place leaves its journal; a kill during a delete leaves
+        `<id>.deleting` (never listed) and perhaps its manifest, alone under its id.
         """
         dest = spec.destination
         try:
@@ -267,11 +258,21 @@ class TreeSnapshots(Engine):
         except FileNotFoundError:
             return
         complete = set(self.complete_ids(dest))
+        by_id: dict[str, set[str]] = {}
         for name in names:
+            by_id.setdefault(name.split(".", 1)[0], set()).add(name)
+        for name in names:
+            snap_id = name.split(".", 1)[0]
             stale_manifest = name.startswith(".") and ".manifest.json." in name \
                 and name.endswith(".tmp")
             done_journal = name.endswith(".journal") and name[:-len(".journal")] in complete
-            if stale_manifest or done_journal:
+            if name == f"{snap_id}{DELETING}" and SNAPSHOT_ID_RE.fullmatch(snap_id):
+                remove_tree(dest / name)  # finish a delete a kill cut short
+            elif stale_manifest or done_journal or (
+                    name == f"{snap_id}{MANIFEST}" and SNAPSHOT_ID_RE.fullmatch(snap_id)
+                    and not by_id[snap_id] - {name, f"{snap_id}{DELETING}"}):
+                # The last: a manifest with nothing else of its id (no snapshot, partial
+                # or archive) describes a snapshot already deleted.
                 (dest / name).unlink(missing_ok=True)
 
     def discard_partial(self, spec: BackupSpec, resume: Mapping[str, Any] | None = None) -> None:
@@ -290,29 +291,22 @@ class TreeSnapshots(Engine):
 
 
 def _place(out: Path, entry: Mapping[str, Any], root: Path) -> list[str]:
-    """Restore a file or symlink under a fresh short name beside `out`, then rename it.
+    """Restore a file or symlink under a short temporary name beside `out`, then rename.
 
-    A failure (a full disk) removes the half-written temp file: its random name would
-    otherwise stay in the user's folder. Returns the attributes the filesystem refused.
+    A failure (a full disk) removes the half-written temp file. Returns the attributes
+    the filesystem refused.
     """
-    tmp = ""
+    tmp = restore_tmp(out)
     try:
         if entry["type"] == "symlink":
-            tmp = symlink_into(entry["target"], out)
+            symlink_into(entry["target"], out, tmp)
         else:
-            while True:
-                tmp = tmp_beside(out)
-                try:
-                    copy_file(root / entry["path"], tmp, exclusive=True)
-                    break
-                except FileExistsError:
-                    tmp = ""  # the name is taken (a file of the user's): draw another
+            copy_file(root / entry["path"], tmp, exclusive=True)
         refused = set_meta(tmp, entry)
         os.replace(tmp, out)
     except BaseException:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
     return refused
 

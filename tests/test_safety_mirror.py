@@ -28,7 +28,7 @@ from engines.base import (
     RunControl,
     SnapshotNotFound,
 )
-from engines.filecopy import TMP_LEN
+from engines.filecopy import TMP_LEN, restore_tmp
 from engines.manifest import Manifest, sha256_file
 from engines.mirror import MirrorEngine, _Journal
 from engines.rsync import RsyncEngine
@@ -419,3 +419,32 @@ def test_hashing_a_sparse_file_from_its_holes_gives_the_plain_digest(tmp_path: P
         fh.write(b"x")
     assert path.stat().st_blocks * 512 < path.stat().st_size
     assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_next_backup_finishes_a_delete_a_kill_cut_short(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "f.txt", b"data\n")
+    spec = BackupSpec.build([src], tmp_path / "dest", job_id="j")
+    first = backup(spec)
+    dest = spec.destination
+    os.replace(dest / first, dest / f"{first}.deleting")  # killed right after the rename
+    # Something else of another id with a manifest (an archive put here by hand) stays.
+    (dest / "2001-01-01T000000Z.tar.zst").write_bytes(b"not ours")
+    (dest / "2001-01-01T000000Z.manifest.json").write_bytes(b"{}")
+    second = backup(spec)
+    assert sorted(os.listdir(dest)) == sorted([
+        second, f"{second}.manifest.json", "2001-01-01T000000Z.tar.zst",
+        "2001-01-01T000000Z.manifest.json"])
+
+
+def test_restoring_again_removes_what_a_killed_restore_left(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "f.txt", b"data\n")
+    spec = BackupSpec.build([src], tmp_path / "dest")
+    snap = backup(spec)
+    out = tmp_path / "out"
+    restore(spec, snap, out)
+    # A kill while f.txt was written leaves it under its temporary name.
+    (out / "src" / "f.txt").rename(restore_tmp(out / "src" / "f.txt"))
+    MirrorEngine().restore(spec, snap, out, RunControl(), RecordingReporter(), overwrite=True)
+    assert sorted(os.listdir(out / "src")) == ["f.txt"]
