@@ -10,11 +10,12 @@ one partial snapshot.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,123 @@ def stop_leftover(resume: Mapping[str, Any] | None, program: str, marker: str) -
             not any(os.fsencode(marker) in arg for arg in argv):
         return False
     log.warning("stopping %s (pid %d) left running by an interrupted run", program, pid)
+    _kill(pid)
+    deadline = time.monotonic() + WAIT
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(POLL)
+    return True
+
+
+# --- children die with the server ---------------------------------------------------------
+#
+# Design (issue 12, item 13): every helper program is started with PR_SET_PDEATHSIG, so
+# the kernel sends it SIGKILL the moment the server dies, however it dies (kill -9, OOM).
+# The signal fires when the *thread* that forked the child ends, not only the process, so
+# a child may only be started by a thread that then waits for it to exit: the engines'
+# runners do (they wait for the child in a `finally`, killing it first when they leave on
+# an error), and a worker thread cannot end while it waits. SIGKILL, not SIGINT, because a
+# paused child (SIGSTOP) would only act on SIGINT once continued, which nobody would do;
+# restic and rsync leave nothing a later run cannot handle (a dead lock, unindexed packs,
+# a partial file), as after any kill.
+#
+# PDEATHSIG is the first line; the second is the mark in each child's environment: the
+# server's pid and start time. A process that carries the mark of a server that no longer
+# runs is a leftover (PDEATHSIG was not set, or a program started by an older version),
+# and the next start, or the next use of the repository, stops it (stop_orphans). A
+# program someone runs by hand on the same repository has no mark and is never touched.
+
+OWNER_ENV = "BACKUP_MANAGER_OWNER"
+PR_SET_PDEATHSIG = 1
+
+try:  # resolved now: the child of a fork should call as little as possible
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: no PDEATHSIG, the mark still works
+    _PRCTL = None
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot: with the pid, a unique identity."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    # Field 22 of stat; fields[0] here is field 3 (the state).
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def owner_mark() -> dict[str, str]:
+    """The environment entry that marks a child as this process's."""
+    return {OWNER_ENV: f"{os.getpid()}:{_start_time(os.getpid()) or 0}"}
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn that has the kernel SIGKILL the child when its starting thread ends.
+
+    Only for a child that the starting thread waits for (see the design note above).
+    """
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _owner_alive(mark: bytes) -> bool:
+    pid_text, _, start = mark.decode("ascii", "replace").partition(":")
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    # The same pid with another start time is another process that reused the pid.
+    return process_alive(pid) and _start_time(pid) == start
+
+
+def orphans(program: str, marker: str) -> list[int]:
+    """Processes of `program` with `marker` as an argument (or a path under it) whose
+    owning server no longer runs."""
+    found = []
+    want = os.fsencode(marker)
+    prefix = want.rstrip(b"/") + b"/"
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            if os.path.basename(argv[0]) != os.fsencode(program) or not any(
+                    arg == want or arg.startswith(prefix) for arg in argv[1:]):
+                continue
+            environ = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone, or another user's: not ours to stop
+        key = os.fsencode(OWNER_ENV) + b"="
+        mark = next((e[len(key):] for e in environ if e.startswith(key)), None)
+        if mark is not None and not _owner_alive(mark) and process_alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+def stop_orphans(program: str, marker: str) -> int:
+    """Stop what a dead server left running of `program` on `marker`; return how many."""
+    pids = orphans(program, marker)
+    for pid in pids:
+        log.warning("stopping %s (pid %d), left running on %s by a server that no longer "
+                    "runs", program, pid, marker)
+        _kill(pid)
+    deadline = time.monotonic() + WAIT
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(POLL)
+    return len(pids)
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a process and its group (a stopped one too)."""
     for sig in (signal.SIGKILL, signal.SIGCONT):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-    deadline = time.monotonic() + WAIT
-    while process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(POLL)
-    return True

@@ -28,8 +28,13 @@ Resume after a crash: running the backup again is the resume. restic deduplicate
 it already has; packs uploaded by the killed run are not in any index yet, so the resume
 first indexes them (`restic rebuild-index`) and does not upload them again.
 
-Pause is SIGSTOP to restic's process group and resume SIGCONT; cancel and interrupt are
-SIGINT (restic exits 130 without a snapshot), then SIGKILL if it does not exit in time.
+Jobs sharing a repository: each snapshot is tagged with its job, and a job lists,
+prunes, restores and verifies only its own (engines.restic_jobs). A backup is only a
+success once restic lists the snapshot it reported; a local repository that vanishes
+while restic writes to it stops the run within seconds (engines.restic_watch).
+
+Starting and stopping restic (pause, cancel, a child that dies with the server) is in
+engines.restic_proc.
 """
 
 from __future__ import annotations
@@ -41,26 +46,22 @@ import os
 import posixpath
 import re
 import secrets
-import shutil
 import signal
 import socket
 import stat
-import subprocess
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from engines.base import (
     BackupResult,
     BackupSpec,
-    BinaryMissing,
     Cancelled,
     CollectingReporter,
     DestinationNotWritable,
@@ -75,21 +76,26 @@ from engines.base import (
     Snapshot,
     SnapshotNotFound,
     VerifyResult,
-    host_environ,
 )
 from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
 from engines.manifest import check_rel_path
-from engines.procs import process_alive, stop_leftover
+from engines.procs import process_alive, stop_leftover, stop_orphans
+from engines.restic_jobs import backup_tags, seen_by, tags_of
+from engines.restic_proc import Finished as _Finished
+from engines.restic_proc import ResticRepo as _Repo
+from engines.restic_proc import has_repository as _has_repository
+from engines.restic_proc import repo_for as _repo_for
+from engines.restic_proc import restic_binary as _binary
+from engines.restic_proc import restic_command as restic_command
+from engines.restic_proc import restic_env as restic_env
+from engines.restic_proc import run_restic as _run
+from engines.restic_watch import clear_remnant
 from engines.scan import scan
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "restic is not installed; install it with apt-get install restic"
 SHORT_ID_LEN = 8
-CANCEL_GRACE = 10.0  # seconds restic gets to clean up after SIGINT before SIGKILL
 CHECKPOINT_EVERY = 60.0  # checkpoints are stored events: often enough, not chatty
-POLL = 0.05  # how often the driving thread looks at the process and the control
-STDERR_KEEP = 400  # lines of restic's stderr kept to explain a failure
 MAX_PROBLEMS = 100
 LIST_WORKERS = 4
 MAX_OTHER_LINES = 20  # non-JSON lines passed on as warnings before they are only logged
@@ -97,14 +103,8 @@ MTIME_SLACK = 2.0  # seconds: file times vs. the run's start, across clock granu
 
 _ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 _LOCK_NAME_RE = re.compile(r"^[0-9a-f]{64}$")
-_SUBSET_RE = re.compile(r"^(\d+/\d+|\d+(\.\d+)?%|\d+[kKmMgGtT]?)$")
 _CHECK_PROGRESS_RE = re.compile(r"^\[[\d:]+\]\s+([\d.]+)%\s+\d+\s*/\s*\d+\s+packs")
 _FRACTION_RE = re.compile(r"(\.\d{6})\d+")
-# restic reads these instead of (or on top of) what this engine passes; an ambient value
-# could point a run at another repository or put a password in the environment.
-_AMBIENT_ENV = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND", "RESTIC_PASSWORD_FILE",
-                "RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE", "RESTIC_KEY_HINT",
-                "RESTIC_CACHE_DIR", "RESTIC_PROGRESS_FPS")
 
 # File counts and sizes per snapshot. restic 0.14 keeps no summary in the snapshot and
 # `restic ls` costs a key derivation plus a walk of the trees, but snapshots never change:
@@ -114,25 +114,7 @@ _STATS: dict[tuple[str, str], tuple[int, int]] = {}
 _STATS_LOCK = threading.Lock()
 
 
-# --- the command line and the environment: the only way restic is started ----------------
-
-
-def restic_command(repository: Path, *args: str, binary: str = "restic") -> list[str]:
-    """The argv of one restic call; it never holds the password (see restic_env)."""
-    return [binary, "--repo", str(repository), *args]
-
-
-def restic_env(password_file: Path, cache_dir: Path | None = None,
-               extra: Mapping[str, str] | None = None,
-               base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: the password by file, the cache dir, no ambient overrides."""
-    env = {k: v for k, v in (host_environ() if base is None else base).items()
-           if k not in _AMBIENT_ENV}
-    env["RESTIC_PASSWORD_FILE"] = str(password_file)
-    if cache_dir is not None:
-        env["RESTIC_CACHE_DIR"] = str(cache_dir)
-    env.update(extra or {})
-    return env
+# --- restic patterns ----------------------------------------------------------------
 
 
 def restic_pattern(path: str, in_file: bool = False) -> str:
@@ -149,159 +131,6 @@ def restic_pattern(path: str, in_file: bool = False) -> str:
         if out and out[-1].isspace():
             out = f"{out[:-1]}[{out[-1]}]"
     return out
-
-
-def _binary() -> str:
-    found = shutil.which("restic")
-    if found is None:
-        raise BinaryMissing(INSTALL_HINT)
-    return found
-
-
-# --- options ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Repo:
-    path: Path
-    password_file: Path
-    cache_dir: Path | None
-    init: bool
-    read_data_subset: str | None
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def _repo_for(spec: BackupSpec) -> _Repo:
-    """The repository and its options, with a clear error for a missing password file."""
-    raw = spec.options.get("password_file")
-    if not isinstance(raw, str | os.PathLike) or not os.fspath(raw):
-        raise EngineError("the restic engine needs the password_file option: the path of a "
-                          "file that holds the repository password")
-    password_file = Path(os.path.abspath(os.path.expanduser(os.fspath(raw))))
-    try:
-        with open(password_file, "rb") as fh:
-            first_line = fh.readline()
-    except OSError as err:
-        raise EngineError(f"the restic password file {password_file} cannot be read "
-                          f"({err.strerror})") from err
-    if not first_line.strip(b"\r\n"):
-        raise EngineError(f"the restic password file {password_file} is empty")
-    cache = spec.options.get("cache_dir")
-    cache_dir = (Path(os.path.abspath(os.path.expanduser(os.fspath(cache))))
-                 if isinstance(cache, str | os.PathLike) and os.fspath(cache) else None)
-    subset = spec.options.get("read_data_subset")
-    if subset is not None and (not isinstance(subset, str) or not _SUBSET_RE.match(subset)):
-        raise EngineError(f"read_data_subset {subset!r} is not a restic data subset; use "
-                          "a share like '10%', a part like '1/5' or a size like '2G'")
-    return _Repo(spec.destination, password_file, cache_dir, _flag(spec.options.get("init")),
-                 subset or None)
-
-
-def _has_repository(path: Path) -> bool:
-    return (path / "config").is_file()
-
-
-# --- running restic ---------------------------------------------------------------------
-
-
-@dataclass
-class _Finished:
-    code: int
-    stderr: list[str]
-    stopped: str | None  # "cancel" or "interrupt" when this engine asked restic to stop
-
-
-def _pump(stream: IO[bytes], handle: Callable[[bytes], None]) -> None:
-    with stream:
-        for raw in iter(stream.readline, b""):
-            try:
-                handle(raw)
-            except Exception:  # keep draining: restic would block on a full pipe
-                log.exception("a line of restic's output could not be handled")
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-def _drive(proc: subprocess.Popen[bytes], control: RunControl) -> str | None:
-    """Wait for restic while carrying out pause, resume, cancel and interrupt."""
-    stopped = False
-    stopping: str | None = None
-    kill_at: float | None = None
-    while proc.poll() is None:
-        if stopping is None and (control.cancelled or control.interrupted):
-            stopping = "cancel" if control.cancelled else "interrupt"
-            _signal_group(proc, signal.SIGINT)
-            if stopped:  # a stopped process only acts on SIGINT once continued
-                _signal_group(proc, signal.SIGCONT)
-            kill_at = time.monotonic() + CANCEL_GRACE
-        elif stopping is None and control.paused != stopped:
-            stopped = control.paused
-            _signal_group(proc, signal.SIGSTOP if stopped else signal.SIGCONT)
-        elif kill_at is not None and time.monotonic() >= kill_at:
-            _signal_group(proc, signal.SIGKILL)
-            kill_at = None
-        control.wait_for_change(POLL)
-    return stopping
-
-
-def _run(repo: _Repo, args: Sequence[str], control: RunControl | None = None,
-         on_stdout: Callable[[bytes], None] | None = None,
-         on_stderr: Callable[[bytes], bool] | None = None,
-         on_start: Callable[[int], None] | None = None,
-         env_extra: Mapping[str, str] | None = None) -> _Finished:
-    """Run restic once; stdout lines go to on_stdout, stderr lines not taken by on_stderr
-    are kept (the last STDERR_KEEP) to explain a failure."""
-    argv = restic_command(repo.path, *args, binary=_binary())
-    began = time.monotonic()
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE,
-                                env=restic_env(repo.password_file, repo.cache_dir, env_extra),
-                                start_new_session=True)
-    except FileNotFoundError as err:
-        raise BinaryMissing(INSTALL_HINT) from err
-    except OSError as err:
-        raise EngineError(f"restic could not be started: {err.strerror}") from err
-    assert proc.stdout is not None and proc.stderr is not None
-    kept: deque[str] = deque(maxlen=STDERR_KEEP)
-
-    def take_stderr(raw: bytes) -> None:
-        if on_stderr is None or not on_stderr(raw):
-            line = raw.decode("utf-8", "replace").replace("\x1b[2K", "").strip()
-            if line:
-                kept.append(line)
-
-    pumps = [threading.Thread(target=_pump, args=(proc.stdout, on_stdout or (lambda _: None)),
-                              name="restic-stdout", daemon=True),
-             threading.Thread(target=_pump, args=(proc.stderr, take_stderr),
-                              name="restic-stderr", daemon=True)]
-    for pump in pumps:
-        pump.start()
-    stopping: str | None = None
-    try:
-        if on_start is not None:
-            on_start(proc.pid)
-        if control is None:
-            proc.wait()
-        else:
-            stopping = _drive(proc, control)
-    finally:
-        if proc.poll() is None:  # leaving on an exception: restic must not outlive the run
-            _signal_group(proc, signal.SIGKILL)
-            _signal_group(proc, signal.SIGCONT)
-            proc.wait()
-        for pump in pumps:
-            pump.join()
-    log.debug("%s exited %s after %.2fs", argv, proc.returncode, time.monotonic() - began)
-    return _Finished(proc.returncode, list(kept), stopping)
 
 
 def _failure(repo: _Repo, what: str, fin: _Finished, full_place: Path | None = None
@@ -689,13 +518,17 @@ class ResticEngine(Engine):
               on_stderr: Callable[[bytes], bool] | None = None,
               on_start: Callable[[int], None] | None = None,
               ok_codes: Sequence[int] = (0,), full_place: Path | None = None,
-              env_extra: Mapping[str, str] | None = None, check: bool = True) -> _Finished:
-        """Run restic; on a lock left by a restic that died, remove it and try once more."""
-        fin = _run(repo, args, control, on_stdout, on_stderr, on_start, env_extra)
+              env_extra: Mapping[str, str] | None = None, check: bool = True,
+              watch: bool = False) -> _Finished:
+        """Run restic; on a lock left by a restic that died, remove it and try once more.
+        With `watch`, restic is stopped as soon as the repository vanishes."""
+        fin = _run(repo, args, control, on_stdout, on_stderr, on_start, env_extra,
+                   what if watch else None)
         if (fin.code not in ok_codes and fin.stopped is None
                 and any("already locked" in line for line in fin.stderr)
                 and self._remove_dead_locks(repo)):
-            fin = _run(repo, args, control, on_stdout, on_stderr, on_start, env_extra)
+            fin = _run(repo, args, control, on_stdout, on_stderr, on_start, env_extra,
+                       what if watch else None)
         if check and fin.code not in ok_codes and fin.stopped is None:
             raise _error(repo, what, fin, full_place)
         return fin
@@ -751,10 +584,12 @@ class ResticEngine(Engine):
             self._raise_if_stopped(fin, "backup")
             raise _error(repo, "init", fin)
 
-    def _list(self, repo: _Repo) -> list[dict[str, Any]]:
-        """The repository's snapshots as restic describes them (with a parseable time)."""
+    def _list(self, repo: _Repo, job_id: str, *ids: str) -> list[dict[str, Any]]:
+        """The snapshots the job sees (all of them, or those of `ids`) as restic describes
+        them (with a parseable time)."""
         try:
-            data = json.loads(self._output(repo, ["--no-lock", "snapshots", "--json"], "snapshots"))
+            data = json.loads(self._output(repo, ["--no-lock", "snapshots", "--json", *ids],
+                                           "snapshots"))
         except ValueError as err:
             raise EngineError(f"restic snapshots printed something that is not JSON: "
                               f"{err}") from err
@@ -767,7 +602,8 @@ class ResticEngine(Engine):
             except ValueError:
                 log.warning("restic snapshot %s has an unreadable time; skipped", snap["id"])
                 continue
-            out.append(snap)
+            if seen_by(snap, job_id):
+                out.append(snap)
         return out
 
     def _stats(self, repo: _Repo, snap: Mapping[str, Any]) -> tuple[int, int]:
@@ -781,12 +617,13 @@ class ResticEngine(Engine):
             known = _STATS.get(key)
         if known is not None:
             return known
-        listing = self._listing(repo, str(snap["id"]), None, keep_nodes=False)
+        listing = self._listing(repo, str(snap["id"]), None, keep_nodes=False, job_id="")
         return listing.files, listing.size
 
     def _listing(self, repo: _Repo, snapshot_id: str, control: RunControl | None,
-                 keep_nodes: bool) -> _Listing:
-        """List a snapshot (one restic call that also tells whether the id exists)."""
+                 keep_nodes: bool, job_id: str) -> _Listing:
+        """List a snapshot of the job (one restic call that also tells whether the id
+        exists)."""
         if not isinstance(snapshot_id, str) or not _ID_RE.match(snapshot_id):
             raise SnapshotNotFound(f"{str(snapshot_id)[:80]!r} is not a restic snapshot id")
         if not _has_repository(repo.path):
@@ -797,7 +634,8 @@ class ResticEngine(Engine):
                          on_stdout=listing.feed)
         self._raise_if_stopped(fin, "listing")
         snap = listing.snapshot
-        if snap is None or not isinstance(snap.get("id"), str):
+        if snap is None or not isinstance(snap.get("id"), str) or not seen_by(snap, job_id):
+            # Another job's snapshot in a shared repository is not this job's to see.
             # restic ls says "no matching ID found" on stderr and exits 0.
             raise SnapshotNotFound(f"no snapshot {snapshot_id} in the restic repository at "
                                    f"{repo.path}")
@@ -844,6 +682,7 @@ class ResticEngine(Engine):
         repo = _repo_for(spec)
         spec.check_sources()
         spec.check_destination()
+        stop_orphans("restic", str(repo.path))
         # The first attempt's start: what any attempt of this run uploaded is newer.
         since = _started(resume) or time.time()
         warn = CollectingReporter(reporter)
@@ -857,7 +696,7 @@ class ResticEngine(Engine):
         tag = _run_tag(resume)
         if resume is not None:
             _stop_orphan(repo, resume)  # first: a restic still running could yet finish
-            done = self._snapshot_tagged(repo, tag, started)
+            done = self._snapshot_tagged(repo, tag, spec.job_id, started)
             if done is not None:
                 return done
             self._adopt_partial_upload(repo, resume, warn)
@@ -873,7 +712,7 @@ class ResticEngine(Engine):
 
         exclude_file: Path | None = None
         try:
-            args = ["backup", "--json", "--verbose=2", "--tag", tag]
+            args = ["backup", "--json", "--verbose=2", *backup_tags(spec.job_id, tag)]
             if spec.include or spec.exclude:
                 exclude_file, flags = _exclude_args(
                     _excluded_paths(spec, roots, control, warn))
@@ -885,13 +724,18 @@ class ResticEngine(Engine):
                  "bytes_done": meter.state.bytes_done})
             fin = self._call(repo, args, "backup", control=control, on_stdout=output.feed,
                              on_stderr=output.feed_stderr, on_start=started_restic,
-                             ok_codes=(0, 3), check=False)
+                             ok_codes=(0, 3), check=False, watch=True)
         finally:
             if exclude_file is not None:
                 exclude_file.unlink(missing_ok=True)
+        if fin.stopped == "vanished":
+            clear_remnant(repo.path)
+            raise EngineError(f"{fin.reason}; restic was stopped and no snapshot was made")
         summary = output.summary
         if fin.code in (0, 3) and summary is not None:
-            # A snapshot exists, even if cancel came too late to stop it: report it.
+            # A snapshot exists, even if cancel came too late to stop it: report it, once
+            # restic lists it (a repository that vanished after all is caught there).
+            self._confirm(repo, spec.job_id, summary.get("snapshot_id"), tag)
             return self._finish(repo, meter, warn, summary, fin, started)
         if fin.stopped == "cancel":
             self._drop_partial_upload(repo, since, warn)
@@ -907,6 +751,25 @@ class ResticEngine(Engine):
         elif fin.code < 0:
             err = EngineError(f"{err}; run the backup again to resume")
         raise err
+
+    def _confirm(self, repo: _Repo, job_id: str, snapshot_id: Any, tag: str) -> None:
+        """Raise unless restic lists the snapshot it reported, with this run's tag."""
+        if not isinstance(snapshot_id, str) or not _ID_RE.match(snapshot_id):
+            raise EngineError("restic backup finished without reporting its snapshot id")
+        why = ""
+        if not _has_repository(repo.path):
+            why = f"the repository {repo.path} is gone (it vanished during the backup)"
+        else:
+            try:
+                listed = self._list(repo, job_id, snapshot_id)
+            except EngineError as err:
+                listed, why = [], f"the repository cannot be listed: {err}"
+            if any(tag in tags_of(s) for s in listed):
+                return
+        raise EngineError(f"restic reported snapshot {snapshot_id}, but it cannot be found "
+                          f"in the repository at {repo.path} afterwards"
+                          + (f": {why}" if why else "") + "; nothing of this run can be "
+                          "restored, run the backup again")
 
     def _finish(self, repo: _Repo, meter: ProgressMeter, warn: CollectingReporter,
                 summary: Mapping[str, Any], fin: _Finished, started: float) -> BackupResult:
@@ -929,9 +792,10 @@ class ResticEngine(Engine):
 
     # --- listing ------------------------------------------------------------------------
 
-    def _snapshot_tagged(self, repo: _Repo, tag: str, started: float) -> BackupResult | None:
+    def _snapshot_tagged(self, repo: _Repo, tag: str, job_id: str, started: float
+                         ) -> BackupResult | None:
         """The snapshot an earlier attempt of this run finished, if there is one."""
-        for snap in self._list(repo):
+        for snap in self._list(repo, job_id):
             if tag in (snap.get("tags") or []):
                 files, size = self._stats(repo, snap)
                 short = snap.get("short_id")
@@ -944,7 +808,7 @@ class ResticEngine(Engine):
         repo = _repo_for(spec)
         if not _has_repository(repo.path):
             return []
-        snaps = self._list(repo)
+        snaps = self._list(repo, spec.job_id)
         # Counting a snapshot not seen yet is one restic call each, mostly key derivation:
         # CPU-bound and single-threaded in restic, so a few run side by side.
         with ThreadPoolExecutor(max_workers=LIST_WORKERS, thread_name_prefix="restic") as pool:
@@ -974,7 +838,7 @@ class ResticEngine(Engine):
         rel = check_rel_path(path) if path else ""
         meter = ProgressMeter(reporter)
         meter.update(force=True, phase="scanning", counting=True)
-        listing = self._listing(repo, snapshot_id, control, keep_nodes=True)
+        listing = self._listing(repo, snapshot_id, control, keep_nodes=True, job_id=spec.job_id)
         snap, roots, nodes = listing.snapshot or {}, listing.roots, listing.nodes
         name, _, inner = rel.partition("/")
         if rel and name not in roots:
@@ -1030,7 +894,10 @@ class ResticEngine(Engine):
                reporter: Reporter) -> VerifyResult:
         """Check the repository and read back its data (restic check --read-data)."""
         repo = _repo_for(spec)
-        files = self._listing(repo, snapshot_id, control, keep_nodes=False).files
+        # A check a killed server left running holds an exclusive lock: stop it first.
+        stop_orphans("restic", str(repo.path))
+        files = self._listing(repo, snapshot_id, control, keep_nodes=False,
+                              job_id=spec.job_id).files
         data_bytes = 0
         for entry in _pack_files(repo.path):
             with contextlib.suppress(FileNotFoundError):
@@ -1071,7 +938,8 @@ class ResticEngine(Engine):
         repo = _repo_for(spec)
         if not _has_repository(repo.path):
             raise SnapshotNotFound(f"there is no restic repository at {repo.path}")
-        known = [str(s["id"]) for s in self._list(repo)]
+        stop_orphans("restic", str(repo.path))
+        known = [str(s["id"]) for s in self._list(repo, spec.job_id)]
         full = []
         for snap_id in snapshot_ids:
             found = [k for k in known if _ID_RE.match(snap_id) and k.startswith(snap_id)]
@@ -1086,6 +954,7 @@ class ResticEngine(Engine):
         repo = _repo_for(spec)
         if not _has_repository(repo.path):
             return
+        stop_orphans("restic", str(repo.path))
         _stop_orphan(repo, resume)
         self._remove_dead_locks(repo)
         since = _started(resume)
