@@ -36,8 +36,12 @@ class NotConfirmed(EngineError):
 
 
 def run_engine(engine: Any, spec: BackupSpec, control: RunControl, reporter: Reporter,
-               resume: Mapping[str, Any] | None) -> BackupResult:
-    """Check the run can begin, back up, then confirm the snapshot (in a worker thread)."""
+               resume: Mapping[str, Any] | None) -> tuple[BackupResult, set[str] | None]:
+    """Check the run can begin, back up, then confirm the snapshot (in a worker thread).
+
+    Returns the result and the ids the destination listed just after (None when a
+    resumed run adopted a snapshot made before a crash).
+    """
     try:
         engine.check_ready(spec)
         spec.check_sources()
@@ -46,14 +50,13 @@ def run_engine(engine: Any, spec: BackupSpec, control: RunControl, reporter: Rep
         raise CannotStart(str(err)) from err
     adopted = finished_before_crash(engine, spec, resume)
     if adopted is not None:
-        return adopted
+        return adopted, None
     result: BackupResult = engine.backup(spec, control, reporter, resume)
-    confirm_snapshot(engine, spec, result.snapshot_id)
-    return result
+    return result, confirm_snapshot(engine, spec, result.snapshot_id)
 
 
-def confirm_snapshot(engine: Any, spec: BackupSpec, snapshot_id: str) -> None:
-    """Raise NotConfirmed unless the destination lists the snapshot as complete.
+def confirm_snapshot(engine: Any, spec: BackupSpec, snapshot_id: str) -> set[str]:
+    """Raise NotConfirmed unless the destination lists the snapshot; return what it lists.
 
     An engine can return after its destination vanished or was damaged under it (a
     repository deleted mid-run, a manifest removed); listing again, as a restore would,
@@ -65,11 +68,13 @@ def confirm_snapshot(engine: Any, spec: BackupSpec, snapshot_id: str) -> None:
         raise NotConfirmed(f"snapshot {snapshot_id} could not be confirmed: the destination "
                            f"{spec.destination} cannot be listed after the backup: {err}"
                            ) from err
-    if snapshot_id not in {snap.id for snap in listed}:
+    ids = {snap.id for snap in listed}
+    if snapshot_id not in ids:
         raise NotConfirmed(f"snapshot {snapshot_id} is not in the destination "
                            f"{spec.destination} after the backup (was it removed or "
                            "damaged while the run ended?); nothing of this run can be "
                            "restored")
+    return ids
 
 
 def finished_before_crash(engine: Any, spec: BackupSpec,

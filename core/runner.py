@@ -25,12 +25,13 @@ from core.outcome import (
     wait_a_while,
     warning_samples,
 )
+from core.pruning import Pruning
+from core.pruning import backup_spec as backup_spec  # where core.operations finds it
 from core.runlog import RunLogs
 from core.state import RunView, State
 from core.webhooks import WebhookSender
 from engines.base import (
     BackupResult,
-    BackupSpec,
     Cancelled,
     EngineError,
     Interrupted,
@@ -46,17 +47,9 @@ from events.types import (
     RunInterrupted,
     RunStarted,
     RunSucceeded,
-    SnapshotPruned,
 )
-from models.retention import Retention
 
 log = logging.getLogger(__name__)
-
-def backup_spec(spec: Mapping[str, Any], job_id: str) -> BackupSpec:
-    """The engine-facing spec of a job's spec."""
-    return BackupSpec.build(spec["sources"], spec["destination"], spec.get("include", ()),
-                            spec.get("exclude", ()), spec.get("options", {}), job_id)
-
 
 class Runner:
     """Executes queued runs with engines, within the concurrency limits."""
@@ -71,6 +64,7 @@ class Runner:
         self._stopping = False
         self._stop_wake = asyncio.Event()  # cuts retry waits short when the app stops
         self._pending: set[asyncio.Task[Any]] = set()
+        self.pruning = Pruning(state, logs, self._record)
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -225,9 +219,9 @@ class Runner:
             engine = get_engine(spec["engine"])
             bspec = backup_spec(spec, run.job_id)
             reporter = self._reporter(run)
-            result: BackupResult = await asyncio.to_thread(
+            result, listed = await asyncio.to_thread(
                 run_engine, engine, bspec, active.control, reporter, resume)
-            outcome = await self._succeeded(active, spec, result)
+            outcome = await self._succeeded(active, spec, result, listed)
             if outcome == "cancelled":
                 self.logs.write(run.run_id, "cancelled while held at its end; its snapshot "
                                             "was removed")
@@ -282,7 +276,7 @@ class Runner:
         return current.state if current is not None else "cancelled"
 
     async def _succeeded(self, active: ActiveRun, spec: Mapping[str, Any],
-                         result: BackupResult) -> str:
+                         result: BackupResult, listed: set[str] | None) -> str:
         """Record the success (held while the run is paused), then apply retention."""
         run = active.run
         event = RunSucceeded(job_id=run.job_id, run_id=run.run_id,
@@ -298,7 +292,8 @@ class Runner:
                                         f"{result.files} files, {result.bytes} bytes, "
                                         f"{result.duration:.1f} s, "
                                         f"{len(result.warnings)} warnings")
-            await self._retention(run, spec)
+            await self.pruning.forget_gone(run, listed)
+            await self.pruning.retention(run, spec)
         return outcome
 
     async def _record_success(self, active: ActiveRun, event: RunSucceeded) -> str:
@@ -326,7 +321,7 @@ class Runner:
                                                 "complete; success is recorded on resume")
                 state = await self._state_when_not_paused(active)
             if state == "cancelled":
-                await self._remove_held_snapshot(run, event.snapshot_id)
+                await self.pruning.remove_held(run, event.snapshot_id)
                 return "cancelled"
             if state == "paused":  # the app is stopping while the run is held
                 recorded = await self._record(run.job_id, [RunInterrupted(
@@ -363,34 +358,3 @@ class Runner:
     def _checkpoint(self, run: RunView) -> dict[str, Any]:
         current = self.state.runs.get(run.run_id)
         return dict(current.checkpoint or {}) if current is not None else {}
-
-    async def _remove_held_snapshot(self, run: RunView, snapshot_id: str) -> None:
-        """A run cancelled while held at its end: its snapshot goes, as a cancel says."""
-        job = self.state.jobs.get(run.job_id)
-        if job is None:
-            return
-        try:
-            await asyncio.to_thread(get_engine(job.spec["engine"]).delete_snapshots,
-                                    backup_spec(job.spec, job.job_id), [snapshot_id])
-        except (EngineError, OSError) as err:
-            self.logs.write(run.run_id, f"WARNING cancelled, but snapshot {snapshot_id} "
-                                        f"could not be removed: {err}")
-
-    async def _retention(self, run: RunView, spec: Mapping[str, Any]) -> None:
-        """Prune what the job's (or the default) retention policy does not keep."""
-        policy = Retention.from_dict(spec.get("retention") or {})
-        if policy.keeps_everything:
-            policy = Retention.from_dict(self.state.settings.get("default_retention") or {})
-        if policy.keeps_everything:
-            return
-        try:
-            removed = await asyncio.to_thread(get_engine(spec["engine"]).prune,
-                                              backup_spec(spec, run.job_id), policy)
-        except EngineError as err:
-            self.logs.write(run.run_id, f"WARNING retention could not prune: {err}")
-            return
-        if removed:
-            await self._record(run.job_id, [SnapshotPruned(job_id=run.job_id, snapshot_id=s)
-                                            for s in removed])
-            self.logs.write(run.run_id, f"pruned {len(removed)} snapshot(s): "
-                                        f"{', '.join(removed)}")

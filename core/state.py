@@ -61,6 +61,8 @@ class JobView:
     run_ids: list[str] = field(default_factory=list)
     # Restores, verifies and prunes, newest last, so the job page can show their outcome.
     activity: list[dict[str, Any]] = field(default_factory=list)
+    # Snapshots the log says the job has (made by a run, not pruned since), oldest first.
+    snapshots: list[str] = field(default_factory=list)
 
     @property
     def enabled(self) -> bool:
@@ -118,6 +120,8 @@ class State:
         elif ev.type.startswith("Run"):
             self._apply_run(ev)
         elif ev.type in ACTIVITY_TYPES:
+            if ev.type == "SnapshotPruned" and p.get("snapshot_id") in job.snapshots:
+                job.snapshots.remove(p["snapshot_id"])
             job.activity.append({"seq": ev.seq, "time": ev.time, "type": ev.type, **p})
             del job.activity[:-MAX_ACTIVITY]
 
@@ -145,6 +149,9 @@ class State:
             run.interrupted_reason = p.get("reason", "crash")
         elif ev.type == "RunSucceeded":
             run.snapshot_id = p.get("snapshot_id")
+            job = self.jobs.get(ev.stream)
+            if job is not None and run.snapshot_id:
+                job.snapshots.append(run.snapshot_id)
             run.files, run.bytes = int(p.get("files", 0)), int(p.get("bytes", 0))
             run.duration = float(p.get("duration", 0.0))
             run.warnings = int(p.get("warnings", 0))

@@ -420,6 +420,9 @@ async def test_kill_9_during_a_prune_and_during_a_restore(
     latest = await backup()  # retention again: nothing left of the killed prune
     listed = await checks_after_restart(server, tmp_path, job_id)
     assert listed == [latest["snapshot_id"]], listed
+    doc = yaml.safe_load((server.data / "jobs" / f"{job_id}.yaml").read_text())
+    assert [s["id"] for s in doc["snapshots"]] == listed, "jobs/<id>.yaml names snapshots " \
+                                                          "that are gone"
     debris = sorted(n for n in os.listdir(dest) if n.split(".", 1)[0] != latest["snapshot_id"])
     assert not debris, f"left in the destination by the killed prune: {debris}"
 
