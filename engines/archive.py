@@ -29,7 +29,6 @@ import contextlib
 import errno
 import gzip
 import os
-import secrets
 import stat
 import tarfile
 import time
@@ -42,6 +41,7 @@ from typing import IO, Any, Protocol
 
 import zstandard
 
+from engines.archive_restore import TargetWriter, check_links, expected_kind
 from engines.base import (
     BackupResult,
     BackupSpec,
@@ -59,6 +59,7 @@ from engines.base import (
     SnapshotNotFound,
     VerifyResult,
 )
+from engines.fsmeta import shown
 from engines.fsutil import is_disk_full
 from engines.manifest import (
     CONTENT_HASHES,
@@ -68,9 +69,10 @@ from engines.manifest import (
     check_rel_path,
     check_snapshot_id,
     content_hash,
+    read_head,
     unique_snapshot_id,
 )
-from engines.scan import Entry, scan
+from engines.scan import scan
 from engines.tarwrite import write_archive
 from storage.atomic import fsync_dir, remove_durable
 
@@ -81,15 +83,7 @@ EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
 LEVELS = {"zstd": (1, 22, 3), "gzip": (1, 9, 6)}  # lowest, highest, default
 PARTIAL = ".partial"
 MANIFEST = ".manifest.json"
-# Restore never sets setuid/setgid: it does not chown, so under an app running as root a
-# user's harmless setuid-to-themselves file would come back setuid-root.
-RESTORE_MODE_MASK = 0o1777
 MAX_PROBLEMS = 50
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# tarfile's own extraction filter (Python 3.11.4+) is a second opinion on top of the checks
-# here, which do not depend on it.
-_TAR_FILTER: Callable[[tarfile.TarInfo, str], tarfile.TarInfo] | None = getattr(
-    tarfile, "tar_filter", None)
 
 
 class ArchiveEngine(Engine):
@@ -120,7 +114,7 @@ class ArchiveEngine(Engine):
         collector = CollectingReporter(reporter)
         meter = ProgressMeter(collector)
         meter.update(force=True, phase="scanning", counting=True)
-        entries = [e for e in scan(spec, control, collector) if _storable(e, collector)]
+        entries = scan(spec, control, collector)
         files = [e for e in entries if e.kind == "file"]
         meter.update(force=True, phase="archiving", counting=False, files_total=len(files),
                      bytes_total=sum(e.size for e in files))
@@ -140,7 +134,7 @@ class ArchiveEngine(Engine):
             control.safe_point()
             manifest = Manifest(snapshot_id, self.name, now.isoformat().replace("+00:00", "Z"),
                                 {name: str(path) for name, path in spec.source_names().items()},
-                                records)
+                                records, job_id=spec.job_id)
             manifest.write(manifest_path)
             os.replace(partial, final)
             fsync_dir(dest)
@@ -160,7 +154,7 @@ class ArchiveEngine(Engine):
         """List complete archives (archive and manifest both present), oldest first."""
         dest = spec.destination
         found: list[Snapshot] = []
-        for snapshot_id in _complete(dest):
+        for snapshot_id in _complete(dest, spec.job_id):
             try:
                 manifest = Manifest.read(_manifest_path(dest, snapshot_id))
                 when = manifest.time
@@ -176,7 +170,8 @@ class ArchiveEngine(Engine):
     def delete_snapshots(self, spec: BackupSpec, snapshot_ids: Sequence[str]) -> None:
         """Remove snapshots: the manifest first, then the archive, so half-deleted is unlisted."""
         dest = spec.destination
-        present = {n.snapshot_id for n in _listing(dest) if n.kind != "partial"}
+        present = {n.snapshot_id for n in _listing(dest) if n.kind != "partial"
+                   and _belongs(dest, n.snapshot_id, spec.job_id)}
         for snapshot_id in snapshot_ids:
             if check_snapshot_id(snapshot_id) not in present:
                 raise SnapshotNotFound(f"snapshot {snapshot_id} is not in {dest}")
@@ -249,34 +244,16 @@ class ArchiveEngine(Engine):
         pacer = _Pacer(meter, control)
         problems: list[str] = []
         seen: set[str] = set()
-        done_files = done_bytes = 0
         try:
-            writer = _TargetWriter(target, overwrite)
+            writer = TargetWriter(target, overwrite, reporter.warning)
             try:
                 with _read_archive(archive, compression) as (tar, _):
+                    run = _RestoreRun(tar, writer, wanted, meter, pacer, problems, seen)
                     # Stop reading once everything wanted is out (a sub-path near the start
                     # of a big archive should not cost a full read).
                     while len(seen) < len(wanted) and (member := tar.next()) is not None:
                         control.safe_point()
-                        entry = _entry_for_member(member, index)
-                        if member.name not in wanted:
-                            continue
-                        if member.name in seen:
-                            raise EngineError(f"the archive holds {member.name!r} twice; "
-                                              "restore refused")
-                        seen.add(member.name)
-                        problems.extend(_metadata_problems(member, entry))
-                        if entry["type"] == "dir":
-                            writer.directory(member, entry)
-                        elif entry["type"] == "symlink":
-                            writer.symlink(member, entry)
-                        else:
-                            meter.update(current_file=member.name)
-                            size, digest = writer.file(member, entry, _member_data(tar, member),
-                                                       pacer)
-                            problems.extend(_content_problems(member.name, entry, size, digest))
-                            done_files, done_bytes = done_files + 1, done_bytes + size
-                            meter.add(files=1)
+                        run.member(member, _entry_for_member(member, index))
                 writer.finish()
             finally:
                 writer.close()
@@ -293,7 +270,7 @@ class ArchiveEngine(Engine):
         if problems:
             raise EngineError(f"the restore into {target} finished with problems: "
                               + "; ".join(problems[:5]))
-        return RestoreResult(done_files, done_bytes)
+        return RestoreResult(run.files, run.bytes)
 
     # --- verify -------------------------------------------------------------------------
 
@@ -381,12 +358,33 @@ def _listing(dest: Path) -> list[_Name]:
     return [parsed for name in _names(dest) if (parsed := _parse_name(name))]
 
 
-def _complete(dest: Path) -> dict[str, str]:
-    """Complete snapshots (archive and manifest both present): id -> compression."""
+def _complete(dest: Path, job_id: str = "") -> dict[str, str]:
+    """Complete snapshots (archive and manifest both present): id -> compression.
+
+    With a job id, only that job's: another job's archive in the same destination is
+    never listed, pruned, restored or verified as this one's (issue 12, item 1).
+    """
     names = _listing(dest)
     manifests = {n.snapshot_id for n in names if n.kind == "manifest"}
     return {n.snapshot_id: n.compression for n in names
-            if n.kind == "archive" and n.snapshot_id in manifests}
+            if n.kind == "archive" and n.snapshot_id in manifests
+            and _belongs(dest, n.snapshot_id, job_id)}
+
+
+def _belongs(dest: Path, snapshot_id: str, job_id: str) -> bool:
+    """Whether a snapshot is the job's: its manifest names the job, or names none.
+
+    Manifests written before snapshots recorded their job, and callers outside a job
+    (an empty job_id), see every snapshot as before. Only the manifest's head is read;
+    one that cannot be read is listed (verify names the damage, prune can remove it).
+    """
+    if not job_id:
+        return True
+    try:
+        owner = read_head(_manifest_path(dest, snapshot_id)).get("job_id") or ""
+    except ManifestError:
+        return True
+    return not owner or owner == job_id
 
 
 def _archive_path(dest: Path, snapshot_id: str, compression: str,
@@ -400,9 +398,10 @@ def _manifest_path(dest: Path, snapshot_id: str) -> Path:
 
 def _locate(spec: BackupSpec, snapshot_id: str) -> tuple[Path, str, Path]:
     """The archive, its compression and its manifest for a complete snapshot."""
-    compression = _complete(spec.destination).get(check_snapshot_id(snapshot_id))
+    compression = _complete(spec.destination, spec.job_id).get(check_snapshot_id(snapshot_id))
     if compression is None:
-        raise SnapshotNotFound(f"snapshot {snapshot_id} is not in {spec.destination}")
+        raise SnapshotNotFound(f"snapshot {snapshot_id} of this job is not in "
+                               f"{spec.destination}")
     return (_archive_path(spec.destination, snapshot_id, compression), compression,
             _manifest_path(spec.destination, snapshot_id))
 
@@ -468,18 +467,6 @@ def _compression(options: Mapping[str, Any]) -> tuple[str, int]:
         raise EngineError(f"{name} level must be a whole number from {low} to {high}, "
                           f"not {level!r}")
     return name, level
-
-
-def _storable(entry: Entry, reporter: Reporter) -> bool:
-    """Whether an entry's name can go in the manifest (JSON needs valid UTF-8)."""
-    try:
-        entry.rel.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(entry.path).decode("utf-8", "replace")
-        reporter.warning(f"{shown}: the name is not valid UTF-8, so it cannot be listed in "
-                         "the manifest; skipped")
-        return False
-    return True
 
 
 class _Pacer:
@@ -558,6 +545,8 @@ def _read_archive(path: Path, compression: str
 
 
 def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.islnk():
+        return "hardlink"
     if member.isreg():
         return "file"
     if member.isdir():
@@ -600,6 +589,13 @@ def _metadata_problems(member: tarfile.TarInfo, entry: Mapping[str, Any]) -> lis
     if entry["type"] == "symlink" and member.linkname != entry["target"]:
         problems.append(f"{member.name}: link target {member.linkname!r} in the archive, "
                         f"{entry['target']!r} in the manifest")
+    if member.islnk() and member.linkname != entry.get("link"):
+        problems.append(f"{member.name}: a hard link to {member.linkname!r} in the archive, "
+                        f"to {entry.get('link')!r} in the manifest")
+    if (isinstance(entry.get("uid"), int) and isinstance(entry.get("gid"), int)
+            and (member.uid, member.gid) != (entry["uid"], entry["gid"])):
+        problems.append(f"{member.name}: owner {member.uid}:{member.gid} in the archive, "
+                        f"{entry['uid']}:{entry['gid']} in the manifest")
     return problems
 
 
@@ -632,11 +628,14 @@ def _verify_member(tar: tarfile.TarFile, member: tarfile.TarInfo,
         return 0
     seen.add(member.name)
     kind = _member_kind(member)
-    if kind != entry["type"]:
-        problems.append(f"{member.name}: a {kind} in the archive, a {entry['type']} in the "
-                        "manifest")
+    if kind != expected_kind(entry):
+        problems.append(f"{member.name}: a {kind} in the archive, a {expected_kind(entry)} in "
+                        "the manifest")
         return 0
     problems.extend(_metadata_problems(member, entry))
+    if kind == "hardlink" and member.linkname not in seen:
+        problems.append(f"{member.name}: a hard link to {member.linkname!r}, which is not "
+                        "before it in the archive")
     if kind != "file":
         return 0
     meter.update(current_file=member.name)
@@ -729,6 +728,7 @@ def _index(manifest: Manifest) -> dict[str, dict[str, Any]]:
         if path in index:
             raise ManifestError(f"the manifest lists {path!r} twice")
         index[path] = entry
+    check_links(index)
     for path in index:
         parts = path.split("/")
         for depth in range(1, len(parts)):
@@ -759,10 +759,76 @@ def _entry_for_member(member: tarfile.TarInfo,
         raise EngineError(f"the archive holds {name!r}, which its manifest does not list; "
                           "restore refused (the archive may have been tampered with)")
     kind = _member_kind(member)
-    if kind != entry["type"]:
-        raise EngineError(f"{name!r} is a {kind} in the archive but a {entry['type']} in the "
-                          "manifest; restore refused (the archive may have been tampered with)")
+    if kind != expected_kind(entry):
+        raise EngineError(f"{name!r} is a {kind} in the archive but a {expected_kind(entry)} "
+                          "in the manifest; restore refused (the archive may have been "
+                          "tampered with)")
     return entry
+
+
+class _RestoreRun:
+    """Restores the members of one archive stream that a restore wants, in stream order.
+
+    A hard link whose first name is not wanted (a sub-path restore) gets that file's
+    content itself, written when the first name's member goes by, and any further
+    wanted names of it link to it.
+    """
+
+    def __init__(self, tar: tarfile.TarFile, writer: TargetWriter,
+                 wanted: Mapping[str, dict[str, Any]], meter: ProgressMeter, pacer: _Pacer,
+                 problems: list[str], seen: set[str]) -> None:
+        self.tar, self.writer, self.wanted = tar, writer, wanted
+        self.meter, self.pacer, self.problems, self.seen = meter, pacer, problems, seen
+        self.files = self.bytes = 0
+        self.written: dict[str, str] = {}  # a file's path in the snapshot -> in the target
+        self.stand_in: dict[str, str] = {}  # an unwanted first name -> the name taking it
+        for path, entry in wanted.items():
+            link = entry.get("link")
+            if link and link not in wanted:
+                self.stand_in.setdefault(link, path)
+
+    def member(self, member: tarfile.TarInfo, entry: dict[str, Any]) -> None:
+        """Restore one member, if it is wanted (or stands in for one that is)."""
+        name = member.name
+        if name not in self.wanted:
+            if name in self.stand_in and member.isreg():
+                self._file(member, self.wanted[self.stand_in[name]], name)
+            return
+        if name in self.seen:
+            if self.written.get(self.wanted[name].get("link") or "") == name:
+                return  # its content came with its first name's member
+            raise EngineError(f"the archive holds {shown(name)!r} twice; restore refused")
+        self.problems.extend(_metadata_problems(member, entry))
+        if entry["type"] == "dir":
+            self.seen.add(name)
+            self.writer.directory(member, entry)
+        elif entry["type"] == "symlink":
+            self.seen.add(name)
+            self.writer.symlink(member, entry)
+        elif member.islnk():
+            self.seen.add(name)
+            source = self.written.get(member.linkname)
+            if source is None:
+                self.problems.append(f"{shown(name)}: a hard link to {shown(member.linkname)}"
+                                     ", which was not restored")
+                return
+            self.writer.hardlink(member, entry, source)
+            self.files, self.bytes = self.files + 1, self.bytes + entry["size"]
+            self.meter.add(files=1, nbytes=entry["size"])
+        else:
+            self._file(member, entry, name)
+
+    def _file(self, member: tarfile.TarInfo, entry: dict[str, Any], source: str) -> None:
+        """Write a file member's data to the entry's path."""
+        self.seen.add(entry["path"])
+        self.meter.update(current_file=shown(entry["path"]))
+        data = _member_data(self.tar, member)
+        size, digest = self.writer.file(
+            member, entry, lambda sink: _hash_stream(data, entry, self.pacer, sink))
+        self.problems.extend(_content_problems(shown(entry["path"]), entry, size, digest))
+        self.written[source] = entry["path"]
+        self.files, self.bytes = self.files + 1, self.bytes + size
+        self.meter.add(files=1)
 
 
 def _check_conflicts(target: Path, entries: Iterable[Mapping[str, Any]],
@@ -790,156 +856,6 @@ def _check_conflicts(target: Path, entries: Iterable[Mapping[str, Any]],
     if clashes and not overwrite:
         raise RestoreConflict(f"{_count(clashes, 'path', 'paths')} to restore already exist in "
                               f"{target} ({_some(clashes)}); choose overwrite or another target")
-
-
-class _TargetWriter:
-    """Writes entries under a target directory without ever following a symlink in it.
-
-    Every directory on the way is opened with O_NOFOLLOW relative to its parent, and
-    every new name is made relative to an open directory, so a symlink planted in the
-    target (or earlier in the same archive) cannot redirect a write outside it.
-    """
-
-    def __init__(self, target: Path, overwrite: bool) -> None:
-        self.target = target
-        self.overwrite = overwrite
-        self.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._dirs: list[tuple[str, int, int]] = []
-
-    def close(self) -> None:
-        """Release the target directory."""
-        os.close(self.root_fd)
-
-    def directory(self, member: tarfile.TarInfo, entry: Mapping[str, Any]) -> None:
-        """Make a directory (or keep the one there); its mode and mtime are set by finish()."""
-        parent_fd, leaf = self._parent(entry["path"])
-        try:
-            exists = self._clear(parent_fd, leaf, entry)
-            self._second_opinion(member)
-            if not exists:
-                os.mkdir(leaf, 0o700, dir_fd=parent_fd)
-        finally:
-            os.close(parent_fd)
-        self._dirs.append((entry["path"], entry["mode"] & RESTORE_MODE_MASK, entry["mtime_ns"]))
-
-    def symlink(self, member: tarfile.TarInfo, entry: Mapping[str, Any]) -> None:
-        """Make a symlink, replacing what was there only through a rename."""
-        parent_fd, leaf = self._parent(entry["path"])
-        try:
-            self._clear(parent_fd, leaf, entry)
-            self._second_opinion(member)
-            tmp = _temp_name()
-            os.symlink(member.linkname, tmp, dir_fd=parent_fd)
-            try:
-                os.utime(tmp, ns=(entry["mtime_ns"], entry["mtime_ns"]), dir_fd=parent_fd,
-                         follow_symlinks=False)
-                os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=parent_fd)
-                raise
-        finally:
-            os.close(parent_fd)
-
-    def file(self, member: tarfile.TarInfo, entry: Mapping[str, Any], data: IO[bytes],
-             pacer: _Pacer) -> tuple[int, str]:
-        """Write a file under a temporary name, set mode and mtime, rename it into place."""
-        parent_fd, leaf = self._parent(entry["path"])
-        try:
-            self._clear(parent_fd, leaf, entry)
-            self._second_opinion(member)
-            tmp = _temp_name()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
-            try:
-                with open(fd, "wb", closefd=False) as out:
-                    size, digest = _hash_stream(data, entry, pacer, out.write)
-                os.fchmod(fd, entry["mode"] & RESTORE_MODE_MASK)
-                os.utime(fd, ns=(entry["mtime_ns"], entry["mtime_ns"]))
-                os.close(fd)
-                fd = -1
-                os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            except BaseException:
-                if fd >= 0:
-                    os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=parent_fd)
-                raise
-        finally:
-            os.close(parent_fd)
-        return size, digest
-
-    def finish(self) -> None:
-        """Give directories their modes and mtimes, deepest first (writing inside changes them)."""
-        for rel, mode, mtime_ns in reversed(self._dirs):
-            parent_fd, leaf = self._parent(rel)
-            try:
-                fd = os.open(leaf, _DIR_FLAGS, dir_fd=parent_fd)
-            finally:
-                os.close(parent_fd)
-            try:
-                os.fchmod(fd, mode)
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-            finally:
-                os.close(fd)
-
-    def _parent(self, rel: str) -> tuple[int, str]:
-        """Open the directory that holds rel (creating missing ones) and return it and the leaf."""
-        *parents, leaf = rel.split("/")
-        fd = os.dup(self.root_fd)
-        try:
-            for depth, part in enumerate(parents, 1):
-                try:
-                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    os.mkdir(part, 0o777, dir_fd=fd)  # umask applies, as for mkdir -p
-                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as err:
-                    if err.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    where = self.target.joinpath(*parents[:depth])
-                    raise EngineError(f"{where} is a symlink or a file, not a directory; "
-                                      "restore will not write through it") from err
-                os.close(fd)
-                fd = next_fd
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, leaf
-
-    def _clear(self, parent_fd: int, leaf: str, entry: Mapping[str, Any]) -> bool:
-        """Make way for an entry; return whether a directory it can reuse is already there."""
-        try:
-            st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        if stat.S_ISDIR(st.st_mode):
-            if entry["type"] == "dir":
-                return True
-            raise RestoreConflict(f"{self.target / entry['path']} is a directory; restore does "
-                                  f"not replace a directory with a {entry['type']}")
-        if not self.overwrite:
-            raise RestoreConflict(f"{self.target / entry['path']} already exists")
-        if entry["type"] == "dir" or stat.S_ISLNK(st.st_mode):
-            # unlink removes a symlink itself, never what it points at. A regular file
-            # stays until the new one is renamed over it, so it is never lost half way.
-            os.unlink(leaf, dir_fd=parent_fd)
-        return False
-
-    def _second_opinion(self, member: tarfile.TarInfo) -> None:
-        """Ask tarfile's "tar" filter too; its changed modes are not used (it drops g+w)."""
-        if _TAR_FILTER is None:
-            return
-        try:
-            _TAR_FILTER(member, str(self.target))
-        except tarfile.FilterError as err:
-            raise EngineError(f"the archive member {member.name!r} was refused: {err}; "
-                              "restore stopped") from err
-
-
-def _temp_name() -> str:
-    # Short and fixed-length, so it fits wherever the real name fits.
-    return f".restore-{secrets.token_hex(8)}.tmp"
 
 
 # --- wording -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ safe_point_bytes, between pieces.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import os
 import queue
@@ -45,8 +46,10 @@ import blake3
 import zstandard
 
 from engines.base import ProgressMeter, Reporter, RunControl
+from engines.fsmeta import shown
 from engines.manifest import Hasher
 from engines.scan import Entry
+from engines.tarmeta import LinkGroups, entry_xattrs, owner_fields, pax_records
 
 # The manifest key of each file's content hash (see engines/manifest.py CONTENT_HASHES).
 HASH = "blake3"
@@ -81,37 +84,45 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # gname, devmajor, devminor, prefix, then 12 bytes of padding: one 512-byte block.
 _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
 _MAGIC = tarfile.POSIX_MAGIC  # b"ustar\x0000"
-_ID = b"0000000\x00"  # uid and gid 0, as tarfile writes for a TarInfo left at its defaults
 # The checksum counts its own field as eight spaces, plus every other byte of the block.
-_CHECKSUM_BASE = 8 * ord(" ") + 2 * sum(_ID) + sum(_MAGIC)
+_CHECKSUM_BASE = 8 * ord(" ") + sum(_MAGIC)
 _NUMBER_LIMIT = 8 ** 11  # size and mtime fit 11 octal digits; beyond, pax records them
-_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
+_ID_LIMIT = 8 ** 7  # uid and gid fit 7 octal digits; beyond, pax records them
+_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+          "hardlink": tarfile.LNKTYPE}
 
 
 def tar_header(name: str, kind: str, size: int, mtime: int, mode: int,
-               linkname: str = "") -> bytes:
+               linkname: str = "", uid: int = 0, gid: int = 0,
+               pax: dict[str, str] | None = None) -> bytes:
     """The header block(s) of one member: byte for byte what tarfile writes in pax format.
 
     A short ASCII name and link target and numbers that fit make one ustar block, packed
-    here; anything else (a long or non-ASCII name, a huge size, a time before 1970)
-    goes through tarfile, which puts a pax extended header in front.
+    here; anything else (a long or non-ASCII name, a huge size, a time before 1970, extra
+    pax records such as extended attributes) goes through tarfile, which puts a pax
+    extended header in front. A "hardlink" names its first path in linkname.
     """
     if kind == "dir" and not name.endswith("/"):
         name += "/"  # as tarfile does; readers strip it again
-    if (name.isascii() and len(name) <= 100 and linkname.isascii() and len(linkname) <= 100
-            and 0 <= size < _NUMBER_LIMIT and 0 <= mtime < _NUMBER_LIMIT):
+    if (not pax and name.isascii() and len(name) <= 100 and linkname.isascii()
+            and len(linkname) <= 100 and 0 <= size < _NUMBER_LIMIT
+            and 0 <= mtime < _NUMBER_LIMIT and 0 <= uid < _ID_LIMIT and 0 <= gid < _ID_LIMIT):
         name_b, link_b = name.encode("ascii"), linkname.encode("ascii")
         mode_b = b"%07o\x00" % (mode & 0o7777)
+        uid_b, gid_b = b"%07o\x00" % uid, b"%07o\x00" % gid
         size_b = b"%011o\x00" % size
         mtime_b = b"%011o\x00" % mtime
         kind_b = _TYPES[kind]
-        checksum = (_CHECKSUM_BASE + sum(name_b) + sum(link_b) + sum(mode_b) + sum(size_b)
-                    + sum(mtime_b) + kind_b[0])
-        return _USTAR.pack(name_b, mode_b, _ID, _ID, size_b, mtime_b, b"%06o\x00 " % checksum,
-                           kind_b, link_b, _MAGIC, b"", b"", b"", b"", b"")
+        checksum = (_CHECKSUM_BASE + sum(name_b) + sum(link_b) + sum(mode_b) + sum(uid_b)
+                    + sum(gid_b) + sum(size_b) + sum(mtime_b) + kind_b[0])
+        return _USTAR.pack(name_b, mode_b, uid_b, gid_b, size_b, mtime_b,
+                           b"%06o\x00 " % checksum, kind_b, link_b, _MAGIC, b"", b"", b"",
+                           b"", b"")
     info = tarfile.TarInfo(name)
     info.type, info.size, info.mtime, info.mode = _TYPES[kind], size, mtime, mode
-    info.linkname = linkname
+    info.linkname, info.uid, info.gid = linkname, uid, gid
+    if pax:
+        info.pax_headers = dict(pax)
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
@@ -493,6 +504,14 @@ def _read_carefully(fd: int) -> _Read:
                  before.st_mtime_ns, stat.S_IMODE(before.st_mode), changed, shortfall, error)
 
 
+def _next_data(fd: int, pos: int, size: int) -> int:
+    """Where the data after `pos` starts (`size` if only a hole follows); `pos` if unknown."""
+    try:
+        return min(os.lseek(fd, pos, os.SEEK_DATA), size)
+    except OSError as err:
+        return size if err.errno == errno.ENXIO else pos  # ENXIO: a hole to the end
+
+
 # --- the writer ------------------------------------------------------------------------------
 
 
@@ -508,11 +527,15 @@ def write_archive(raw: IO[bytes], compression: str, level: int, entries: Sequenc
     try:
         writer = _EntryWriter(_TarStream(compressor), reporter, meter, control,
                               safe_point_bytes)
+        links = LinkGroups()
         records: list[dict[str, Any]] = []
         for entry in entries:
             control.safe_point()
             record: dict[str, Any] | None
-            if entry.kind != "file":
+            leader = links.leader_of(entry)
+            if leader is not None:
+                record = writer.add_link(entry, links.follower(entry, leader), leader)
+            elif entry.kind != "file":
                 record = writer.add_other(entry)
             elif entry.size <= SMALL_FILE:
                 record = writer.add_small(entry)
@@ -520,8 +543,11 @@ def write_archive(raw: IO[bytes], compression: str, level: int, entries: Sequenc
                 record = writer.add_large(entry)
             if record is not None:
                 records.append(record)
+                if leader is None and entry.kind == "file":
+                    links.written(entry, record)
         writer.tar.end()
         compressor.finish()
+        links.finish()  # after the hashing thread has set every leader's hash
     except BaseException:
         compressor.abandon()
         raise
@@ -542,13 +568,35 @@ class _EntryWriter:
     def add_other(self, entry: Entry) -> dict[str, Any]:
         """A directory or symlink, as the scan saw it."""
         self.meter.update(current_file=entry.rel)
+        owner = self._owner(entry)
         mtime = entry.mtime_ns // 1_000_000_000  # tar keeps seconds; the manifest keeps ns
-        self.tar.write(tar_header(entry.rel, entry.kind, 0, mtime, entry.mode, entry.target))
+        self.tar.write(tar_header(entry.rel, entry.kind, 0, mtime, entry.mode, entry.target,
+                                  entry.uid, entry.gid, pax_records(owner.get("xattrs"))))
         record: dict[str, Any] = {"path": entry.rel, "type": entry.kind, "size": 0,
-                                  "mtime_ns": entry.mtime_ns, "mode": entry.mode}
+                                  "mtime_ns": entry.mtime_ns, "mode": entry.mode, **owner}
         if entry.kind == "symlink":
             record["target"] = entry.target
         return record
+
+    def add_link(self, entry: Entry, record: dict[str, Any],
+                 leader: dict[str, Any]) -> dict[str, Any]:
+        """A later name of a file already in the archive: a hard-link member, no data."""
+        self.meter.update(current_file=entry.rel)
+        self.tar.write(tar_header(entry.rel, "hardlink", 0, leader["mtime_ns"] // 1_000_000_000,
+                                  leader["mode"], leader["path"], leader["uid"],
+                                  leader["gid"]))
+        self.meter.add(files=1, nbytes=leader["size"])
+        return record
+
+    def _owner(self, entry: Entry) -> dict[str, Any]:
+        """Owner, group and kept attributes; attributes that cannot be read are a warning."""
+        try:
+            xattrs = entry_xattrs(entry)
+        except OSError as err:
+            self.reporter.warning(f"{shown(entry.path)}: its extended attributes cannot be "
+                                  f"read ({err.strerror or err}); backed up without them")
+            xattrs = {}
+        return owner_fields(entry, xattrs)
 
     def add_small(self, entry: Entry) -> dict[str, Any] | None:
         """A small file, read whole."""
@@ -561,13 +609,15 @@ class _EntryWriter:
         size = read.size
         if size != entry.size:
             self._size_changed(entry, size)
+        owner = self._owner(entry)
         self.tar.write_file(tar_header(entry.rel, "file", size, read.mtime_ns // 1_000_000_000,
-                                       read.mode), read.data)
+                                       read.mode, "", entry.uid, entry.gid,
+                                       pax_records(owner.get("xattrs"))), read.data)
         if read.outcome == "partly":
             self._warn_if_changed(entry, read.error, read.shortfall, read.changed)
         self.meter.add(files=1, nbytes=size, current_file=entry.rel)
         return {"path": entry.rel, "type": "file", "size": size, "mtime_ns": read.mtime_ns,
-                "mode": read.mode, HASH: blake3.blake3(read.data).hexdigest()}
+                "mode": read.mode, HASH: blake3.blake3(read.data).hexdigest(), **owner}
 
     def add_large(self, entry: Entry) -> dict[str, Any] | None:
         """A large file, read and hashed a piece at a time."""
@@ -589,11 +639,14 @@ class _EntryWriter:
             if size != entry.size:
                 self._size_changed(entry, size)
             mode = stat.S_IMODE(before.st_mode)
+            owner = self._owner(entry)
             self.tar.write(tar_header(entry.rel, "file", size,
-                                      before.st_mtime_ns // 1_000_000_000, mode))
+                                      before.st_mtime_ns // 1_000_000_000, mode, "",
+                                      entry.uid, entry.gid, pax_records(owner.get("xattrs"))))
             record: dict[str, Any] = {"path": entry.rel, "type": "file", "size": size,
-                                      "mtime_ns": before.st_mtime_ns, "mode": mode}
-            shortfall, error = self._copy(fd, size, record)
+                                      "mtime_ns": before.st_mtime_ns, "mode": mode, **owner}
+            holes = before.st_blocks * 512 < size  # sparse: its holes need not be read
+            shortfall, error = self._copy(fd, size, record, holes)
             self.tar.pad()
             after = os.fstat(fd)
         finally:
@@ -603,7 +656,8 @@ class _EntryWriter:
         self.meter.add(files=1)
         return record
 
-    def _copy(self, fd: int, size: int, record: dict[str, Any]) -> tuple[int, str]:
+    def _copy(self, fd: int, size: int, record: dict[str, Any],
+              holes: bool = False) -> tuple[int, str]:
         """Exactly `size` bytes of a file into the tar, zero-padded past an early end (tar
         announces a member's size before its data); they are hashed into record[HASH]
         on the hashing thread. Return how many bytes were missing at the end, and the read
@@ -613,13 +667,20 @@ class _EntryWriter:
             record[HASH] = digest.hexdigest()
         left, since_safe_point = size, 0
         shortfall, error, ended = 0, "", False
+        data_at = 0  # before this offset the file is known to hold data (or unknown)
         while left:
             want = min(READ_CHUNK, left)
             room = self.tar.reserve(want)
             got = 0
+            pos = size - left
+            if holes and pos >= data_at:
+                data_at = _next_data(fd, pos, size)
+            if data_at - pos >= want:  # a hole all the way: zeros, nothing to read
+                room[:] = _ZEROS[:want]
+                got = want
             while not ended and got < want:
                 try:
-                    n = os.readv(fd, [room[got:]])
+                    n = os.preadv(fd, [room[got:]], pos + got)
                 except OSError as err:
                     error, ended = err.strerror or str(err), True
                     break
@@ -646,22 +707,22 @@ class _EntryWriter:
 
     def _skipped(self, entry: Entry, outcome: str, error: str) -> None:
         if outcome == "vanished":
-            self.reporter.warning(f"{entry.path} vanished during the backup; skipped")
+            self.reporter.warning(f"{shown(entry.path)} vanished during the backup; skipped")
         elif outcome == "not regular":
-            self.reporter.warning(f"{entry.path} is no longer a regular file; skipped")
+            self.reporter.warning(f"{shown(entry.path)} is no longer a regular file; skipped")
         else:
-            self.reporter.warning(f"{entry.path} cannot be read ({error}); skipped")
+            self.reporter.warning(f"{shown(entry.path)} cannot be read ({error}); skipped")
 
     def _warn_if_changed(self, entry: Entry, error: str, shortfall: int,
                          changed: bool) -> None:
         if error:
-            self.reporter.warning(f"{entry.path} could not be read to the end ({error}); "
+            self.reporter.warning(f"{shown(entry.path)} could not be read to the end ({error}); "
                                   "the archive holds it with the unread rest filled with "
                                   "zeros")
         elif shortfall:
-            self.reporter.warning(f"{entry.path} shrank by {shortfall} bytes while it was "
+            self.reporter.warning(f"{shown(entry.path)} shrank by {shortfall} bytes while it was "
                                   "backed up; the archive holds it padded with zeros to its "
                                   "earlier size")
         elif changed:
-            self.reporter.warning(f"{entry.path} changed while it was backed up; the archived "
-                                  "copy may mix old and new content")
+            self.reporter.warning(f"{shown(entry.path)} changed while it was backed up; the "
+                                  "archived copy may mix old and new content")
