@@ -96,6 +96,8 @@ async def killed_mid_backup(session: aiohttp.ClientSession, src: Path, dest: Pat
             await api.call("PUT", "/api/settings", settings)
         job_id, run_id = await start_paused_run(api, src, dest)
         assert any(n.endswith(".partial") for n in os.listdir(dest))
+        # Running again when the crash comes: a paused run would stay paused (issue 12).
+        await api.call("POST", f"/api/runs/{run_id}/resume", {})
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -127,8 +129,8 @@ async def test_sigkill_mid_backup_then_restart_resumes(session: aiohttp.ClientSe
     job_id, run_id = await killed_mid_backup(session, src, dest, data, port)
     with running_server(data, port):
         types = await check_after(Api(session, port), job_id, run_id, src, data, tmp_path)
-    assert types == ["RunQueued", "RunStarted", "RunPaused", "RunInterrupted:crash",
-                     "RunResumed", "RunStarted", "RunSucceeded"]
+    assert types == ["RunQueued", "RunStarted", "RunPaused", "RunResumed",
+                     "RunInterrupted:crash", "RunResumed", "RunStarted", "RunSucceeded"]
     assert cli("events", "verify", "--data", str(data)).returncode == 0
     assert cli("events", "replay", "--out", str(tmp_path / "rebuilt"),
                "--data", str(data)).returncode == 0
@@ -142,13 +144,14 @@ async def test_sigterm_interrupts_cleanly_and_the_next_start_resumes(
     with running_server(data, port) as (proc, _):
         api = Api(session, port)
         job_id, run_id = await start_paused_run(api, src, dest)
+        await api.call("POST", f"/api/runs/{run_id}/resume", {})  # paused would stay paused
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert "interrupted by shutdown" in (data / "logs" / "runs" / f"{run_id}.log").read_text()
     with running_server(data, port):
         types = await check_after(Api(session, port), job_id, run_id, src, data, tmp_path)
-    assert types == ["RunQueued", "RunStarted", "RunPaused", "RunInterrupted:shutdown",
-                     "RunResumed", "RunStarted", "RunSucceeded"]
+    assert types == ["RunQueued", "RunStarted", "RunPaused", "RunResumed",
+                     "RunInterrupted:shutdown", "RunResumed", "RunStarted", "RunSucceeded"]
 
 
 async def test_a_second_stop_signal_does_not_cut_the_clean_stop_short(
