@@ -97,14 +97,22 @@ class Commands:
     def _allow_link_local(self) -> bool:
         return self.state.settings.get("allow_link_local_webhooks") is True
 
+    def allow_link_local_webhooks(self) -> bool:
+        """Whether the settings allow webhooks to link-local addresses."""
+        return self._allow_link_local()
+
+    def other_owners(self, job_id: str | None) -> list[Owner]:
+        """Every job's destination but this job's: where a save or restore may not go."""
+        return [Owner(j.job_id, str(j.spec.get("name")), str(j.spec.get("destination")))
+                for j in self.state.jobs.values() if j.job_id != job_id]
+
     async def _check_paths(self, spec: JobSpec, job: JobView | None) -> None:
         """Refuse paths that cannot work, or another job's destination.
 
         What only may not work (a path on a disk not mounted yet) is saved; the job's
         page shows it, computed when the page is read (core.pathcheck.path_warnings).
         """
-        others = [Owner(j.job_id, str(j.spec.get("name")), str(j.spec.get("destination")))
-                  for j in self.state.jobs.values() if job is None or j.job_id != job.job_id]
+        others = self.other_owners(job.job_id if job else None)
         try:
             report: PathReport = await asyncio.wait_for(asyncio.to_thread(
                 check_paths, spec.to_dict(), job.spec if job else None, others),

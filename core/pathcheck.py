@@ -14,6 +14,7 @@ Every function here touches the file system: call them off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import posixpath
 import stat
@@ -168,3 +169,12 @@ def path_warnings(spec: Mapping[str, Any]) -> list[str]:
     report = check_paths(spec)
     # On the page, what would refuse a save is still only a warning: the job exists.
     return list(report.errors.values()) + report.warnings
+
+
+async def path_warnings_off_loop(spec: Mapping[str, Any], within: float = 5.0) -> list[str]:
+    """path_warnings in a thread, bounded in time (a hung network mount must not hang)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(path_warnings, spec), within)
+    except TimeoutError:
+        return [f"the job's folders did not answer within {within:.0f} s "
+                "(a network mount that hangs?)"]

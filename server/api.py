@@ -9,6 +9,7 @@ from aiohttp import web
 
 from core import operations
 from core.errors import Conflict
+from core.pathcheck import path_warnings_off_loop
 from core.state import JobView
 from server.errors import BadRequest
 from server.keys import COMMANDS, RUNNER, SCHEDULER, STATE, STORE
@@ -76,6 +77,8 @@ async def get_job(request: web.Request) -> web.Response:
     job = request.app[COMMANDS].job(request.match_info["job_id"])
     body = job_json(request, job)
     body["runs"] = [r.as_dict() for r in request.app[STATE].job_runs(job.job_id)[:20]]
+    # Only here, not in the list: it touches each path, too slow for 1,000 jobs at once.
+    body["path_warnings"] = await path_warnings_off_loop(job.spec)
     return web.json_response(body)
 
 
@@ -139,10 +142,12 @@ async def list_snapshots(request: web.Request) -> web.Response:
 
 async def restore_snapshot(request: web.Request) -> web.Response:
     """Restore a snapshot into a target directory."""
-    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    commands = request.app[COMMANDS]
+    job = commands.job(request.match_info["job_id"])
     result = await operations.restore_snapshot(request.app[STORE], job,
                                                request.match_info["snapshot_id"],
-                                               await _json_body(request))
+                                               await _json_body(request),
+                                               commands.other_owners(job.job_id))
     return web.json_response(result)
 
 

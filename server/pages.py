@@ -21,7 +21,7 @@ from markupsafe import Markup
 from core import operations
 from core.commands import validate_job
 from core.errors import CommandError, Invalid
-from core.pathcheck import path_warnings
+from core.pathcheck import path_warnings_off_loop
 from core.queries import JobRow
 from core.state import JobView
 from engines.base import EngineError
@@ -139,14 +139,6 @@ async def _snapshots(job: JobView) -> tuple[list[Any], str | None]:
         return [], str(err)
 
 
-async def _path_warnings(spec: Mapping[str, Any]) -> list[str]:
-    """What may keep the job's paths from working now (a disk not mounted), off the loop."""
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(path_warnings, spec), 5)
-    except TimeoutError:
-        return ["the job's folders did not answer within 5 s (a network mount that hangs?)"]
-
-
 async def job_page(request: web.Request, restore_errors: Mapping[str, str] | None = None,
                    restore_values: Mapping[str, Any] | None = None,
                    status: int = 200) -> web.Response:
@@ -166,7 +158,7 @@ async def job_page(request: web.Request, restore_errors: Mapping[str, str] | Non
         "snapshots": snapshots, "snapshot_error": snapshot_error,
         "activity": list(reversed(job.activity)),
         "restore_errors": restore_errors or {}, "restore_values": restore_values or {},
-        "path_warnings": await _path_warnings(job.spec) if fragment is None else [],
+        "path_warnings": await path_warnings_off_loop(job.spec) if fragment is None else [],
     }
     return render(request, "job.html", context, {
         "header": "partials/job_header.html", "runs": "partials/job_runs.html",
@@ -206,7 +198,8 @@ async def job_save(request: web.Request) -> web.StreamResponse:
         if errors:
             # Show every problem at once: the spec's own checks too, not only the text's.
             try:
-                validate_job({**(job.spec if job else {}), **data})
+                validate_job({**(job.spec if job else {}), **data},
+                             commands.allow_link_local_webhooks())
             except Invalid as err:
                 errors = {**err.errors, **errors}
             raise Invalid("the form has errors", errors)
@@ -216,7 +209,7 @@ async def job_save(request: web.Request) -> web.StreamResponse:
         else:
             saved = await commands.update_job(job.job_id, data)
             message = f"Job “{saved.spec['name']}” saved."
-        warnings = await _path_warnings(saved.spec)
+        warnings = await path_warnings_off_loop(saved.spec)
     except Invalid as err:
         shown = {("retention" if k.startswith("keep_") else k): v
                  for k, v in err.errors.items()}
@@ -328,7 +321,8 @@ async def _background(request: web.Request, coro: Awaitable[Any], what: str
 
 async def snapshot_restore(request: web.Request) -> web.StreamResponse:
     """Start a restore of a snapshot (or a path in it) into a target directory."""
-    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    commands = request.app[COMMANDS]
+    job = commands.job(request.match_info["job_id"])
     snapshot_id = request.match_info["snapshot_id"]
     form = await _form(request)
     page = _url(request, "job", job_id=job.job_id) + "#activity"
@@ -342,7 +336,8 @@ async def snapshot_restore(request: web.Request) -> web.StreamResponse:
         return await job_page(request, {snapshot_id: str(err)}, {snapshot_id: typed}, 422)
     data = {"target": target, "path": path, "overwrite": form.get("overwrite") == "on"}
     finished, error, result = await _background(
-        request, operations.restore_snapshot(request.app[STORE], job, snapshot_id, data),
+        request, operations.restore_snapshot(request.app[STORE], job, snapshot_id, data,
+                                             commands.other_owners(job.job_id)),
         f"restore of {snapshot_id}")
     if error is not None:
         return redirect(page, ("error", f"Restore of {snapshot_id} failed: {error}"))

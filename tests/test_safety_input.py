@@ -103,6 +103,8 @@ async def test_paths_on_a_disk_not_mounted_yet_are_saved_with_a_warning_everywhe
     assert warnings, "the job page shows no path warning"
     assert f"source {later}/photos does not exist (yet)" in warnings.group(0)
     assert f"destination {later}/backups does not exist" in warnings.group(0)
+    api_job = await (await app_client.get(f"/api/jobs/{job_id}")).json()
+    assert any(f"{later}/photos does not exist (yet)" in w for w in api_job["path_warnings"])
     # The form says so when it saves, too.
     csrf = csrf_of(await (await app_client.get("/jobs/new")).text())
     saved = await app_client.post("/jobs/new", allow_redirects=False, data={
@@ -115,6 +117,7 @@ async def test_paths_on_a_disk_not_mounted_yet_are_saved_with_a_warning_everywhe
     fine = await (await app_client.post("/api/jobs", json=body(
         src, tmp_path / "fine", name="Fine"))).json()
     assert 'id="path-warnings"' not in await (await app_client.get(f"/jobs/{fine['id']}")).text()
+    assert (await (await app_client.get(f"/api/jobs/{fine['id']}")).json())["path_warnings"] == []
 
 
 async def test_invisible_control_characters_are_refused_in_names_and_paths(

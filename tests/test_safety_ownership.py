@@ -159,6 +159,20 @@ async def test_restoring_into_or_around_the_destination_is_refused_and_records_n
     assert (src / "a.txt").read_bytes() == b"first\n"
 
 
+async def test_restoring_into_another_jobs_destination_is_refused(
+        app_client: Client, tmp_path: Path) -> None:
+    """A restore must not write into the backups of another job either."""
+    job, snap, _ = await backed_up(app_client, tmp_path)
+    other_src = tmp_path / "other-src"
+    write(other_src / "x.txt", b"x\n")
+    other = await create(app_client, mirror("Other", other_src, tmp_path / "other-backups"))
+    url = f"/api/jobs/{job['id']}/snapshots/{snap}/restore"
+    for target in (Path(other["destination"]), Path(other["destination"]) / "inside"):
+        answer = await refused(app_client, "POST", url, {"target": str(target)})
+        assert "Other" in answer["error"], answer
+    assert not (Path(other["destination"]) / "inside").exists()
+
+
 async def test_an_engine_change_is_refused_once_the_job_has_backups(
         app_client: Client, tmp_path: Path) -> None:
     job, _, _ = await backed_up(app_client, tmp_path)
