@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from bench import engines, eventlog, pages, runtime
 
-BENCHMARKS = ("append", "replay", "ws", "engines", "runtime", "pages")
+BENCHMARKS = ("append", "replay", "chain", "ws", "engines", "runtime", "pages")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

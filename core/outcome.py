@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engines.base import BackupResult, BackupSpec, EngineError, Reporter, RunControl
-from events.store import EventStore, StoreError
+from events.store import ChainBroken, EventStore, StoreError
 from events.types import Event, canonical_json
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,9 @@ async def append_until_stored(store: EventStore, stream: str, events: list[Event
     """Append, retrying with backoff while the log cannot write (a full data directory).
 
     Every StoreError is retried (the store reports a full disk as "unavailable", like a
-    closed log); only the app stopping ends the retries, with False (the next start's
-    recovery then deals with the run). `wake` cuts a wait short.
+    closed log) but a broken hash chain, which no retry mends: it and the app stopping
+    end the retries with False (the next start's recovery then deals with the run).
+    `wake` cuts a wait short.
     """
     delay, failures = RETRY_FIRST, 0
     while True:
@@ -142,6 +143,9 @@ async def append_until_stored(store: EventStore, stream: str, events: list[Event
                 log.warning("recorded %s for %s after %d failed attempts", _names(events),
                             stream, failures)
             return True
+        except ChainBroken as err:
+            log.error("could not record %s for %s: %s", _names(events), stream, err)
+            return False
         except StoreError as err:  # a full disk shows as StoreClosed's kin: retried too
             failures += 1
             if failures == 1 or failures % 50 == 0:

@@ -12,7 +12,7 @@ from aiohttp import WSCloseCode, web
 
 from events.notifier import Subscription
 from events.record import StoredEvent
-from events.store import EventStore
+from events.store import EventStore, StoreUnavailable
 from server.errors import BadRequest
 from server.keys import CONFIG, STORE, WEBSOCKETS
 from server.origin import origin_refusal
@@ -100,6 +100,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await _tail(ws, store, sub, last)
     except ConnectionResetError:
         pass  # the client went away mid-send; it reconnects with its last seq
+    except StoreUnavailable as err:
+        # A damaged row met while replaying: say so to the client, not as a traceback.
+        log.error("WebSocket replay stopped: %s", err)
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR,
+                       message=b"event log damaged or unavailable; see /healthz")
     finally:
         sub.close()
         clients.discard(ws)

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from events import sql
@@ -224,6 +225,20 @@ def test_a_row_altered_while_serving_is_refused_when_read(tmp_path: Path) -> Non
         assert status == 503 and f"seq {bad}" in body["error"], body
         status, html = call(port, "GET", "/dashboard", accept="text/html")
         assert f"damaged at seq {bad}" in html
+        code, messages = asyncio.run(ws_replay(port))
+        assert code == 1011, (code, messages)  # closed with words, not left hanging
+        assert "dork" not in json.dumps(messages)
+
+
+async def ws_replay(port: int) -> tuple[int | None, list[Any]]:
+    """Open /ws?since=0 and read until it closes: the close code and what came."""
+    messages: list[Any] = []
+    async with aiohttp.ClientSession() as session, \
+            session.ws_connect(f"http://127.0.0.1:{port}/ws?since=0") as ws:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                messages.append(json.loads(msg.data))
+        return ws.close_code, messages
 
 
 async def test_reads_check_each_row_against_its_predecessor(tmp_path: Path) -> None:
