@@ -8,7 +8,7 @@ restic someone runs by hand.
 
 Pause is SIGSTOP to restic's process group and resume SIGCONT; cancel and interrupt are
 SIGINT (restic exits 130 without a snapshot), then SIGKILL if it does not exit in time. A
-watch (engines.restic_watch) can stop restic the same way when its repository vanishes.
+watch (engines.restic_watch) stops restic with SIGKILL when its repository vanishes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "restic is not installed; install it with apt-get install restic"
 CANCEL_GRACE = 10.0  # seconds restic gets to clean up after SIGINT before SIGKILL
-VANISH_GRACE = 2.0  # after its repository vanished there is nothing left to clean up
 POLL = 0.05  # how often the driving thread looks at the process and the control
 STDERR_KEEP = 400  # lines of restic's stderr kept to explain a failure
 
@@ -179,10 +178,12 @@ def _drive(proc: subprocess.Popen[bytes], control: RunControl,
             stopping = ("cancel" if control.cancelled else
                         "interrupt" if control.interrupted else "vanished")
             reason = vanished if stopping == "vanished" else None
-            signal_group(proc, signal.SIGINT)
+            # With its repository gone restic has nothing to clean up: on SIGINT it would
+            # only retry removing its lock for a minute and more.
+            signal_group(proc, signal.SIGKILL if reason else signal.SIGINT)
             if stopped:  # a stopped process only acts on SIGINT once continued
                 signal_group(proc, signal.SIGCONT)
-            kill_at = time.monotonic() + (VANISH_GRACE if reason else CANCEL_GRACE)
+            kill_at = None if reason else time.monotonic() + CANCEL_GRACE
         elif stopping is None and control.paused != stopped:
             stopped = control.paused
             signal_group(proc, signal.SIGSTOP if stopped else signal.SIGCONT)
