@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gzip
 import os
 import stat
@@ -126,6 +127,10 @@ class ArchiveEngine(Engine):
         ours = [partial, manifest_path, final]
         try:
             with raw:
+                # Held while it is written, so that a discard without a checkpoint (which
+                # cannot tell whose a partial is) leaves another run's archive alone.
+                with contextlib.suppress(OSError):  # no locks there (some network mounts)
+                    fcntl.flock(raw.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 records = write_archive(raw, compression, level, entries, control, collector,
                                         meter, SAFE_POINT_BYTES)
                 os.fsync(raw.fileno())
@@ -188,12 +193,13 @@ class ArchiveEngine(Engine):
         """Remove what an interrupted run left: its partial archive and a manifest without one.
 
         With a checkpoint only that run's leftovers go (another job may share the
-        destination); without one, every partial archive in the destination goes.
+        destination); without one, every partial archive no run is writing goes.
         """
         dest = spec.destination
         names = _listing(dest)
         if resume is None:
-            doomed = [n for n in names if n.kind == "partial"]
+            doomed = [n for n in names
+                      if n.kind == "partial" and not _being_written(dest / n.file_name)]
         else:
             parsed = _parse_name(str(resume.get("partial", "")))
             doomed = [parsed] if parsed and parsed.kind == "partial" else []
@@ -409,6 +415,23 @@ def _locate(spec: BackupSpec, snapshot_id: str) -> tuple[Path, str, Path]:
 def _time_from_id(snapshot_id: str) -> datetime:
     """When a snapshot started, read from its id (ids are UTC times)."""
     return datetime.strptime(snapshot_id[:18], "%Y-%m-%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def _being_written(path: Path) -> bool:
+    """Whether a run (of this job or another sharing the destination) is writing a partial."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # no locks there: as before, it goes
+    finally:
+        os.close(fd)
+    return False
 
 
 def _remove_all(paths: Iterable[Path], dest: Path) -> None:

@@ -12,13 +12,22 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from engines.archive import ArchiveEngine
 from engines.archive_restore import temp_name
-from engines.base import BackupResult, BackupSpec, RunControl, SnapshotNotFound
+from engines.base import (
+    BackupResult,
+    BackupSpec,
+    NullReporter,
+    Progress,
+    RunControl,
+    SnapshotNotFound,
+)
 from engines.manifest import Manifest
 from models.retention import Retention
 from tests.cli_helpers import REPO
@@ -93,6 +102,44 @@ def test_two_jobs_in_one_destination_never_see_or_prune_each_other(tmp_path: Pat
     # Outside any job (the CLI, an old caller) everything is listed, as before.
     everything = BackupSpec.build([a_src], dest)
     assert {s.id for s in engine.snapshots(everything)} == {a_snap, b_second}
+
+
+class _PauseWhenArchiving(NullReporter):
+    """Pauses its run once the archive is about to be written (the partial exists next)."""
+
+    def __init__(self, control: RunControl) -> None:
+        self.control = control
+
+    def progress(self, progress: Progress) -> None:
+        if progress.phase == "archiving":
+            self.control.pause()
+
+
+def test_discarding_without_a_checkpoint_spares_another_jobs_running_archive(
+        tmp_path: Path) -> None:
+    dest = tmp_path / "shared"
+    write(tmp_path / "a" / "f.txt", b"A\n")
+    job_a = BackupSpec.build([tmp_path / "a"], dest, job_id="job-a")
+    job_b = BackupSpec.build([tmp_path / "a"], dest, job_id="job-b")
+    write(dest / "2020-01-01T000000Z.tar.zst.partial", b"left by a crash")
+    control = RunControl()
+    results: list[BackupResult] = []
+    runner = threading.Thread(target=lambda: results.append(
+        ArchiveEngine().backup(job_a, control, _PauseWhenArchiving(control))))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(list(dest.glob("*.partial"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ArchiveEngine().discard_partial(job_b, None)  # B's crashed run had no checkpoint
+        # The crash's leftover went; A's archive being written stayed.
+        assert [p.name for p in dest.glob("*.partial")] != [] and \
+            not (dest / "2020-01-01T000000Z.tar.zst.partial").exists()
+    finally:
+        control.resume()
+        runner.join(timeout=30)
+    assert [s.id for s in ArchiveEngine().snapshots(job_a)] == [results[0].snapshot_id]
+    verify_ok(job_a, results[0].snapshot_id)
 
 
 def test_archives_from_before_job_ids_are_still_the_jobs(tmp_path: Path) -> None:
