@@ -16,6 +16,15 @@ then renames the archive into place and fsyncs the directory: a half archive nev
 complete. Deleting goes the other way (manifest first), so a half-deleted snapshot is
 not listed either.
 
+What an archive keeps (issue 12): content (sparse files are read and restored with their
+holes), mode, mtime, owner and group (restored where the server may chown: root or
+CAP_CHOWN), hard links inside the sources (hard-link members; links again on restore),
+`user.*` extended attributes and POSIX ACLs (pax SCHILY.xattr records, as GNU tar writes
+them), and names that are not UTF-8 (as their bytes). Each manifest records its job, and
+a job lists, prunes, restores and verifies only its own archives (and those from before
+archives recorded their job). Restores write under short temporary names and sweep what
+a killed restore left (engines/archive_restore.py).
+
 Crash recovery: a half-written zstd or gzip stream cannot be continued reliably, so this
 engine starts over instead of resuming (`resumes_partial = False`). Each run checkpoints
 {"engine": "archive", "partial": <file name>, "snapshot_id": <id>} before it writes
