@@ -189,6 +189,7 @@ def test_repository_deleted_during_a_backup_fails_within_seconds(
     thread.join(30)
     took = time.monotonic() - deleted
     assert not thread.is_alive(), "the backup went on after its repository was deleted"
+    print(f"the backup failed {took:.2f} s after its repository was deleted")
     assert took < 10, f"noticed {took:.1f} s after the repository was deleted"
     assert len(outcome) == 1 and isinstance(outcome[0], EngineError), outcome
     assert f"the repository {repo} vanished during the backup" in str(outcome[0])
@@ -270,58 +271,104 @@ def api(port: int, method: str, path: str, body: Any = None, timeout: float = 60
 
 
 def slow_restic(bin_dir: Path) -> dict[str, str]:
-    """An environment whose `restic` is the real one reading at most 2 MB/s, so a check
-    of a few MiB lasts long enough to kill the server during it."""
+    """An environment whose `restic` is the real one reading and writing at most 2 MB/s,
+    so a check or a backup of a few MiB lasts long enough to kill the server during it."""
     bin_dir.mkdir()
     wrapper = bin_dir / "restic"
-    wrapper.write_text(f'#!/bin/sh\nexec {RESTIC} --limit-download 2000 "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {RESTIC} --limit-download 2000 --limit-upload 2000 '
+                       '"$@"\n')
     wrapper.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+@contextlib.contextmanager
+def server_with_job(template: tuple[Path, Path], repo: Path, tmp_path: Path
+                    ) -> Iterator[tuple[subprocess.Popen[str], int, str]]:
+    """A server process with a restic job on `repo` (backing up 24 MiB of random data);
+    whatever restic is left on `repo` is killed at the end."""
+    src = tmp_path / "src"
+    write(src / "random.bin", os.urandom(24 * MiB))
+    data, port = tmp_path / "data", free_port()
+    with open(tmp_path / "server.log", "w") as log:
+        server = spawn_server(data, port, log, env=slow_restic(tmp_path / "bin"))
+        try:
+            assert wait_served(server, port), (tmp_path / "server.log").read_text()
+            job = api(port, "POST", "/api/jobs", {
+                "name": "Checked", "engine": "restic", "sources": [str(src)],
+                "destination": str(repo), "options": {"password_file": str(template[1]),
+                                                      "cache_dir": str(tmp_path / "cache")}})
+            yield server, port, str(job["id"])
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+            for pid in restics_on(repo):  # only restic on this test's own repository
+                os.kill(pid, signal.SIGKILL)
+
+
+def restics_doing(repo: Path, command: str) -> list[int]:
+    """Pids of restic processes running `command` (check, backup) on repo."""
+    out = []
+    for pid in restics_on(repo):
+        with contextlib.suppress(OSError):
+            if command.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                out.append(pid)
+    return out
+
+
+def state_of(pid: int) -> str:
+    """A process's state letter (T when stopped), '' once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def kill_and_time(server: subprocess.Popen[str], pids: list[int], what: str) -> float:
+    """SIGKILL the server; the seconds until none of pids is alive (at most 3 s)."""
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+    took = wait_for(lambda: not any(process_alive(p) for p in pids), 10,
+                    f"the orphaned {what} to end")
+    print(f"{what} ended {took:.2f} s after its server was killed")
+    assert took < 3, f"{what} outlived its server by {took:.1f} s"
+    return took
 
 
 @pytest.mark.timeout(120)
 def test_a_restic_check_dies_with_its_killed_server(
         template: tuple[Path, Path], repo: Path, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "random.bin", os.urandom(24 * MiB))
-    data, port = tmp_path / "data", free_port()
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - open for the server's life
-    server = spawn_server(data, port, log, env=slow_restic(tmp_path / "bin"))
-    try:
-        assert wait_served(server, port), (tmp_path / "server.log").read_text()
-        job = api(port, "POST", "/api/jobs", {
-            "name": "Checked", "engine": "restic", "sources": [str(src)],
-            "destination": str(repo), "options": {"password_file": str(template[1]),
-                                                  "cache_dir": str(tmp_path / "cache")}})
-        snap = backup(spec(template, repo, [src], job_id=job["id"]))
+    with server_with_job(template, repo, tmp_path) as (server, port, job_id):
+        snap = backup(spec(template, repo, [tmp_path / "src"], job_id=job_id))
 
         def verify() -> None:
             with contextlib.suppress(OSError):  # the server is killed under the request
-                api(port, "POST", f"/api/jobs/{job['id']}/snapshots/{snap}/verify", {})
+                api(port, "POST", f"/api/jobs/{job_id}/snapshots/{snap}/verify", {})
 
         threading.Thread(target=verify, daemon=True).start()
-
-        def checking() -> list[int]:
-            return [p for p in restics_on(repo)
-                    if b"check" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")]
-
-        wait_for(lambda: bool(checking()), 60, "the server's restic check to start")
+        wait_for(lambda: bool(restics_doing(repo, "check")), 60,
+                 "the server's restic check to start")
         time.sleep(0.5)  # well inside the check: ~12 s of reading at 2 MB/s
-        checks = checking()
+        checks = restics_doing(repo, "check")
         assert checks
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait()
-        took = wait_for(lambda: not any(process_alive(p) for p in checks), 10,
-                        "the orphaned restic check to end")
-        assert took < 3, f"restic check outlived its server by {took:.1f} s"
+        kill_and_time(server, checks, "restic check")
         assert restics_on(repo) == []
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        log.close()
-        for pid in restics_on(repo):  # only restic on this test's own repository
-            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_a_paused_restic_backup_dies_with_its_killed_server(
+        template: tuple[Path, Path], repo: Path, tmp_path: Path) -> None:
+    """A stopped restic cannot even die of its broken pipe: only PDEATHSIG ends it."""
+    with server_with_job(template, repo, tmp_path) as (server, port, job_id):
+        run_id = api(port, "POST", f"/api/jobs/{job_id}/start", {})["run_id"]
+        wait_for(lambda: bool(restics_doing(repo, "backup")), 60, "the restic backup")
+        time.sleep(0.5)  # inside the upload: ~12 s at 2 MB/s
+        pids = restics_doing(repo, "backup")
+        assert pids
+        assert api(port, "POST", f"/api/runs/{run_id}/pause", {})["state"] == "paused"
+        wait_for(lambda: all(state_of(p) == "T" for p in pids), 10, "restic to stop")
+        kill_and_time(server, pids, "paused restic backup")
+        assert restics_on(repo) == []
 
 
 @pytest.fixture
