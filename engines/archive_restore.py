@@ -67,17 +67,27 @@ class SparseSink:
     def __call__(self, chunk: bytes) -> None:
         """Write the next piece of content (blocks of zeros are left as a hole)."""
         size = len(chunk)
-        if chunk == _ZERO_BLOCK[:size] or (size > HOLE_BLOCK and chunk.count(0) == size):
-            self.pos += size
-            return
-        view = memoryview(chunk)
+        data_from = -1  # where the run of data blocks being gathered starts
         for start in range(0, size, HOLE_BLOCK):
-            block = view[start:start + HOLE_BLOCK]
-            if block != _ZERO_BLOCK[:len(block)]:
-                done = 0
-                while done < len(block):
-                    done += os.pwrite(self.fd, block[done:], self.pos + start + done)
+            end = min(start + HOLE_BLOCK, size)
+            # A first or last byte set settles it cheaply; a bytes slice compares as
+            # memcmp (a memoryview compare was 60 times slower).
+            zero = (not chunk[start] and not chunk[end - 1]
+                    and chunk[start:end] == _ZERO_BLOCK[:end - start])
+            if zero and data_from >= 0:
+                self._write(chunk, data_from, start)
+                data_from = -1
+            elif not zero and data_from < 0:
+                data_from = start
+        if data_from >= 0:
+            self._write(chunk, data_from, size)
         self.pos += size
+
+    def _write(self, chunk: bytes, start: int, end: int) -> None:
+        view = memoryview(chunk)[start:end]
+        while view:
+            view = view[os.pwrite(self.fd, view, self.pos + start):]
+            start = end - len(view)
 
     def finish(self) -> None:
         """Give the file its full length (a trailing hole is a length, not data)."""
