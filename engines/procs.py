@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,13 @@ def stop_orphans(program: str, marker: str) -> int:
     while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(POLL)
     return len(pids)
+
+
+def stop_orphans_on(destinations: Iterable[str], programs: Sequence[str] = ("restic", "rsync")
+                    ) -> int:
+    """At a server's start: stop what a dead server left running on these destinations
+    (a `restic check` of a verify has no checkpoint to find it by); return how many."""
+    return sum(stop_orphans(program, dest) for dest in destinations for program in programs)
 
 
 def _kill(pid: int) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from engines.base import BackupSpec, EngineError, RunControl, SnapshotNotFound
-from engines.procs import OWNER_ENV, owner_mark, process_alive
+from engines.procs import OWNER_ENV, owner_mark, process_alive, stop_orphans_on
 from engines.restic import ResticEngine, restic_command, restic_env
 from engines.restic_jobs import job_tag
 from models.retention import Retention
@@ -417,6 +417,11 @@ def test_leftovers_of_a_dead_server_are_stopped_and_nothing_else(
     environ = Path(f"/proc/{ours.pid}/environ").read_bytes().split(b"\0")
     assert os.fsencode(f"{OWNER_ENV}={owner_mark()[OWNER_ENV]}") in environ
     assert not any(PASSWORD.encode() in e for e in environ)
+    # At a server's start, its jobs' destinations are swept the same way.
+    orphan = reader({OWNER_ENV: f"{dead.pid}:1"})
+    wait_for(lambda: len(restics_on(repo)) == 3, 30, "the new leftover")
+    assert stop_orphans_on([str(tmp_path / "elsewhere"), str(repo)]) == 1
+    assert orphan.poll() is not None and by_hand.poll() is None and ours.poll() is None
 
 
 def test_a_child_started_by_a_waiting_thread_survives_until_its_process_dies(
