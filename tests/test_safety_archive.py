@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,7 +34,7 @@ from engines.manifest import Manifest
 from models.retention import Retention
 from tests.cli_helpers import REPO
 from tests.engine_helpers import RecordingReporter, tree_signature, write
-from tests.fs_helpers import IS_ROOT, needs_root, small_tmpfs
+from tests.fs_helpers import needs_root, small_tmpfs
 
 # Big enough that writing it out would overflow the 16 MiB tmpfs many times over; 10 GiB
 # works the same and took 6.6 s to back up and 10.4 s to restore here, too long for CI.
@@ -309,14 +311,44 @@ def test_owner_hard_links_xattrs_and_acls_are_kept(tmp_path: Path) -> None:
     assert tree_signature(gnu / "src") == tree_signature(src)
 
 
-@pytest.mark.skipif(IS_ROOT, reason="checks what a server without CAP_CHOWN does")
-def test_without_chown_rights_the_restore_still_succeeds(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "f.txt", b"mine\n")
-    spec = BackupSpec.build([src], tmp_path / "dest")
-    manifest_id = backup(spec).snapshot_id
-    restore(spec, manifest_id, tmp_path / "out")
-    assert (tmp_path / "out" / "src" / "f.txt").read_bytes() == b"mine\n"
+_AS_NOBODY = r"""
+import os, sys
+from pathlib import Path
+from engines.archive import ArchiveEngine
+from engines.base import BackupSpec, NullReporter, RunControl
+
+src, dest, target, snap_id = sys.argv[1:5]
+ArchiveEngine().restore(BackupSpec.build([Path(src)], Path(dest)), snap_id, Path(target),
+                        RunControl(), NullReporter())
+"""
+
+
+@needs_root
+def test_a_server_that_may_not_chown_still_restores(tmp_path: Path) -> None:
+    # As a server without CAP_CHOWN (a plain user, through setpriv): the restore succeeds,
+    # the files are the server's, and a setuid file does not come back setuid.
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    shared = Path(tempfile.mkdtemp(prefix="bm-nochown-"))
+    try:
+        shared.chmod(0o755)
+        src = shared / "src"
+        write(src / "tool", b"#!/bin/sh\n", mode=0o4755)
+        os.lchown(src / "tool", 1234, 2345)
+        os.chmod(src / "tool", 0o4755)
+        os.link(src / "tool", src / "tool-link")
+        spec = BackupSpec.build([src], shared / "dest")
+        snap_id = backup(spec).snapshot_id
+        (shared / "out").mkdir(mode=0o777)
+        (shared / "out").chmod(0o777)
+        subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-c", _AS_NOBODY, str(src), str(shared / "dest"),
+                        str(shared / "out"), snap_id], cwd=REPO, check=True, timeout=60)
+        tool = (shared / "out" / "src" / "tool").stat()
+        assert (tool.st_uid, tool.st_mode & 0o7777) == (65534, 0o755)
+        assert (shared / "out" / "src" / "tool-link").stat().st_ino == tool.st_ino
+    finally:
+        shutil.rmtree(shared)
 
 
 # --- item 13: a restore killed part way --------------------------------------------------------
