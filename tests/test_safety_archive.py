@@ -312,7 +312,7 @@ def test_owner_hard_links_xattrs_and_acls_are_kept(tmp_path: Path) -> None:
 
 
 _AS_NOBODY = r"""
-import os, sys
+import sys
 from pathlib import Path
 from engines.archive import ArchiveEngine
 from engines.base import BackupSpec, NullReporter, RunControl
