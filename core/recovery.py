@@ -3,9 +3,11 @@ left for a person to resume or discard; restores cut off are recorded as ended."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from core.state import State
+from engines.procs import stop_orphans_on
 from events.store import EventStore
 from events.types import Event, RestoreFinished, RunInterrupted, RunResumed
 
@@ -13,6 +15,20 @@ log = logging.getLogger(__name__)
 
 RESTORE_CUT_OFF = ("cut off by a crash or a shutdown before it finished: the target may "
                    "hold only part of the files; restore again (with overwrite) to complete it")
+
+
+async def stop_leftover_programs(state: State) -> int:
+    """Stop the rsync or restic a killed server left running on a job's destination.
+
+    Children die with the server (PDEATHSIG), but one started by an older version, or a
+    `restic check` whose server was killed before that existed, has no checkpoint to be
+    found by: each carries its owner's mark, so a sweep of the destinations finds it.
+    """
+    destinations = [str(job.spec.get("destination") or "") for job in state.jobs.values()]
+    stopped = await asyncio.to_thread(stop_orphans_on, destinations)
+    if stopped:
+        log.warning("stopped %d program(s) a previous server left running", stopped)
+    return stopped
 
 
 async def recover_runs(store: EventStore, state: State) -> list[str]:

@@ -130,22 +130,30 @@ def _owner_alive(mark: bytes) -> bool:
 def orphans(program: str, marker: str) -> list[int]:
     """Processes of `program` with `marker` as an argument (or a path under it) whose
     owning server no longer runs."""
-    found = []
-    want = os.fsencode(marker)
-    prefix = want.rstrip(b"/") + b"/"
+    return _orphans((program,), (marker,))
+
+
+def _orphans(programs: Sequence[str], markers: Sequence[str]) -> list[int]:
+    """One pass over /proc: orphans of any of `programs` on any of `markers`."""
+    found: list[int] = []
+    if not markers:
+        return found
+    names = {os.fsencode(p) for p in programs}
+    wanted = [(os.fsencode(m), os.fsencode(m).rstrip(b"/") + b"/") for m in markers]
+    key = os.fsencode(OWNER_ENV) + b"="
     me = os.getpid()
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
         try:
             argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-            if os.path.basename(argv[0]) != os.fsencode(program) or not any(
-                    arg == want or arg.startswith(prefix) for arg in argv[1:]):
+            if os.path.basename(argv[0]) not in names or not any(
+                    arg == want or arg.startswith(prefix)
+                    for arg in argv[1:] for want, prefix in wanted):
                 continue
             environ = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
         except OSError:
             continue  # gone, or another user's: not ours to stop
-        key = os.fsencode(OWNER_ENV) + b"="
         mark = next((e[len(key):] for e in environ if e.startswith(key)), None)
         if mark is not None and not _owner_alive(mark) and process_alive(int(name)):
             found.append(int(name))
@@ -154,22 +162,26 @@ def orphans(program: str, marker: str) -> list[int]:
 
 def stop_orphans(program: str, marker: str) -> int:
     """Stop what a dead server left running of `program` on `marker`; return how many."""
-    pids = orphans(program, marker)
-    for pid in pids:
-        log.warning("stopping %s (pid %d), left running on %s by a server that no longer "
-                    "runs", program, pid, marker)
-        _kill(pid)
-    deadline = time.monotonic() + WAIT
-    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(POLL)
-    return len(pids)
+    return _stop(orphans(program, marker), f"{program} on {marker}")
 
 
 def stop_orphans_on(destinations: Iterable[str], programs: Sequence[str] = ("restic", "rsync")
                     ) -> int:
     """At a server's start: stop what a dead server left running on these destinations
     (a `restic check` of a verify has no checkpoint to find it by); return how many."""
-    return sum(stop_orphans(program, dest) for dest in destinations for program in programs)
+    markers = [d for d in destinations if d]
+    return _stop(_orphans(programs, markers), "a job's destination")
+
+
+def _stop(pids: list[int], what: str) -> int:
+    for pid in pids:
+        log.warning("stopping pid %d (%s), left running by a server that no longer runs",
+                    pid, what)
+        _kill(pid)
+    deadline = time.monotonic() + WAIT
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(POLL)
+    return len(pids)
 
 
 def _kill(pid: int) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from engines.base import Cancelled, Interrupted, ProgressMeter, Reporter, RunControl
+from engines.procs import die_with_parent, owner_mark
 from engines.rsync_args import rsync_env
 from engines.rsync_output import TransferTally
 
@@ -134,10 +135,13 @@ def run_rsync(argv: list[str], control: RunControl, meter: ProgressMeter,
 
     Raises Cancelled or Interrupted if the control asked for that (rsync stopped first).
     rsync gets its own session so that pause and stop reach its helper processes too.
-    If this process dies, rsync's next write to the closed pipe ends it.
+    It dies with this process (engines.procs.die_with_parent: this thread waits for it
+    on every path), and carries the owner mark by which a next start finds a leftover.
     """
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, env=rsync_env())
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            env={**rsync_env(), **owner_mark()},
+                            preexec_fn=die_with_parent())
     assert proc.stdout is not None and proc.stderr is not None
     # The pid in the checkpoint lets a resume or a discard stop this rsync if the worker
     # dies without it (engines.procs).

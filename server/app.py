@@ -15,7 +15,7 @@ from aiohttp import web
 
 from core.commands import Commands
 from core.queries import Queries
-from core.recovery import recover_runs
+from core.recovery import recover_runs, stop_leftover_programs
 from core.runlog import RunLogs
 from core.runner import Runner
 from core.scheduler import Scheduler
@@ -160,6 +160,7 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     store.notifier.add_listener(scheduler.on_events)
     app[SCHEDULER] = scheduler
     app[QUERIES] = Queries(state, scheduler)
+    await stop_leftover_programs(state)
     await recover_runs(store, state)
     runner.start()
     scheduler.start()

@@ -423,7 +423,8 @@ def test_interrupt_keeps_the_partial_and_resume_does_not_copy_finished_files(
     assert sorted(os.listdir(dest)) == [result.snapshot_id, f"{result.snapshot_id}.manifest.json"]
 
 
-def test_resume_stops_a_paused_rsync_that_a_killed_worker_left_behind(tmp_path: Path) -> None:
+def test_a_paused_rsync_dies_with_its_killed_worker_and_the_resume_completes(
+        tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "big.bin", os.urandom(2 * 1024 * 1024))
     dest = tmp_path / "dest"
@@ -448,9 +449,14 @@ def test_resume_stops_a_paused_rsync_that_a_killed_worker_left_behind(tmp_path: 
         if Path(f"/proc/{leftover}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "T":
             break
         time.sleep(0.02)
-    worker.kill()  # the worker only: its paused rsync stays behind, as after a crash
+    worker.kill()  # the worker only, as in a crash
     worker.wait(timeout=10)
-    assert process_alive(leftover)
+    # Its paused rsync goes with it (PDEATHSIG): nothing is left writing into the
+    # partial snapshot (before, it stayed stopped for good until a resume found it).
+    deadline = time.monotonic() + 5
+    while process_alive(leftover) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not process_alive(leftover)
     (tmp_path / "checkpoint.json").write_text(json.dumps(checkpoint))
     resumed = subprocess.run([*cmd, "--resume", str(tmp_path / "checkpoint.json")], cwd=REPO,
                              capture_output=True, text=True, timeout=120, check=False)
