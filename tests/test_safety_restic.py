@@ -411,7 +411,8 @@ def test_leftovers_of_a_dead_server_are_stopped_and_nothing_else(
     wait_for(lambda: len(restics_on(repo)) == 3, 30, "the three restic processes")
     result = ResticEngine().verify(s, snap, RunControl(), RecordingReporter())
     assert result.ok, result.problems
-    assert orphan.poll() is not None
+    # wait, not poll: a killed process can still be exiting when the sweep returns.
+    assert orphan.wait(10) is not None
     assert by_hand.poll() is None and ours.poll() is None
     # The mark names this server; the password is not in the environment, only its file.
     environ = Path(f"/proc/{ours.pid}/environ").read_bytes().split(b"\0")
@@ -421,7 +422,7 @@ def test_leftovers_of_a_dead_server_are_stopped_and_nothing_else(
     orphan = reader({OWNER_ENV: f"{dead.pid}:1"})
     wait_for(lambda: len(restics_on(repo)) == 3, 30, "the new leftover")
     assert stop_orphans_on([str(tmp_path / "elsewhere"), str(repo)]) == 1
-    assert orphan.poll() is not None and by_hand.poll() is None and ours.poll() is None
+    assert orphan.wait(10) is not None and by_hand.poll() is None and ours.poll() is None
 
 
 def test_a_child_started_by_a_waiting_thread_survives_until_its_process_dies(
