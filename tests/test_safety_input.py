@@ -137,6 +137,36 @@ async def test_invisible_control_characters_are_refused_in_names_and_paths(
     assert resp.status == 201, await resp.text()
 
 
+
+@pytest.mark.parametrize("name", ["\u3164", "\u115f\u1160", "Photos\u034f"])
+async def test_a_name_of_invisible_fillers_is_refused(app_client: Client, tmp_path: Path,
+                                                      name: str) -> None:
+    # What a user sees: a job named U+3164 (HANGUL FILLER) is saved and shows in the job
+    # list and on the dashboard as a blank name (U+115F/U+1160 likewise; U+034F makes
+    # "Photos" and "Photos<CGJ>" two jobs that look the same). These are Unicode
+    # Default_Ignorable characters, as invisible as the U+200B and U+FEFF that are
+    # refused; they should be refused with the same message.
+    src = tmp_path / "src"
+    write(src / "a.txt", b"a\n")
+    resp = await app_client.post("/api/jobs", json={
+        "name": name, "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "backups")})
+    assert resp.status == 400, await resp.text()
+    assert "invisible character" in (await resp.json())["fields"]["name"]
+
+
+async def test_default_ignorable_characters_are_refused_in_paths_but_emoji_still_save(
+        app_client: Client, src: Path, tmp_path: Path) -> None:
+    for char in ("\u3164", "\u034f", "\u00ad", "\uffa0", "\ufe00", "\U000e0100"):
+        await refused(app_client, body(src, tmp_path / f"d{char}x"), "destination",
+                      "invisible character")
+        await refused(app_client, body(src, tmp_path / "d", sources=[f"{src}{char}"]),
+                      "sources", "invisible character")
+    # U+FE0F picks the emoji form of a heart: part of ordinary writing, still accepted.
+    resp = await app_client.post("/api/jobs", json=body(src, tmp_path / "d",
+                                                        name="Love \u2764\ufe0f"))
+    assert resp.status == 201, await resp.text()
+
 async def test_a_malformed_webhook_through_the_settings_form_is_a_field_error(
         app_client: Client) -> None:
     store = app_client.app[STORE]
