@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engines.base import BackupResult, BackupSpec, EngineError, Reporter, RunControl
-from events.store import ChainBroken, EventStore, StoreError
+from events.store import ChainBroken, EventStore, StoreClosed, StoreError
 from events.types import Event, canonical_json
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,14 @@ RETRY_MAX = 5.0  # the longest wait between two retries: space back, outcome soo
 
 class CannotStart(EngineError):
     """A run could not even begin: a source or the destination missing, a binary missing."""
+
+
+ERROR_CHARS = 2000  # a stored error message's length
+
+
+def error_text(text: str) -> str:
+    """An error message as the log can store it (a file name in it may not be UTF-8)."""
+    return printable(text, ERROR_CHARS)
 
 
 class NotConfirmed(EngineError):
@@ -99,17 +107,20 @@ def finished_before_crash(engine: Any, spec: BackupSpec,
     return None
 
 
-def printable(text: str) -> str:
+def printable(text: str, limit: int = SAMPLE_CHARS) -> str:
     """A warning as it can be stored and shown: valid UTF-8, no control or bidi marks.
 
     Warnings name files, and a file name may hold bytes that are not UTF-8 (kept by
     Python as lone surrogates, which the log refuses) or U+202E, which would show the
     name reversed on a page.
     """
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:  # bytes a file name held (surrogateescape) shown as \xNN, as in messages
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     out = "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) in ("Cc", "Cf") else ch
-                  for ch in text[:SAMPLE_CHARS])
-    return out if len(text) <= SAMPLE_CHARS else out + "…"
+                  for ch in text[:limit])
+    return out if len(text) <= limit else out + "…"
 
 
 def warning_samples(warnings: Sequence[str]) -> list[str]:
@@ -130,10 +141,10 @@ async def append_until_stored(store: EventStore, stream: str, events: list[Event
                               stopping: Callable[[], bool], wake: asyncio.Event) -> bool:
     """Append, retrying with backoff while the log cannot write (a full data directory).
 
-    Every StoreError is retried (the store reports a full disk as "unavailable", like a
-    closed log) but a broken hash chain, which no retry mends: it and the app stopping
-    end the retries with False (the next start's recovery then deals with the run).
-    `wake` cuts a wait short.
+    A log that cannot write now (a full disk, reported like a closed log) is retried; a
+    broken hash chain or an event the log refuses as it is are not (no retry mends
+    them): they, and the app stopping, end the retries with False (the next start's
+    recovery then deals with the run). `wake` cuts a wait short.
     """
     delay, failures = RETRY_FIRST, 0
     while True:
@@ -146,11 +157,14 @@ async def append_until_stored(store: EventStore, stream: str, events: list[Event
         except ChainBroken as err:
             log.error("could not record %s for %s: %s", _names(events), stream, err)
             return False
-        except StoreError as err:  # a full disk shows as StoreClosed's kin: retried too
+        except StoreClosed as err:  # a full disk shows as StoreClosed's kin: retried too
             failures += 1
             if failures == 1 or failures % 50 == 0:
                 log.error("could not record %s for %s (attempt %d; retrying until it can "
                           "be written): %s", _names(events), stream, failures, err)
+        except StoreError as err:  # refused as it is (cannot be stored): no retry mends it
+            log.error("could not record %s for %s: %s", _names(events), stream, err)
+            return False
         if stopping():
             return False
         await wait_a_while(wake, delay)

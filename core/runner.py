@@ -20,11 +20,13 @@ from core.outcome import (
     RETRY_MAX,
     CannotStart,
     append_until_stored,
+    error_text,
     run_engine,
     storable,
     wait_a_while,
     warning_samples,
 )
+from core.ownership import Owner, owner_conflict
 from core.pruning import Pruning
 from core.pruning import backup_spec as backup_spec  # where core.operations finds it
 from core.runlog import RunLogs
@@ -39,7 +41,7 @@ from engines.base import (
 )
 from engines.registry import get_engine
 from events.record import StoredEvent
-from events.store import ConcurrencyError, EventStore, StoreError
+from events.store import ChainBroken, ConcurrencyError, EventStore, StoreClosed, StoreError
 from events.types import (
     Event,
     RunCheckpointed,
@@ -219,6 +221,7 @@ class Runner:
             engine = get_engine(spec["engine"])
             bspec = backup_spec(spec, run.job_id)
             reporter = self._reporter(run)
+            await self._refuse_shared_destination(run.job_id, spec)
             result, listed = await asyncio.to_thread(
                 run_engine, engine, bspec, active.control, reporter, resume)
             outcome = await self._succeeded(active, spec, result, listed)
@@ -246,7 +249,7 @@ class Runner:
                 "it waits for a resume" if reason != "shutdown" else
                 "it resumes on the next start"))
         except EngineError as err:
-            error = str(err)
+            error = error_text(str(err))
             if isinstance(err, CannotStart):
                 outcome = "cannot_start"
             await self._record(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
@@ -254,7 +257,7 @@ class Runner:
             self.logs.write(run.run_id, f"FAILED {error}")
         except Exception as err:  # never leave a run hanging in "running"
             log.exception("run %s crashed", run.run_id)
-            error = f"internal error: {err}"
+            error = error_text(f"internal error: {err}")
             await self._record(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
                                                       error=error)])
             self.logs.write(run.run_id, f"FAILED {error}")
@@ -292,8 +295,13 @@ class Runner:
                                         f"{result.files} files, {result.bytes} bytes, "
                                         f"{result.duration:.1f} s, "
                                         f"{len(result.warnings)} warnings")
-            await self.pruning.forget_gone(run, listed)
-            await self.pruning.retention(run, spec)
+            try:
+                await self.pruning.forget_gone(run, listed)
+                await self.pruning.retention(run, spec)
+            except Exception as err:  # the run succeeded: what follows cannot undo that
+                log.exception("after run %s succeeded, retention failed", run.run_id)
+                self.logs.write(run.run_id, "WARNING retention could not prune: "
+                                            f"{error_text(str(err))}")
         return outcome
 
     async def _record_success(self, active: ActiveRun, event: RunSucceeded) -> str:
@@ -335,16 +343,41 @@ class Runner:
                 return "succeeded"
             except ConcurrencyError:
                 continue  # something (a pause, a cancel) landed since the check: look again
-            except StoreError as err:  # a full disk: retried until space is back
+            except ChainBroken as err:  # no retry mends it; the banner says what to do
+                log.error("could not record RunSucceeded of run %s: %s", run.run_id, err)
+                return "unrecorded"
+            except StoreClosed as err:  # a full disk: retried until space is back
                 failures += 1
                 if failures == 1 or failures % 50 == 0:
                     log.error("could not record RunSucceeded of run %s (attempt %d; "
                               "retrying until it can be written): %s", run.run_id,
                               failures, err)
+            except StoreError as err:  # refused as it is: a retry would loop for ever
+                log.error("could not record RunSucceeded of run %s: %s", run.run_id, err)
+                return "unrecorded"
             if self._stopping:
                 return "unrecorded"  # the next start resumes it and adopts the snapshot
             await wait_a_while(self._stop_wake, delay)
             delay = min(delay * 2, RETRY_MAX)
+
+    async def _refuse_shared_destination(self, job_id: str, spec: Mapping[str, Any]) -> None:
+        """Refuse to run a job whose destination overlaps another job's.
+
+        Saves refuse this since issue 12, but a log from before may hold two such jobs;
+        running either would let its retention prune the other's older snapshots (which
+        carry no job id), so neither runs until one is moved.
+        """
+        conflict = await asyncio.to_thread(owner_conflict, str(spec.get("destination")),
+                                           self.other_owners(job_id))
+        if conflict is not None:
+            raise CannotStart(f"{conflict}; move one of the jobs to a folder of its own "
+                              "before running it (older snapshots there carry no job id, "
+                              "so each job's retention could remove the other's)")
+
+    def other_owners(self, job_id: str) -> list[Owner]:
+        """Every other job's destination."""
+        return [Owner(j.job_id, str(j.spec.get("name")), str(j.spec.get("destination")))
+                for j in self.state.jobs.values() if j.job_id != job_id]
 
     async def _state_when_not_paused(self, active: ActiveRun) -> str:
         """The run's state as the log shows it, waiting while it is paused (until stop)."""

@@ -87,7 +87,9 @@ async def test_one_run_per_destination(app_client: Client, tmp_path: Path) -> No
     assert (await wait_run(app_client, other, {"succeeded"}))["state"] == "succeeded"
     assert await state_of(app_client, same) == "queued"
     await app_client.post(f"/api/runs/{first}/cancel", json={})
-    assert (await wait_run(app_client, same, {"succeeded"}))["state"] == "succeeded"
+    # Once free, it still does not run: its destination is another job's (issue 12).
+    ended = await wait_run(app_client, same, {"succeeded", "failed"})
+    assert ended["state"] == "failed" and "is used by job a" in ended["error"], ended
 
 
 async def test_a_run_that_cannot_start_fails_with_a_clear_message(app_client: Client,
