@@ -8,12 +8,14 @@ of writing on top of a state it did not see.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.errors import Conflict, Invalid, NotFound
 from core.ownership import Owner
 from core.pathcheck import PathReport, check_paths
+from core.protected import destination_refusal
 from core.state import JobView, RunView, State
 from engines.options import option_problems
 from events.store import ConcurrencyError, EventStore
@@ -42,9 +44,12 @@ PATH_CHECK_TIMEOUT = 10.0  # seconds a save waits for its paths (a hung network 
 class Commands:
     """Every state change a person, a script or the scheduler can ask for."""
 
-    def __init__(self, store: EventStore, state: State) -> None:
+    def __init__(self, store: EventStore, state: State, data_dir: str | None = None) -> None:
         self.store = store
         self.state = state
+        # The server's own folder (event log, job files, key): never a job's destination
+        # nor a restore target. Absolute, so a relative --data compares with real paths.
+        self.data_dir = os.path.abspath(data_dir) if data_dir else None
         # Saves check the paths off the loop and then append: one at a time, so two
         # jobs saved at once cannot both take the same destination.
         self._saving = asyncio.Lock()
@@ -106,6 +111,18 @@ class Commands:
         return [Owner(j.job_id, str(j.spec.get("name")), str(j.spec.get("destination")))
                 for j in self.state.jobs.values() if j.job_id != job_id]
 
+    def protected(self) -> list[str]:
+        """Folders no destination and no restore may write into (the data directory)."""
+        return [self.data_dir] if self.data_dir else []
+
+    def _path_report(self, spec: dict[str, Any], old: Mapping[str, Any] | None,
+                     others: list[Owner]) -> PathReport:
+        report = check_paths(spec, old, others)
+        refusal = destination_refusal(str(spec.get("destination") or ""), self.protected())
+        if refusal is not None:
+            report.errors["destination"] = refusal
+        return report
+
     async def _check_paths(self, spec: JobSpec, job: JobView | None) -> None:
         """Refuse paths that cannot work, or another job's destination.
 
@@ -115,7 +132,7 @@ class Commands:
         others = self.other_owners(job.job_id if job else None)
         try:
             report: PathReport = await asyncio.wait_for(asyncio.to_thread(
-                check_paths, spec.to_dict(), job.spec if job else None, others),
+                self._path_report, spec.to_dict(), job.spec if job else None, others),
                 PATH_CHECK_TIMEOUT)
         except TimeoutError as err:
             raise Invalid("the job's folders did not answer within "

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import Invalid, NotFound
-from core.ownership import Owner, local_path, local_relation
+from core.ownership import Owner, local_path
+from core.protected import restore_refusal, written_relation
 from core.runner import backup_spec
 from core.state import JobView
 from engines.base import EngineError, NullReporter, Progress, RunControl, Snapshot
@@ -27,7 +28,8 @@ async def list_snapshots(job: JobView) -> list[Snapshot]:
 
 
 def target_refusal(target: str, job: JobView, path: str | None = None,
-                   others: Iterable[Owner] = ()) -> str | None:
+                   others: Iterable[Owner] = (), protected: Iterable[str] = ()
+                   ) -> str | None:
     """Why a restore may not write into target, or None (touches the file system).
 
     A target equal to or inside a destination would write into the snapshots kept
@@ -35,7 +37,8 @@ def target_refusal(target: str, job: JobView, path: str | None = None,
     the restore writes the folder that leads to it. A restore writes only
     target/<source name>/... (or target/<path>), so restoring /home/me/docs back into
     /home/me stays possible while the destination is /home/me/backups. The job's own
-    destination is checked, and any other job's the caller names.
+    destination is checked, and any other job's the caller names; then the folders in
+    `protected` (the server's data directory), by the same rule.
     """
     written = ({path.split("/", 1)[0]} if path else
                {posixpath.basename(s.rstrip("/")) or "root"
@@ -46,11 +49,8 @@ def target_refusal(target: str, job: JobView, path: str | None = None,
         dest = local_path(owner.destination)
         if dest is None:
             continue  # a remote repository: a local target cannot touch it
-        found = local_relation(target, dest)
-        if found == "contains" or found is None:
-            # What the restore writes (target/<name>, symlinks followed) decides.
-            found = next((f"contains (through {name})" for name in sorted(written)
-                          if local_relation(posixpath.join(target, name), dest)), None)
+        # What the restore writes (target/<name>, symlinks followed) decides.
+        found = written_relation(target, dest, written)
         if found is None:
             continue
         whose = ("this job's destination" if owner.job_id == job.job_id
@@ -58,15 +58,16 @@ def target_refusal(target: str, job: JobView, path: str | None = None,
         where = {"equal": "is", "inside": "is inside"}.get(found, found)
         return (f"restore target {target} {where} {dest}, {whose}, where its backups are "
                 "kept; restoring there would change them: choose a folder outside it")
-    return None
+    return restore_refusal(target, written, protected)
 
 
 async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
-                           data: dict[str, Any], others: Iterable[Owner] = ()
-                           ) -> dict[str, Any]:
+                           data: dict[str, Any], others: Iterable[Owner] = (),
+                           protected: Iterable[str] = ()) -> dict[str, Any]:
     """Restore a snapshot (or a path in it) into a target, recorded as events.
 
-    `others` are the other jobs' destinations, refused as targets like the job's own.
+    `others` are the other jobs' destinations, refused as targets like the job's own;
+    `protected` are folders no restore may write into (the server's data directory).
     """
     try:
         target = Path(clean_path(data.get("target"), "target"))
@@ -80,7 +81,8 @@ async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
             check_rel_path(path)
         except EngineError as err:
             raise Invalid(str(err), {"path": str(err)}) from err
-    refusal = await asyncio.to_thread(target_refusal, str(target), job, path, list(others))
+    refusal = await asyncio.to_thread(target_refusal, str(target), job, path,
+                                      list(others), list(protected))
     if refusal is not None:
         raise Invalid(refusal, {"target": refusal})
     await require_snapshot(job, snapshot_id)  # before anything is recorded

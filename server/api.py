@@ -147,7 +147,8 @@ async def restore_snapshot(request: web.Request) -> web.Response:
     result = await operations.restore_snapshot(request.app[STORE], job,
                                                request.match_info["snapshot_id"],
                                                await _json_body(request),
-                                               commands.other_owners(job.job_id))
+                                               commands.other_owners(job.job_id),
+                                               commands.protected())
     return web.json_response(result)
 
 

@@ -138,7 +138,7 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         state.apply_all(page)
     store.notifier.add_listener(state.apply_all)
     app[STATE] = state
-    app[COMMANDS] = Commands(store, state)
+    app[COMMANDS] = Commands(store, state, str(app[CONFIG].data_dir))
     levels = LogLevel(app[CONFIG], lambda: state.settings)
     levels.start()
 

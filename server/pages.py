@@ -337,7 +337,8 @@ async def snapshot_restore(request: web.Request) -> web.StreamResponse:
     data = {"target": target, "path": path, "overwrite": form.get("overwrite") == "on"}
     finished, error, result = await _background(
         request, operations.restore_snapshot(request.app[STORE], job, snapshot_id, data,
-                                             commands.other_owners(job.job_id)),
+                                             commands.other_owners(job.job_id),
+                                             commands.protected()),
         f"restore of {snapshot_id}")
     if error is not None:
         return redirect(page, ("error", f"Restore of {snapshot_id} failed: {error}"))
