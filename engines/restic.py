@@ -88,6 +88,7 @@ from engines.restic_proc import repo_for as _repo_for
 from engines.restic_proc import restic_binary as _binary
 from engines.restic_proc import restic_command as restic_command
 from engines.restic_proc import restic_env as restic_env
+from engines.restic_proc import restore_keeps_holes
 from engines.restic_proc import run_restic as _run
 from engines.restic_watch import clear_remnant
 from engines.scan import scan
@@ -864,6 +865,8 @@ class ResticEngine(Engine):
                      bytes_total=total_bytes)
         try:
             args = ["restore", str(snap["id"]), "--target", str(staging)]
+            if restore_keeps_holes(_binary()):
+                args.append("--sparse")  # sparse files keep their holes (issue 12)
             if rel:
                 args.append(f"--include={restic_pattern(posixpath.join(roots[name], inner))}")
             fin = self._call(repo, args, "restore", control=control, full_place=target,

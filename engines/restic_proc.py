@@ -14,6 +14,7 @@ watch (engines.restic_watch) stops restic with SIGKILL when its repository vanis
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -76,6 +77,17 @@ def restic_binary() -> str:
     if found is None:
         raise BinaryMissing(INSTALL_HINT)
     return found
+
+
+@functools.lru_cache(maxsize=4)
+def restore_keeps_holes(binary: str) -> bool:
+    """Whether this restic's restore takes --sparse (0.15 and later; 0.14 fills holes)."""
+    try:
+        out = subprocess.run([binary, "restore", "--help"], capture_output=True, timeout=30,
+                             env=host_environ(), check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"--sparse" in out.stdout
 
 
 # --- options ------------------------------------------------------------------------------

@@ -455,3 +455,14 @@ def test_a_child_started_by_a_waiting_thread_survives_until_its_process_dies(
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_restore_asks_for_holes_exactly_when_this_restic_can_keep_them() -> None:
+    """restic 0.15 added `restore --sparse`; 0.14 (Debian 12) fills holes on restore."""
+    from engines.restic_proc import restore_keeps_holes
+
+    assert RESTIC is not None
+    out = subprocess.run([str(RESTIC), "version"], capture_output=True, text=True,
+                         check=True).stdout
+    major, minor = (int(x) for x in out.split()[1].split(".")[:2])
+    assert restore_keeps_holes(str(RESTIC)) == ((major, minor) >= (0, 15))
