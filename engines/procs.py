@@ -14,6 +14,7 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -133,21 +134,27 @@ def orphans(program: str, marker: str) -> list[int]:
     return _orphans((program,), (marker,))
 
 
-def _orphans(programs: Sequence[str], markers: Sequence[str]) -> list[int]:
-    """One pass over /proc: orphans of any of `programs` on any of `markers`."""
+def _orphans(programs: Sequence[str] | None, markers: Sequence[str]) -> list[int]:
+    """One pass over /proc: orphans (of any of `programs`, or of any name if None) with
+    an argument on any of `markers`."""
     found: list[int] = []
     if not markers:
         return found
-    names = {os.fsencode(p) for p in programs}
+    names = None if programs is None else {os.fsencode(p) for p in programs}
     wanted = [(os.fsencode(m), os.fsencode(m).rstrip(b"/") + b"/") for m in markers]
     key = os.fsencode(OWNER_ENV) + b"="
     me = os.getpid()
-    for name in os.listdir("/proc"):
+    try:
+        entries = os.listdir("/proc")
+    except OSError as exc:  # no /proc (a container without it): nothing to find
+        log.warning("cannot look for leftover programs: %s", exc)
+        return found
+    for name in entries:
         if not name.isdigit() or int(name) == me:
             continue
         try:
             argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-            if os.path.basename(argv[0]) not in names or not any(
+            if (names is not None and os.path.basename(argv[0]) not in names) or not any(
                     arg == want or arg.startswith(prefix)
                     for arg in argv[1:] for want, prefix in wanted):
                 continue
@@ -165,10 +172,14 @@ def stop_orphans(program: str, marker: str) -> int:
     return _stop(orphans(program, marker), f"{program} on {marker}")
 
 
-def stop_orphans_on(destinations: Iterable[str], programs: Sequence[str] = ("restic", "rsync")
+def stop_orphans_on(destinations: Iterable[str], programs: Sequence[str] | None = None
                     ) -> int:
     """At a server's start: stop what a dead server left running on these destinations
-    (a `restic check` of a verify has no checkpoint to find it by); return how many."""
+    (a `restic check` of a verify has no checkpoint to find it by); return how many.
+
+    Any name by default: a program's forked helpers (rsync's receiver and generator)
+    inherit its mark, and a stopped one must go too.
+    """
     markers = [d for d in destinations if d]
     return _stop(_orphans(programs, markers), "a job's destination")
 
@@ -191,3 +202,50 @@ def _kill(pid: int) -> None:
             os.killpg(pid, sig)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+# --- a paused program's helpers die with the server too -----------------------------------
+#
+# PDEATHSIG reaches only the process the server started. rsync forks a receiver and a
+# generator; the kernel clears PDEATHSIG on fork, and a pause stops the whole group
+# (SIGSTOP), so when the server dies the helpers stay stopped for good, holding the
+# partial snapshot open: a stopped process never notices its closed pipes. A guard is a
+# tiny `sh` in a session of its own (so a pause does not stop it and terminal signals do
+# not reach it) blocked reading a pipe whose only writer is the server. When the server
+# dies, however it dies, the kernel closes that pipe; `read` fails on the end of input
+# and the guard continues and kills the group. A run that ends normally writes a line
+# first, and the guard exits without a signal. It is released before the program is
+# reaped, so the group's id cannot have been reused by then.
+
+_GUARD_SCRIPT = 'read _ || { kill -CONT "-$1"; kill -KILL "-$1"; } 2>/dev/null'
+
+
+class GroupGuard:
+    """Kills a process group (continued first) if this process dies before release()."""
+
+    def __init__(self, pgid: int) -> None:
+        self._write: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        read, write = os.pipe()  # non-inheritable: no other child holds the write end
+        try:
+            self._proc = subprocess.Popen(
+                ["/bin/sh", "-c", _GUARD_SCRIPT, "backup-manager-guard", str(pgid)],
+                stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, env={})
+            self._write = write
+        except OSError as exc:  # no /bin/sh: PDEATHSIG and the start-up sweep remain
+            log.warning("cannot guard process group %d: %s", pgid, exc)
+            os.close(write)
+        finally:
+            os.close(read)
+
+    def release(self) -> None:
+        """Tell the guard the group is in hand (not stopped, about to be reaped)."""
+        if self._write is not None:
+            with contextlib.suppress(OSError):  # a guard killed by someone: nothing to tell
+                os.write(self._write, b"done\n")
+            os.close(self._write)
+            self._write = None
+        if self._proc is not None:
+            self._proc.wait()
+            self._proc = None

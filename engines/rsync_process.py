@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from engines.base import Cancelled, Interrupted, ProgressMeter, Reporter, RunControl
-from engines.procs import die_with_parent, owner_mark
+from engines.procs import GroupGuard, die_with_parent, owner_mark
 from engines.rsync_args import rsync_env
 from engines.rsync_output import TransferTally
 
@@ -143,6 +143,9 @@ def run_rsync(argv: list[str], control: RunControl, meter: ProgressMeter,
                             env={**rsync_env(), **owner_mark()},
                             preexec_fn=die_with_parent())
     assert proc.stdout is not None and proc.stderr is not None
+    # PDEATHSIG reaches only this rsync, not the helpers it forks: if the server dies
+    # while they are paused, the guard kills them (engines.procs.GroupGuard).
+    guard = GroupGuard(proc.pid)
     # The pid in the checkpoint lets a resume or a discard stop this rsync if the worker
     # dies without it (engines.procs).
     checkpointer.state["pid"] = proc.pid
@@ -169,6 +172,7 @@ def run_rsync(argv: list[str], control: RunControl, meter: ProgressMeter,
     finally:
         watcher.done.set()
         watcher.join()
+        guard.release()  # continued by the watcher, and not yet reaped
         if ended:
             # rsync closed its output and is exiting by itself: a signal now could turn
             # a finished run into "received SIGINT" (exit 20).
