@@ -391,14 +391,15 @@ def _belongs(dest: Path, snapshot_id: str, job_id: str) -> bool:
 
     Manifests written before snapshots recorded their job, and callers outside a job
     (an empty job_id), see every snapshot as before. Only the manifest's head is read;
-    one that cannot be read is listed (verify names the damage, prune can remove it).
+    one whose head cannot be read is no job's (seen by all, one job's prune could remove
+    another's); a manifest damaged past its head is still listed for verify and prune.
     """
     if not job_id:
         return True
     try:
         owner = read_head(_manifest_path(dest, snapshot_id)).get("job_id") or ""
     except ManifestError:
-        return True
+        return False
     return not owner or owner == job_id
 
 

@@ -255,7 +255,12 @@ def _dumps(value: Any) -> str:
     return _escape_surrogates(_ENCODER.encode(value))
 
 
-def read_head(path: Path, limit: int = 1 << 16) -> dict[str, Any]:
+# A head names up to 32 sources of up to 4096 characters (models.job), each written
+# as up to 6 bytes (a \u escape), twice (name and path): about 1.6 MB, plus ids and counts.
+HEAD_LIMIT = 2 << 20
+
+
+def read_head(path: Path, limit: int = HEAD_LIMIT) -> dict[str, Any]:
     """The head of a manifest (its first line: ids, times, job, counts), without entries.
 
     Listing a destination of many snapshots needs only whose each one is; this reads a

@@ -80,7 +80,9 @@ def belongs_to(dest: Path, snapshot_id: str, job_id: str) -> bool:
     try:
         owner = read_head(manifest_path(dest, snapshot_id)).get("job_id") or ""
     except ManifestError:
-        return True  # listing skips it and verify reports it, as before
+        # Whose it is cannot be known: seen by every job, one job's prune or delete
+        # could remove another's. Listing skips a damaged manifest anyway.
+        return False
     return not owner or owner == job_id
 
 
