@@ -5,8 +5,10 @@
   planted in the target (or earlier in the same archive) cannot redirect a write.
 - Under short temporary names (".bm-" and 8 hex digits, never longer than the name they
   stand for, issue 12 item 4), renamed into place when complete. The name is derived
-  from the final one, and each directory written into is first swept of names of that
-  exact pattern, so what a killed restore left is removed by the next (item 13).
+  from the final one, so what a killed restore left is removed by the next (item 13):
+  each directory written into is first swept of the temporary names of the entries this
+  restore writes there (and the old random ".restore-<16 hex>.tmp" names), never of
+  other names that merely look like ours (a user's ".bm-0123abcd", or another restore's).
 - Sparse: zero blocks are skipped with a seek and the file is cut to its size, so a file
   that was mostly holes stays mostly holes (item 6).
 - With owner, group and kept extended attributes where the server may set them, and the
@@ -23,7 +25,7 @@ import os
 import re
 import stat
 import tarfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,10 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Runs of zeros at least this long (and aligned to it within a chunk) become holes.
 HOLE_BLOCK = 64 << 10
 _ZERO_BLOCK = bytes(HOLE_BLOCK)
-# Our temporary names, and the longer ones restores used before (".restore-<16 hex>.tmp").
-_OURS = re.compile(r"\.bm-[0-9a-f]{8}|\.restore-[0-9a-f]{16}\.tmp")
+# The random temporary names restores used before (secrets.token_hex(8)): they cannot be
+# derived from a name, and no restore makes them any more, so the exact pattern (29
+# characters, 16 hex digits) is what is swept. Today's names are derived (temp_name).
+_LEGACY = re.compile(r"\.restore-[0-9a-f]{16}\.tmp")
 _XATTR_REFUSED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM, errno.EACCES,
                   errno.EINVAL, errno.E2BIG, errno.ENOSPC)
 # tarfile's own extraction filter (Python 3.11.4+) is a second opinion on top of the checks
@@ -97,13 +101,21 @@ class SparseSink:
 class TargetWriter:
     """Writes entries under a target directory; see the module docstring."""
 
-    def __init__(self, target: Path, overwrite: bool, warn: Callable[[str], None]) -> None:
+    def __init__(self, target: Path, overwrite: bool, warn: Callable[[str], None],
+                 paths: Iterable[str] = ()) -> None:
+        # `paths`: the entries this restore writes. Their folders are swept of exactly
+        # their temporary names up front; without them each entry's own temporary name
+        # is still removed just before it is written (_fresh_temp).
         self.target = target
         self.overwrite = overwrite
         self.warn = warn
         self.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._dirs: list[tuple[str, Mapping[str, Any]]] = []
         self._swept: set[str] = set()
+        self._leaves: dict[str, set[str]] = {}  # folder -> the names written into it
+        for rel in paths:
+            folder, _, leaf = rel.rpartition("/")
+            self._leaves.setdefault(folder, set()).add(leaf)
         self._may_chown = True  # until the first EPERM: then the server is not allowed to
 
     def close(self) -> None:
@@ -292,7 +304,7 @@ class TargetWriter:
             folder = "/".join(parents)
             if folder not in self._swept:
                 self._swept.add(folder)
-                _sweep(fd)
+                _sweep(fd, {temp_name(leaf) for leaf in self._leaves.get(folder, ())})
         except BaseException:
             os.close(fd)
             raise
@@ -329,12 +341,14 @@ class TargetWriter:
                               "restore stopped") from err
 
 
-def _sweep(dir_fd: int) -> None:
-    """Remove what a killed restore left in a directory: files named exactly like our
-    temporary names, nothing else (never a directory)."""
+def _sweep(dir_fd: int, ours: set[str]) -> None:
+    """Remove what a killed restore left in a directory: files named `ours` (the
+    temporary names this restore uses there) or like the old random ones, nothing else
+    (never a directory)."""
     with os.scandir(dir_fd) as it:
         leftovers = [e.name for e in it
-                     if _OURS.fullmatch(e.name) and not e.is_dir(follow_symlinks=False)]
+                     if (e.name in ours or _LEGACY.fullmatch(e.name))
+                     and not e.is_dir(follow_symlinks=False)]
     for name in leftovers:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)

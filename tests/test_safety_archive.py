@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from engines.archive import ArchiveEngine
-from engines.archive_restore import temp_name
+from engines.archive_restore import TargetWriter, temp_name
 from engines.base import (
     BackupResult,
     BackupSpec,
@@ -354,18 +354,18 @@ def test_a_server_that_may_not_chown_still_restores(tmp_path: Path) -> None:
 # --- item 13: a restore killed part way --------------------------------------------------------
 
 _CHILD = r"""
-import os, re, sys, time
+import sys, time
 from pathlib import Path
 from engines.archive import ArchiveEngine
+from engines.archive_restore import temp_name
 from engines.base import BackupSpec, NullReporter, RunControl
 
 src, dest, target = (Path(a) for a in sys.argv[1:4])
 
 class HoldWhenWriting(RunControl):
     def safe_point(self) -> None:
-        # Once a file is being written under its temporary name, hold there to be killed.
-        if any(re.fullmatch(r"\.bm-[0-9a-f]{8}", e.name) and e.is_file()
-               for e in os.scandir(target / "src")):
+        # Once big.bin is being written under its temporary name, hold there to be killed.
+        if (target / "src" / temp_name("big.bin")).is_file():
             print("writing", flush=True)
             time.sleep(120)
 
@@ -387,6 +387,10 @@ def test_a_killed_restore_leaves_no_temporary_files_after_the_next(tmp_path: Pat
     write(target / "src" / ".bm-notmine", b"a file of the user's\n")
     write(target / "src" / ".bm-1234abcd.keep", b"another\n")
     os.mkdir(target / "src" / ".bm-0000cafe")  # a directory is never ours to remove
+    # A user's own file named exactly like a temporary name, and the temporary file of
+    # another restore writing a name this one does not write: neither is this restore's.
+    write(target / "src" / ".bm-0123abcd", b"the user's own\n")
+    write(target / "src" / temp_name("other.bin"), b"another restore's, half written\n")
     # What an older version's killed restore left behind.
     write(target / "src" / ".restore-0123456789abcdef.tmp", b"leftover\n")
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(src), str(tmp_path / "dest"),
@@ -400,15 +404,40 @@ def test_a_killed_restore_leaves_no_temporary_files_after_the_next(tmp_path: Pat
         child.wait(timeout=30)
     left = [e.name for e in os.scandir(target / "src")
             if re.fullmatch(r"\.bm-[0-9a-f]{8}", e.name) and e.is_file()]
-    assert left == [temp_name("big.bin")], "the kill left a temporary file (the test's point)"
-    assert (target / "src" / left[0]).stat().st_size >= 4 << 20  # killed part way through
+    assert sorted(left) == sorted([temp_name("big.bin"), ".bm-0123abcd",
+                                   temp_name("other.bin")]), "the kill left a temporary file"
+    assert (target / "src" / temp_name("big.bin")).stat().st_size >= 4 << 20  # part way
 
     restore(spec, snap_id, target, overwrite=True)
-    assert temp_files(target) == [str(target / "src" / ".bm-0000cafe")]
+    assert sorted(temp_files(target)) == sorted(
+        str(target / "src" / n) for n in (".bm-0000cafe", ".bm-0123abcd", temp_name("other.bin")))
     assert (target / "mine.txt").read_bytes() == b"keep me\n"
     assert (target / "src" / ".bm-notmine").read_bytes() == b"a file of the user's\n"
     assert (target / "src" / ".bm-1234abcd.keep").read_bytes() == b"another\n"
+    assert (target / "src" / ".bm-0123abcd").read_bytes() == b"the user's own\n"
+    assert (target / "src" / temp_name("other.bin")).read_bytes() == \
+        b"another restore's, half written\n"
     restored = tree_signature(target / "src")
-    for name in (".bm-notmine", ".bm-1234abcd.keep", ".bm-0000cafe"):
+    for name in (".bm-notmine", ".bm-1234abcd.keep", ".bm-0000cafe", ".bm-0123abcd",
+                 temp_name("other.bin")):
         del restored[name]
     assert restored == tree_signature(src)
+
+
+def test_a_restore_sweeps_only_the_temporary_names_of_what_it_writes(tmp_path: Path) -> None:
+    # Told what it will write, the writer clears those entries' leftovers in a folder the
+    # first time it enters it (a restore that stops early leaves none behind for them),
+    # and nothing else: a user's ".bm-0123abcd" and another restore's file stay.
+    target = tmp_path / "target"
+    write(target / "src" / temp_name("late.txt"), b"a killed restore's\n")
+    write(target / "src" / ".restore-0123456789abcdef.tmp", b"an older version's\n")
+    write(target / "src" / ".bm-0123abcd", b"the user's own\n")
+    write(target / "src" / temp_name("other.txt"), b"another restore's\n")
+    writer = TargetWriter(target, True, lambda _: None, paths=["src/early.txt", "src/late.txt"])
+    try:
+        fd, leaf = writer._parent("src/early.txt")  # what every write does first
+        os.close(fd)
+    finally:
+        writer.close()
+    assert leaf == "early.txt"
+    assert sorted(os.listdir(target / "src")) == sorted([".bm-0123abcd", temp_name("other.txt")])
