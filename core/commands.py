@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.errors import Conflict, Invalid, NotFound
+from core.fs_threads import run_path_check
 from core.ownership import Owner
 from core.pathcheck import PathReport, check_paths
 from core.protected import destination_refusal
@@ -131,9 +132,10 @@ class Commands:
         """
         others = self.other_owners(job.job_id if job else None)
         try:
-            report: PathReport = await asyncio.wait_for(asyncio.to_thread(
-                self._path_report, spec.to_dict(), job.spec if job else None, others),
-                PATH_CHECK_TIMEOUT)
+            # On the path-check threads: a hung mount must not fill the default executor.
+            old = job.spec if job else None
+            report: PathReport = await run_path_check(
+                lambda: self._path_report(spec.to_dict(), old, others), PATH_CHECK_TIMEOUT)
         except TimeoutError as err:
             raise Invalid("the job's folders did not answer within "
                           f"{PATH_CHECK_TIMEOUT:g} s (a network mount that hangs?)",

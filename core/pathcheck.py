@@ -14,7 +14,6 @@ Every function here touches the file system: call them off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import posixpath
 import stat
@@ -22,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.fs_threads import run_path_check
 from core.ownership import Owner, local_path, local_relation, owner_conflict
 
 MOUNT_ROOTS = ("/mnt", "/media", "/run/media")
@@ -164,17 +164,23 @@ def check_paths(spec: Mapping[str, Any], old: Mapping[str, Any] | None = None,
     return report
 
 
-def path_warnings(spec: Mapping[str, Any]) -> list[str]:
-    """Warnings about a saved job's paths as they are now, for its page."""
-    report = check_paths(spec)
+def path_warnings(spec: Mapping[str, Any], others: Iterable[Owner] = ()) -> list[str]:
+    """Warnings about a saved job's paths as they are now, for its page.
+
+    With `others` (Commands.other_owners), also a destination another job shares: jobs
+    saved before that was refused may still point two at one place.
+    """
+    report = check_paths(spec, others=others)
     # On the page, what would refuse a save is still only a warning: the job exists.
     return list(report.errors.values()) + report.warnings
 
 
-async def path_warnings_off_loop(spec: Mapping[str, Any], within: float = 5.0) -> list[str]:
-    """path_warnings in a thread, bounded in time (a hung network mount must not hang)."""
+async def path_warnings_off_loop(spec: Mapping[str, Any], within: float = 5.0,
+                                 others: Iterable[Owner] = ()) -> list[str]:
+    """path_warnings on a path-check thread, bounded in time (a hung mount must not hang)."""
+    others = list(others)
     try:
-        return await asyncio.wait_for(asyncio.to_thread(path_warnings, spec), within)
+        return await run_path_check(lambda: path_warnings(spec, others), within)
     except TimeoutError:
         return [f"the job's folders did not answer within {within:.0f} s "
                 "(a network mount that hangs?)"]

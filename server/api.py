@@ -78,7 +78,8 @@ async def get_job(request: web.Request) -> web.Response:
     body = job_json(request, job)
     body["runs"] = [r.as_dict() for r in request.app[STATE].job_runs(job.job_id)[:20]]
     # Only here, not in the list: it touches each path, too slow for 1,000 jobs at once.
-    body["path_warnings"] = await path_warnings_off_loop(job.spec)
+    body["path_warnings"] = await path_warnings_off_loop(
+        job.spec, others=request.app[COMMANDS].other_owners(job.job_id))
     return web.json_response(body)
 
 

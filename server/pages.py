@@ -158,7 +158,10 @@ async def job_page(request: web.Request, restore_errors: Mapping[str, str] | Non
         "snapshots": snapshots, "snapshot_error": snapshot_error,
         "activity": list(reversed(job.activity)),
         "restore_errors": restore_errors or {}, "restore_values": restore_values or {},
-        "path_warnings": await path_warnings_off_loop(job.spec) if fragment is None else [],
+        # With other jobs' destinations: two jobs saved on one before that was refused.
+        "path_warnings": await path_warnings_off_loop(
+            job.spec, others=request.app[COMMANDS].other_owners(job.job_id))
+        if fragment is None else [],
     }
     return render(request, "job.html", context, {
         "header": "partials/job_header.html", "runs": "partials/job_runs.html",
