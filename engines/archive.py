@@ -260,7 +260,7 @@ class ArchiveEngine(Engine):
         problems: list[str] = []
         seen: set[str] = set()
         try:
-            writer = TargetWriter(target, overwrite, reporter.warning)
+            writer = TargetWriter(target, overwrite, reporter.warning, paths=wanted)
             try:
                 with _read_archive(archive, compression) as (tar, _):
                     run = _RestoreRun(tar, writer, wanted, meter, pacer, problems, seen)
