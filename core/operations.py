@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import Invalid, NotFound
+from core.outcome import error_text
 from core.ownership import Owner, local_path
 from core.protected import restore_refusal, written_relation
 from core.runner import backup_spec
@@ -101,7 +102,7 @@ async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
         if recorder.recorded:  # it had begun writing into the target: say how it ended
             await store.append(job.job_id, None, [RestoreFinished(
                 job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
-                error=str(err))])
+                error=error_text(str(err)))])  # a file name in it may not be UTF-8
         raise  # refused before writing anything (no such path, would overwrite): no record
     finished = RestoreFinished(job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
                                files=result.files, bytes=result.bytes)
