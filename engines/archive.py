@@ -76,10 +76,10 @@ from engines.manifest import (
     SNAPSHOT_ID_RE,
     Manifest,
     ManifestError,
+    belongs_to_job,
     check_rel_path,
     check_snapshot_id,
     content_hash,
-    read_head,
     unique_snapshot_id,
 )
 from engines.scan import scan
@@ -387,20 +387,9 @@ def _complete(dest: Path, job_id: str = "") -> dict[str, str]:
 
 
 def _belongs(dest: Path, snapshot_id: str, job_id: str) -> bool:
-    """Whether a snapshot is the job's: its manifest names the job, or names none.
-
-    Manifests written before snapshots recorded their job, and callers outside a job
-    (an empty job_id), see every snapshot as before. Only the manifest's head is read;
-    one whose head cannot be read is no job's (seen by all, one job's prune could remove
-    another's); a manifest damaged past its head is still listed for verify and prune.
-    """
-    if not job_id:
-        return True
-    try:
-        owner = read_head(_manifest_path(dest, snapshot_id)).get("job_id") or ""
-    except ManifestError:
-        return False
-    return not owner or owner == job_id
+    """Whether an archive is the job's; one damaged past its manifest's head is still
+    listed, for verify and prune (see manifest.belongs_to_job)."""
+    return belongs_to_job(_manifest_path(dest, snapshot_id), job_id)
 
 
 def _archive_path(dest: Path, snapshot_id: str, compression: str,

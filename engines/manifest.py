@@ -299,3 +299,20 @@ def _check_entry_shape(entry: Any) -> None:
         raise ValueError(f"file entry {entry['path']!r} lacks its size or hash")
     if kind == "symlink" and not isinstance(entry.get("target"), str):
         raise ValueError(f"symlink entry {entry['path']!r} lacks its target")
+
+
+def belongs_to_job(path: Path, job_id: str) -> bool:
+    """Whether the snapshot a manifest describes is the job's: it names the job, or none.
+
+    Manifests made before snapshots recorded their job, and callers outside a job (an
+    empty job_id), see every snapshot as before. Only the manifest's head is read.
+    """
+    if not job_id:
+        return True
+    try:
+        owner = read_head(path).get("job_id") or ""
+    except ManifestError:
+        # Whose it is cannot be known: seen by every job, one job's prune or delete
+        # could remove another's. Listing skips a damaged manifest anyway.
+        return False
+    return not owner or owner == job_id

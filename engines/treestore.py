@@ -37,9 +37,9 @@ from engines.manifest import (
     SNAPSHOT_ID_RE,
     Manifest,
     ManifestError,
+    belongs_to_job,
     check_rel_path,
     check_snapshot_id,
-    read_head,
     sha256_file,
     unique_snapshot_id,
 )
@@ -70,20 +70,8 @@ def set_meta(path: Path | str, entry: Mapping[str, Any]) -> list[str]:
 
 
 def belongs_to(dest: Path, snapshot_id: str, job_id: str) -> bool:
-    """Whether a complete snapshot is the job's: its manifest names the job, or no job.
-
-    Manifests made before snapshots recorded their job, and callers outside a job (an
-    empty job_id), see every snapshot as before. Only the manifest's first line is read.
-    """
-    if not job_id:
-        return True
-    try:
-        owner = read_head(manifest_path(dest, snapshot_id)).get("job_id") or ""
-    except ManifestError:
-        # Whose it is cannot be known: seen by every job, one job's prune or delete
-        # could remove another's. Listing skips a damaged manifest anyway.
-        return False
-    return not owner or owner == job_id
+    """Whether a complete snapshot is the job's (see manifest.belongs_to_job)."""
+    return belongs_to_job(manifest_path(dest, snapshot_id), job_id)
 
 
 class TreeSnapshots(Engine):
