@@ -59,6 +59,7 @@ from engines.rsync_args import (
     rsync_binary,
     rsync_command,
 )
+from engines.rsync_links import link_across_sources
 from engines.rsync_manifest import (
     SnapshotWalk,
     content_suspects,
@@ -145,6 +146,8 @@ class RsyncEngine(TreeSnapshots):
             recheck = set() if checksum else content_suspects(entries, prev_entries)
             self._copy_sources(rsync, spec, entries, recheck, partial, work, prev_root,
                                options, control, meter, warn, checkpointer)
+            # One rsync per source: -H cannot link a file linked into two sources.
+            link_across_sources(partial, entries, work)
             records = self._manifest_entries(spec, partial, prev_root, prev_entries,
                                              {e.rel: e for e in entries}, lost, control,
                                              warn, checkpointer)

@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
+from engines.base import BackupSpec, RunControl
 from engines.procs import OWNER_ENV, owner_mark, stop_orphans_on
+from engines.rsync import RsyncEngine
 from tests.cli_helpers import free_port, spawn_server, wait_served
-from tests.engine_helpers import write
+from tests.engine_helpers import RecordingReporter, write
 
 MiB = 1024 * 1024
 RSYNC = shutil.which("rsync")
@@ -156,3 +158,28 @@ def test_the_start_sweep_without_a_readable_proc_finds_nothing_and_does_not_fail
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
     assert "cannot look for leftover programs" in done.stderr
+
+
+@pytest.mark.skipif(RSYNC is None, reason="rsync is not installed")
+def test_rsync_keeps_hard_links_between_files_of_different_sources(tmp_path: Path) -> None:
+    # What a user sees: the README says rsync keeps "hard links between files of the
+    # job's sources" (-H), as mirror, archive and restic do. With two sources, one file
+    # linked into both (s1/x and s2/y), the snapshot and its restore hold one inode.
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    write(s1 / "x", b"shared content\n")
+    write(s1 / "alone", b"one name\n")
+    s2.mkdir()
+    os.link(s1 / "x", s2 / "y")
+    spec = BackupSpec.build([s1, s2], tmp_path / "dest", job_id="hl-1")
+    engine = RsyncEngine()
+    for _ in range(2):  # the second run links to the first (--link-dest): still one
+        snap = engine.backup(spec, RunControl(), RecordingReporter()).snapshot_id
+        stored = tmp_path / "dest" / snap
+        assert (stored / "s1" / "x").stat().st_ino == (stored / "s2" / "y").stat().st_ino
+        assert (stored / "s1" / "alone").stat().st_nlink <= 2
+        assert sorted(os.listdir(stored)) == ["s1", "s2"]
+        assert engine.verify(spec, snap, RunControl(), RecordingReporter()).ok
+    out = tmp_path / "out"
+    engine.restore(spec, snap, out, RunControl(), RecordingReporter())
+    assert (out / "s1" / "x").stat().st_ino == (out / "s2" / "y").stat().st_ino
+    assert (out / "s2" / "y").read_bytes() == b"shared content\n"
