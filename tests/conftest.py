@@ -17,6 +17,34 @@ from server.config import Config
 
 pytest_plugins = ["tests.browser_helpers"]  # Playwright fixtures: live_server, browser, page
 
+# Whole modules that take tens of seconds each (real servers killed and restarted, the
+# browser, the one-file build, every engine against its contract, restic repositories):
+# `pytest -m "not slow"` leaves them out for a quick run; `make test` runs everything.
+SLOW_MODULES = frozenset({
+    "test_torture_kills", "test_torture_load", "test_torture_corruption",
+    "test_torture_input", "test_engine_contract", "test_engine_restic", "test_dist",
+    "test_deploy", "test_browser_journey", "test_browser_a11y", "test_browser_smoke",
+    "test_safety_restic", "test_safety_runs", "test_safety_eventlog", "test_recovery",
+    "test_safety_children", "test_cli", "test_leftover_programs", "test_web_build",
+})
+# Single tests of several seconds in otherwise quick modules (gigabytes of sparse zeros
+# hashed, a browser, a worker killed and resumed).
+SLOW_TESTS = frozenset({
+    "test_a_10_gib_sparse_file_backs_up_and_restores_with_its_holes",
+    "test_a_sparse_file_larger_than_the_destination_keeps_its_holes",
+    "test_a_paused_rsync_dies_with_its_killed_worker_and_the_resume_completes",
+    "test_in_a_browser_search_narrows_as_you_type_and_run_lines_arrive_live",
+    "test_a_sparse_file_restores_sparse_onto_a_small_filesystem",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of the slow modules, and the slow tests elsewhere, `slow`."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        if module in SLOW_MODULES or item.name.split("[", 1)[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
