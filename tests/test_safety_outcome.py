@@ -84,3 +84,30 @@ async def test_two_jobs_left_on_one_destination_refuse_to_run(app_client: Client
     # Nothing of the first job's backup was pruned or mixed up meanwhile.
     snaps = (await (await app_client.get(f"/api/jobs/{owner}/snapshots")).json())["snapshots"]
     assert [s["id"] for s in snaps] == [first["snapshot_id"]]
+
+
+async def test_retention_waits_until_the_event_logs_check_has_passed(
+        app_client: Client, tmp_path: Path) -> None:
+    """Nothing is deleted on the word of a log whose hash chain is still being checked."""
+    src = tmp_path / "src"
+    write(src / "a.txt", b"a")
+    resp = await app_client.post("/api/jobs", json={
+        "name": "kept", "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "dest"), "retention": {"keep_last": 1}})
+    job_id = str((await resp.json())["id"])
+    store = app_client.app[STORE]
+    # As for a large log whose check runs in the background after the start.
+    store.chain.state = "running"
+    for _ in range(2):
+        await wait_run(app_client, await start(app_client, job_id), {"succeeded"})
+    snaps = (await (await app_client.get(f"/api/jobs/{job_id}/snapshots")).json())["snapshots"]
+    assert len(snaps) == 2  # keep_last 1, but nothing pruned yet
+    store.chain.state = "passed"
+    await wait_run(app_client, await start(app_client, job_id), {"succeeded"})
+    for _ in range(100):
+        snaps = (await (await app_client.get(f"/api/jobs/{job_id}/snapshots")).json()
+                 )["snapshots"]
+        if len(snaps) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert len(snaps) == 1
