@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
@@ -12,15 +13,16 @@ from events.chain import ChainFault, check_linked, check_page
 from events.record import Row, StoredEvent
 
 
-class LogReading:
+class LogReading(ABC):
     """Reads for EventStore (mixed in): it gives the reader connection, the head, and
     what to do when a row does not hold (stop trusting the log, raise ChainBroken)."""
 
     _reader: aiosqlite.Connection
     _last_seq: int
 
+    @abstractmethod
     def _refuse_read(self, fault: ChainFault) -> NoReturn:
-        raise NotImplementedError
+        """Stop trusting the log and raise ChainBroken (EventStore decides how)."""
 
     async def read(self, since: int = 0, limit: int = 1000, until: int | None = None,
                    verify: bool = True) -> list[StoredEvent]:
