@@ -8,64 +8,60 @@ RunControl for pause, resume and cancel.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from engines.errors import (
+    BinaryMissing as BinaryMissing,
+)
+from engines.errors import (
+    Cancelled as Cancelled,
+)
+from engines.errors import (
+    DestinationInsideSource as DestinationInsideSource,
+)
+from engines.errors import (
+    DestinationNotWritable as DestinationNotWritable,
+)
+from engines.errors import (
+    DiskFull as DiskFull,
+)
+from engines.errors import (
+    EngineError as EngineError,
+)
+from engines.errors import (
+    Interrupted as Interrupted,
+)
+from engines.errors import (
+    RestoreConflict as RestoreConflict,
+)
+from engines.errors import (
+    SnapshotNotFound as SnapshotNotFound,
+)
+from engines.errors import (
+    SourceMissing as SourceMissing,
+)
+from engines.errors import (
+    SourceUnreadable as SourceUnreadable,
+)
+from engines.results import (
+    BackupResult as BackupResult,
+)
+from engines.results import (
+    RestoreResult as RestoreResult,
+)
+from engines.results import (
+    Snapshot as Snapshot,
+)
+from engines.results import (
+    VerifyResult as VerifyResult,
+)
 from models.retention import Retention, snapshots_to_keep
-
-# --- errors: every message is meant for a person, never a traceback ------------------
-
-
-class EngineError(Exception):
-    """A backup, restore, verify or prune could not be done; the message says why."""
-
-
-class SourceMissing(EngineError):
-    """A source does not exist."""
-
-
-class SourceUnreadable(EngineError):
-    """A source exists but cannot be read."""
-
-
-class DestinationInsideSource(EngineError):
-    """The destination lies inside a source, so the backup would back itself up."""
-
-
-class DestinationNotWritable(EngineError):
-    """The destination cannot be created or written."""
-
-
-class DiskFull(EngineError):
-    """The destination ran out of space; nothing partial looks complete."""
-
-
-class BinaryMissing(EngineError):
-    """The program an engine runs (rsync, restic) is not installed."""
-
-
-class SnapshotNotFound(EngineError):
-    """No complete snapshot has that id."""
-
-
-class RestoreConflict(EngineError):
-    """The restore target already has files and overwriting was not asked for."""
-
-
-class Cancelled(EngineError):
-    """The run was cancelled; its partial output was removed."""
-
-
-class Interrupted(EngineError):
-    """The run was stopped at a safe point (shutdown); its partial output is kept to resume."""
-
 
 # --- what an engine is asked to do --------------------------------------------------
 
@@ -266,69 +262,6 @@ class ProgressMeter:
         return max(0.0, (s.bytes_total - s.bytes_done) / s.rate)
 
 
-def host_environ() -> dict[str, str]:
-    """This process's environment as a system binary (rsync, restic) should see it."""
-    env = dict(os.environ)
-    # The single-file build's loader points LD_LIBRARY_PATH at its bundled libraries and
-    # keeps the user's value in LD_LIBRARY_PATH_ORIG; a system rsync loading a bundled
-    # libz or libcrypto instead of its own can crash, so children get the original back.
-    if getattr(sys, "frozen", False):
-        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
-        if original:
-            env["LD_LIBRARY_PATH"] = original
-        else:
-            env.pop("LD_LIBRARY_PATH", None)
-    return env
-
-
-def bwlimit_option(options: Mapping[str, Any]) -> int | None:
-    """The `bwlimit` option in KiB/s (as rsync reads it), checked; None when unset or 0."""
-    raw = options.get("bwlimit")
-    if raw in (None, 0, ""):
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-        raise EngineError(f"option bwlimit must be a whole number of KiB/s, not {raw!r}")
-    return int(raw)
-
-
-class RateLimiter:
-    """Keeps the bytes written per second under a limit, shared by every worker thread.
-
-    Time spent not writing (a pause, a slow source) earns at most BURST seconds of
-    credit: without the cap, a run paused for a minute at 1 MiB/s would write 60 MiB
-    at full speed on resume.
-    """
-
-    BURST = 0.2  # seconds of bytes that may be written ahead of the steady rate
-
-    def __init__(self, bytes_per_second: float) -> None:
-        self.rate = bytes_per_second
-        self._lock = threading.Lock()
-        self._start = time.monotonic()
-        self._total = 0
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> RateLimiter | None:
-        """A limiter from the `bwlimit` option, or None without one."""
-        limit = bwlimit_option(options)
-        return None if limit is None else cls(limit * 1024)
-
-    def consume(self, nbytes: int) -> None:
-        """Count bytes just written and sleep as long as the limit asks."""
-        with self._lock:
-            now = time.monotonic()
-            # Behind schedule by more than the burst (idle or paused): move the start so
-            # the credit is the burst, not all the time that passed.
-            earliest = now - self.BURST
-            if self._start + self._total / self.rate < earliest:
-                self._start = earliest - self._total / self.rate
-            self._total += nbytes
-            due = self._start + self._total / self.rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-
-
 # --- pause, resume, cancel ------------------------------------------------------------
 
 
@@ -394,47 +327,6 @@ class RunControl:
         """Sleep until pause/resume/cancel is asked for, or the timeout passes."""
         with self._cond:
             self._cond.wait(timeout)
-
-
-# --- results ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BackupResult:
-    """A finished backup: its snapshot and what it holds."""
-
-    snapshot_id: str
-    files: int
-    bytes: int
-    duration: float
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A complete snapshot as listed by its engine."""
-
-    id: str
-    time: datetime
-    files: int
-    size: int
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    """A finished restore."""
-
-    files: int
-    bytes: int
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """A verification: ok, or the problems found."""
-
-    ok: bool
-    problems: tuple[str, ...] = ()
-    files_checked: int = 0
 
 
 class Engine(ABC):

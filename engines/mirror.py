@@ -32,7 +32,6 @@ from engines.base import (
     CollectingReporter,
     EngineError,
     ProgressMeter,
-    RateLimiter,
     Reporter,
     RunControl,
 )
@@ -41,6 +40,7 @@ from engines.fsmeta import refused_message, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest
 from engines.mirrorcopy import FileCopier, tree_record
+from engines.ratelimit import RateLimiter
 from engines.scan import Entry, scan
 from engines.treestore import (
     TreeSnapshots,

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from engines.base import BackupSpec, BinaryMissing, EngineError, RunControl, host_environ
+from engines.base import BackupSpec, BinaryMissing, EngineError, RunControl
+from engines.hostenv import host_environ
 from engines.procs import die_with_parent, owner_mark
 from engines.restic_watch import RepositoryWatch
 

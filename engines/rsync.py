@@ -44,12 +44,12 @@ from engines.base import (
     ProgressMeter,
     Reporter,
     RunControl,
-    bwlimit_option,
 )
 from engines.fsmeta import ACL_NAMES, read_xattrs, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest
 from engines.procs import stop_leftover
+from engines.ratelimit import bwlimit_option
 from engines.rsync_args import (
     CopyOptions,
     Keeps,

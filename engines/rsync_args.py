@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.base import BinaryMissing, EngineError, host_environ
+from engines.base import BinaryMissing, EngineError
 from engines.fsmeta import ACL_NAMES, shown
+from engines.hostenv import host_environ
 from engines.rsync_output import ITEM_MARK
 
 RSYNC_MISSING = "rsync is not installed; install it with apt-get install rsync"

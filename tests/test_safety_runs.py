@@ -27,11 +27,11 @@ from engines.base import (
     Cancelled,
     NullReporter,
     Progress,
-    RateLimiter,
     Reporter,
     RunControl,
 )
 from engines.mirror import MirrorEngine
+from engines.ratelimit import RateLimiter
 from server.app import create_app
 from server.config import Config
 from server.keys import COMMANDS, RUNNER
