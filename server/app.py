@@ -55,6 +55,7 @@ from server.metrics import setup_metrics_routes
 from server.page_support import page_context, page_middleware, setup_templates
 from server.pages import setup_page_routes
 from server.security import add_security_headers, host_middleware
+from server.settings_pages import setup_settings_routes
 from server.ws import close_websockets, websocket
 from storage.projector import Projector
 
@@ -200,6 +201,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/events", handlers.api_events, name="api-events")
     app.router.add_get("/static/{digest}/{name:.+}", app[ASSETS].serve, name="static")
     setup_page_routes(app)
+    setup_settings_routes(app)
     setup_auth_routes(app)
     setup_logs_routes(app)
     setup_api_routes(app)

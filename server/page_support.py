@@ -80,6 +80,16 @@ async def page_context(request: web.Request) -> dict[str, Any]:
     }
 
 
+def url_of(request: web.Request, name: str, **parts: str) -> str:
+    """The URL of a named route."""
+    return str(request.app.router[name].url_for(**parts))
+
+
+async def form_of(request: web.Request) -> Mapping[str, Any]:
+    """The posted form of a request."""
+    return await request.post()
+
+
 def render(request: web.Request, template: str, context: Mapping[str, Any],
            fragments: Mapping[str, str] | None = None, status: int = 200) -> web.Response:
     """Render a page, or just one of its fragments when `?fragment=` names one."""

@@ -26,34 +26,23 @@ from core.queries import JobRow
 from core.state import JobView
 from engines.base import EngineError
 from models.job import clean_path
-from models.settings import SettingsInvalid
 from server.forms import (
     CHOICES,
     JOB_FIELDS,
-    SETTINGS_FIELDS,
-    FormInvalid,
     job_form_values,
     job_input,
     read_fields,
-    settings_form_values,
-    settings_input,
 )
 from server.keys import COMMANDS, OPERATIONS, QUERIES, RUNNER, STATE, STORE
-from server.page_support import THEME_COOKIE, YEAR, redirect, render, safe_next
+from server.page_support import form_of as _form
+from server.page_support import redirect, render, safe_next
+from server.page_support import url_of as _url
 
 log = logging.getLogger(__name__)
 
 JOBS_PER_PAGE = 50
 RUN_HISTORY = 50
 FLASH_ERROR_TYPES = (CommandError, EngineError)
-
-
-def _url(request: web.Request, name: str, **parts: str) -> str:
-    return str(request.app.router[name].url_for(**parts))
-
-
-async def _form(request: web.Request) -> Mapping[str, Any]:
-    return await request.post()
 
 
 # --- dashboard ------------------------------------------------------------------------
@@ -376,41 +365,6 @@ async def snapshot_verify(request: web.Request) -> web.StreamResponse:
 
 # --- settings and theme ---------------------------------------------------------------
 
-async def settings_page(request: web.Request) -> web.Response:
-    """Every global setting in one form."""
-    values = settings_form_values(request.app[STATE].settings)
-    return render(request, "settings.html", {"values": values, "errors": {},
-                                             "choices": CHOICES})
-
-
-async def settings_save(request: web.Request) -> web.StreamResponse:
-    """Validate and save the settings as one event; they apply without a restart."""
-    values, too_long = read_fields(await _form(request), SETTINGS_FIELDS)
-    try:
-        if too_long:
-            raise FormInvalid(too_long)
-        await request.app[COMMANDS].change_settings(settings_input(values))
-    except (FormInvalid, SettingsInvalid, Invalid) as err:
-        errors = getattr(err, "errors", None) or {"_": str(err)}
-        errors = {("retention" if k in ("default_retention",) else k): v
-                  for k, v in errors.items()}
-        return render(request, "settings.html",
-                      {"values": values, "errors": errors, "choices": CHOICES}, status=422)
-    return redirect(_url(request, "settings"), ("ok", "Settings saved."))
-
-
-async def theme_switch(request: web.Request) -> web.StreamResponse:
-    """Remember this browser's theme choice (system, light or dark) in a cookie."""
-    form = await _form(request)
-    theme = form.get("theme")
-    back = safe_next(request, form.get("next"), _url(request, "dashboard"))
-    response = redirect(back)
-    if theme in CHOICES["theme"]:
-        response.set_cookie(THEME_COOKIE, str(theme), max_age=YEAR, path="/",
-                            samesite="Strict", httponly=True)
-    return response
-
-
 def setup_page_routes(app: web.Application) -> None:
     """Declare the page routes, by name (the first part of a name is the nav section)."""
     r = app.router
@@ -430,6 +384,3 @@ def setup_page_routes(app: web.Application) -> None:
                name="job-verify")
     r.add_post("/runs/{run_id}/{action:pause|resume|cancel|discard}", run_action,
                name="run-action")
-    r.add_get("/settings", settings_page, name="settings")
-    r.add_post("/settings", settings_save, name="settings-save")
-    r.add_post("/theme", theme_switch, name="theme")
