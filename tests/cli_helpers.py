@@ -1,7 +1,8 @@
-"""Run the real `backup-manager` command and a real server process for tests."""
+"""Run the real `backup-manager` command and a real server process for tests, and talk to it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -12,7 +13,9 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,3 +91,54 @@ def running_server(data: Path, port: int | None = None, *, command: Sequence[str
             yield proc, port
         finally:
             stop_server(proc)
+
+
+class Api:
+    """A tiny client for the running server's JSON API."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self.session, self.base = session, f"http://127.0.0.1:{port}"
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        """Call the API and return the JSON answer (asserting a 2xx status)."""
+        kwargs = {"json": body} if method in ("POST", "PUT") else {}
+        async with self.session.request(method, self.base + path, **kwargs) as resp:
+            data = await resp.json()
+            assert resp.status < 300, data
+            return data
+
+    async def wait_state(self, run_id: str, states: set[str], within: float = 60) -> Any:
+        """Poll a run until it is in one of the states."""
+        async with asyncio.timeout(within):
+            while True:
+                run = await self.call("GET", f"/api/runs/{run_id}")
+                if run["state"] in states:
+                    return run
+                await asyncio.sleep(0.05)
+
+
+async def start_paused_run(api: Api, src: Path, dest: Path) -> tuple[str, str]:
+    """Create a mirror job, start it and pause it mid-way; return job and run ids."""
+    job = await api.call("POST", "/api/jobs", {"name": "Big", "engine": "mirror",
+                                               "sources": [str(src)],
+                                               "destination": str(dest),
+                                               # 16 MiB/s: the run is still going when
+                                               # the test pauses it.
+                                               "options": {"bwlimit": 16384}})
+    run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
+    await api.wait_state(run_id, {"running"})
+    await api.call("POST", f"/api/runs/{run_id}/pause", {})
+    return job["id"], run_id
+
+
+async def wait_healthy(session: aiohttp.ClientSession, port: int) -> None:
+    """Wait until /healthz answers."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)

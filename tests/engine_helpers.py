@@ -116,3 +116,20 @@ class RecordingReporter:
         """Record a warning."""
         with self._lock:
             self.warnings.append(message)
+
+
+def big_source(root: Path) -> Path:
+    """A source that takes a couple of seconds at the job's bandwidth limit."""
+    for i in range(4):
+        write(root / f"large-{i}.bin", os.urandom(8 * 1024 * 1024))
+    for i in range(200):
+        write(root / "small" / f"s{i:03d}.txt", f"small {i}\n".encode())
+    return root
+
+
+def slow_source(root: Path) -> Path:
+    """A source tree with a few small files and one 8 MiB file."""
+    for i in range(5):
+        write(root / "notes" / f"note-{i}.txt", f"note {i}\n".encode() * 50)
+    write(root / "big.bin", bytes(range(256)) * (8 * 4096))
+    return root

@@ -13,20 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.keys import STORE
+from tests.api_helpers import wait_run
 from tests.engine_helpers import make_tree, tree_signature, write
 
 Client = TestClient[web.Request, web.Application]
-
-
-async def wait_run(client: Client, run_id: str, states: set[str],
-                   within: float = 60) -> dict[str, Any]:
-    """Poll a run until it reaches one of `states`."""
-    async with asyncio.timeout(within):
-        while True:
-            run = await (await client.get(f"/api/runs/{run_id}")).json()
-            if run["state"] in states:
-                return run  # type: ignore[no-any-return]
-            await asyncio.sleep(0.05)
 
 
 async def test_full_lifecycle_with_the_mirror_engine(app_client: Client, tmp_path: Path) -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 from playwright.async_api import Page, expect
 
 from tests.browser_helpers import LiveServer, NewPage, PageErrors, assert_accessible, screenshot
-from tests.engine_helpers import write
-from tests.test_browser_journey import slow_source
+from tests.engine_helpers import slow_source, write
 
 WIDTHS = (375, 1280)
 THEMES = ("light", "dark")

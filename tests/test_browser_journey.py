@@ -13,21 +13,13 @@ from pathlib import Path
 from playwright.async_api import Page, expect
 
 from tests.browser_helpers import LiveServer, NewPage, PageErrors, screenshot
-from tests.engine_helpers import tree_signature, write
+from tests.engine_helpers import slow_source, tree_signature, write
 
 # A slow enough run to watch: 8 MiB through a 1 MiB/s bandwidth limit takes ~8 s.
 SLOW_OPTIONS = "bwlimit = 1024"
 WS_DROPPED = r"WebSocket|ERR_CONNECTION_REFUSED|net::ERR"
 # Chromium logs every 4xx answer to the console; a refused form is answered with 422.
 REFUSED_FORM = r"status of 422"
-
-
-def slow_source(root: Path) -> Path:
-    """A source tree with a few small files and one 8 MiB file."""
-    for i in range(5):
-        write(root / "notes" / f"note-{i}.txt", f"note {i}\n".encode() * 50)
-    write(root / "big.bin", bytes(range(256)) * (8 * 4096))
-    return root
 
 
 async def bar_value(page: Page) -> float:

@@ -20,7 +20,7 @@ from events.store import EventStore
 from events.types import JobDeleted, RunQueued, SettingsChanged
 from storage.projector import Projector
 from tests.cli_helpers import REPO, cli, running_server
-from tests.test_projection import history, projection_files
+from tests.projection_helpers import history, projection_files
 
 
 async def fill(data: Path, jobs: int = 3, runs: int = 2) -> int:

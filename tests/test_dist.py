@@ -15,9 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.cli_helpers import REPO, running_server
-from tests.engine_helpers import tree_signature, write
-from tests.test_recovery import Api, big_source
+from tests.cli_helpers import REPO, Api, running_server
+from tests.engine_helpers import big_source, tree_signature, write
 
 # Building takes a minute on a cold machine; the module's tests share one build.
 pytestmark = pytest.mark.timeout(600)

@@ -21,9 +21,9 @@ from events.types import JobCreated, RunInterrupted, RunQueued, RunStarted
 from server.app import create_app
 from server.config import Config
 from server.keys import STORE
+from tests.api_helpers import wait_run
 from tests.conftest import AppClient, job_spec
 from tests.engine_helpers import make_tree
-from tests.test_api import wait_run
 
 Client = TestClient[web.Request, web.Application]
 # What Prometheus 2.x sends when it scrapes.

@@ -11,23 +11,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.keys import STATE, STORE
+from tests.api_helpers import wait_run
 from tests.engine_helpers import make_tree, tree_signature
-from tests.test_api import wait_run
+from tests.page_helpers import csrf_of, field_errors
 
 Client = TestClient[web.Request, web.Application]
 PAGES = ("/dashboard", "/jobs", "/jobs/new", "/settings", "/logs")
-
-
-def csrf_of(html: str) -> str:
-    """The CSRF token a rendered page carries in its forms."""
-    match = re.search(r'name="_csrf" value="([0-9a-f]{64})"', html)
-    assert match, "the page has no CSRF token"
-    return match.group(1)
-
-
-def field_errors(html: str) -> dict[str, str]:
-    """The inline error shown beside each field, by field name."""
-    return dict(re.findall(r'<p class="field-error" id="e-([a-z_]+)">([^<]*)</p>', html))
 
 
 def field_value(html: str, name: str) -> str:

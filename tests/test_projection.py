@@ -38,14 +38,7 @@ from storage.projection import STATE_FILE, Projection
 from storage.projector import Projector
 from storage.replay import replay_into
 from tests.conftest import created, job_spec
-
-
-def projection_files(root: Path) -> dict[str, bytes]:
-    """Every projection file under root (jobs/*.yaml and settings.yaml), by relative path."""
-    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.glob("jobs/*.yaml")}
-    if (root / "settings.yaml").exists():
-        files["settings.yaml"] = (root / "settings.yaml").read_bytes()
-    return files
+from tests.projection_helpers import history, projection_files
 
 
 def rebuilt(db: Path, out: Path) -> dict[str, bytes]:
@@ -53,21 +46,6 @@ def rebuilt(db: Path, out: Path) -> dict[str, bytes]:
     with closing(open_readonly(db)) as conn:
         replay_into(conn, out)
     return projection_files(out)
-
-
-async def history(store: EventStore, job: str, runs: int) -> None:
-    """Append a job with a few runs, the way the runner would."""
-    await store.append(job, 0, [created(job, name=job.upper())])
-    for i in range(runs):
-        run = f"r-{i:012x}"
-        await store.append(job, None, [RunQueued(job_id=job, run_id=run),
-                                       RunStarted(job_id=job, run_id=run),
-                                       RunCheckpointed(job_id=job, run_id=run,
-                                                       checkpoint={"files_done": i})])
-        end: Event = (RunSucceeded(job_id=job, run_id=run, snapshot_id=f"snap-{i}", files=3,
-                                   bytes=1000 * i, duration=1.5)
-                      if i % 3 else RunFailed(job_id=job, run_id=run, error="disk full"))
-        await store.append(job, None, [end])
 
 
 async def wait_projected(projector: Projector) -> None:

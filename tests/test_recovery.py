@@ -12,42 +12,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.cli_helpers import cli, free_port, running_server, spawn_server
-from tests.engine_helpers import tree_signature, write
-from tests.test_projection import projection_files
-
-
-def big_source(root: Path) -> Path:
-    """A source that takes a couple of seconds at the job's bandwidth limit."""
-    for i in range(4):
-        write(root / f"large-{i}.bin", os.urandom(8 * 1024 * 1024))
-    for i in range(200):
-        write(root / "small" / f"s{i:03d}.txt", f"small {i}\n".encode())
-    return root
-
-
-class Api:
-    """A tiny client for the running server's JSON API."""
-
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.session, self.base = session, f"http://127.0.0.1:{port}"
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        """Call the API and return the JSON answer (asserting a 2xx status)."""
-        kwargs = {"json": body} if method in ("POST", "PUT") else {}
-        async with self.session.request(method, self.base + path, **kwargs) as resp:
-            data = await resp.json()
-            assert resp.status < 300, data
-            return data
-
-    async def wait_state(self, run_id: str, states: set[str], within: float = 60) -> Any:
-        """Poll a run until it is in one of the states."""
-        async with asyncio.timeout(within):
-            while True:
-                run = await self.call("GET", f"/api/runs/{run_id}")
-                if run["state"] in states:
-                    return run
-                await asyncio.sleep(0.05)
+from tests.cli_helpers import (
+    Api,
+    cli,
+    free_port,
+    running_server,
+    spawn_server,
+    start_paused_run,
+    wait_healthy,
+)
+from tests.engine_helpers import big_source, tree_signature
+from tests.projection_helpers import projection_files
 
 
 @pytest.fixture
@@ -55,33 +30,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client session."""
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-async def start_paused_run(api: Api, src: Path, dest: Path) -> tuple[str, str]:
-    """Create a mirror job, start it and pause it mid-way; return job and run ids."""
-    job = await api.call("POST", "/api/jobs", {"name": "Big", "engine": "mirror",
-                                               "sources": [str(src)],
-                                               "destination": str(dest),
-                                               # 16 MiB/s: the run is still going when
-                                               # the test pauses it.
-                                               "options": {"bwlimit": 16384}})
-    run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
-    await api.wait_state(run_id, {"running"})
-    await api.call("POST", f"/api/runs/{run_id}/pause", {})
-    return job["id"], run_id
-
-
-async def wait_healthy(session: aiohttp.ClientSession, port: int) -> None:
-    """Wait until /healthz answers."""
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
 
 
 async def killed_mid_backup(session: aiohttp.ClientSession, src: Path, dest: Path, data: Path,

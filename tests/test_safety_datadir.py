@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.keys import STORE
+from tests.api_helpers import wait_run
 from tests.engine_helpers import write
-from tests.test_api import wait_run
 
 Client = TestClient[web.Request, web.Application]
 

@@ -29,7 +29,7 @@ from events.store import EventStore
 from server.keys import COMMANDS, STATE, STORE
 from server.page_support import FLASH_COOKIE
 from tests.engine_helpers import write
-from tests.test_pages import csrf_of, field_errors
+from tests.page_helpers import csrf_of, field_errors
 
 Client = TestClient[web.Request, web.Application]
 

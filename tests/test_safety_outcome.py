@@ -19,9 +19,8 @@ from events.store import EventStore
 from events.types import JobCreated, RunFailed
 from models.ids import new_job_id
 from server.keys import STORE
+from tests.api_helpers import job_by_hand, make_job, start, wait_run
 from tests.engine_helpers import write
-from tests.test_api import wait_run
-from tests.test_runner import job_by_hand, make_job, start
 
 Client = TestClient[web.Request, web.Application]
 

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from core.ownership import overlap
 from server.keys import STATE, STORE
+from tests.api_helpers import wait_run
 from tests.engine_helpers import write
-from tests.test_api import wait_run
 
 Client = TestClient[web.Request, web.Application]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from tests.api_helpers import job_by_hand
 from tests.engine_helpers import write
-from tests.test_runner import job_by_hand
 
 Client = TestClient[web.Request, web.Application]
 

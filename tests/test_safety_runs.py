@@ -35,11 +35,18 @@ from engines.ratelimit import RateLimiter
 from server.app import create_app
 from server.config import Config
 from server.keys import COMMANDS, RUNNER
-from tests.cli_helpers import cli, free_port, running_server, spawn_server
-from tests.engine_helpers import tree_signature, write
+from tests.api_helpers import wait_run
+from tests.cli_helpers import (
+    Api,
+    cli,
+    free_port,
+    running_server,
+    spawn_server,
+    start_paused_run,
+    wait_healthy,
+)
+from tests.engine_helpers import big_source, tree_signature, write
 from tests.fs_helpers import IS_ROOT, fill_up, small_tmpfs
-from tests.test_api import wait_run
-from tests.test_recovery import Api, big_source, start_paused_run, wait_healthy
 
 Client = TestClient[web.Request, web.Application]
 AppClient = Callable[..., Any]

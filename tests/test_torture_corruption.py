@@ -35,6 +35,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.keys import STORE
+from tests.api_helpers import wait_run
 from tests.cli_helpers import (
     cli,
     free_port,
@@ -44,8 +45,7 @@ from tests.cli_helpers import (
     wait_served,
 )
 from tests.engine_helpers import write
-from tests.test_api import wait_run
-from tests.test_projection import projection_files
+from tests.projection_helpers import projection_files
 
 Client = TestClient[web.Request, web.Application]
 FIGURES: Counter[str] = Counter()

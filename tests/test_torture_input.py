@@ -46,9 +46,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from server.keys import CONFIG, OPERATIONS, STATE, STORE
+from tests.api_helpers import wait_run
 from tests.engine_helpers import write
-from tests.test_api import wait_run
-from tests.test_pages import csrf_of, field_errors
+from tests.page_helpers import csrf_of, field_errors
 
 Client = TestClient[web.Request, web.Application]
 

@@ -25,10 +25,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.cli_helpers import REPO, cli, free_port
+from tests.cli_helpers import REPO, Api, cli, free_port
 from tests.engine_contract_helpers import descendants
-from tests.test_projection import projection_files
-from tests.test_recovery import Api
+from tests.projection_helpers import projection_files
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
 
