@@ -13,14 +13,7 @@ from pathlib import Path
 import aiohttp_jinja2
 from aiohttp import web
 
-from core.commands import Commands
-from core.queries import Queries
-from core.recovery import recover_runs, stop_leftover_programs
-from core.runlog import RunLogs
-from core.runner import Runner
-from core.scheduler import Scheduler
-from core.state import State
-from core.webhooks import WebhookSender
+from core.build import CoreConfig, build_core
 from events.record import StoredEvent
 from events.store import FOREGROUND_CHECK_MAX, EventStore
 from server import handlers
@@ -57,7 +50,6 @@ from server.pages import setup_page_routes
 from server.security import add_security_headers, host_middleware
 from server.settings_pages import setup_settings_routes
 from server.ws import close_websockets, websocket
-from storage.projector import Projector
 
 log = logging.getLogger(__name__)
 
@@ -128,50 +120,35 @@ def _on_sighup(levels: LogLevel) -> Callable[[], None]:
 
 
 async def core_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Fold the log into the in-memory state, recover cut-off runs, start the runner."""
-    store = app[STORE]
-    state = State()
-    # Nothing appends before this is built (the server is not serving yet), so the
-    # replay and the listener below neither miss nor repeat an event. Not checked row by
-    # row: the start-up check of the whole chain covers these rows (and, for a large log
-    # checked in the background, stops commands and shows a banner if it fails).
-    async for page in store.iterate(since=0, verify=False):
-        state.apply_all(page)
-    store.notifier.add_listener(state.apply_all)
-    app[STATE] = state
-    app[COMMANDS] = Commands(store, state, str(app[CONFIG].data_dir))
-    levels = LogLevel(app[CONFIG], lambda: state.settings)
-    levels.start()
+    """Build the core on the open log, point the app's keys at its parts, and run it."""
+    core = build_core(app[STORE], CoreConfig(app[CONFIG].data_dir))
+    app[PROJECTOR], app[STATE], app[COMMANDS] = core.projector, core.state, core.commands
+    app[RUNNER], app[SCHEDULER], app[QUERIES] = core.runner, core.scheduler, core.queries
+    try:
+        await core.load()
+        # The level is applied before recovery and the runner start, so what they log
+        # shows at the level asked for; it needs the settings the log was folded into.
+        levels = LogLevel(app[CONFIG], lambda: core.state.settings)
+        levels.start()
 
-    def on_settings(events: Sequence[StoredEvent]) -> None:
-        # Only a change of the level itself: saving the theme must not undo a level
-        # given at start or by a reload.
-        if any(ev.type == "SettingsChanged" and "log_level" in ev.payload.get("changes", {})
-               for ev in events):
-            levels.settings_changed()
+        def on_settings(events: Sequence[StoredEvent]) -> None:
+            # Only a change of the level itself: saving the theme must not undo a level
+            # given at start or by a reload.
+            if any(ev.type == "SettingsChanged"
+                   and "log_level" in ev.payload.get("changes", {}) for ev in events):
+                levels.settings_changed()
 
-    store.notifier.add_listener(on_settings)
-    stop_reload = _on_sighup(levels)
-    logs = RunLogs(app[CONFIG].logs_dir)
-    stop_log_broadcast = install_log_broadcast(app, logs)
-    webhooks = WebhookSender(state)
-    runner = Runner(store, state, logs, webhooks)
-    app[RUNNER] = runner
-    scheduler = Scheduler(state, app[COMMANDS])
-    store.notifier.add_listener(scheduler.on_events)
-    app[SCHEDULER] = scheduler
-    app[QUERIES] = Queries(state, scheduler)
-    await stop_leftover_programs(state)
-    await recover_runs(store, state)
-    runner.start()
-    scheduler.start()
-    yield
-    await scheduler.stop()
-    await runner.stop()
-    await webhooks.close()  # after the runner: runs ending at shutdown still notify
-    stop_reload()
-    stop_log_broadcast()
-    logs.close()
+        app[STORE].notifier.add_listener(on_settings)
+        stop_reload = _on_sighup(levels)
+        stop_log_broadcast = install_log_broadcast(app, core.logs)
+        try:
+            await core.start()
+            yield
+        finally:
+            stop_reload()
+            stop_log_broadcast()
+    finally:
+        await core.stop()
 
 
 async def operations_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -182,15 +159,6 @@ async def operations_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("waiting for %d restore/verify operation(s) to finish", len(tasks))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 600)
-
-
-async def projector_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Catch the YAML projections up with the log and keep them following it."""
-    projector = Projector(app[STORE], app[CONFIG].data_dir)
-    await projector.start()
-    app[PROJECTOR] = projector
-    yield
-    await projector.stop()
 
 
 def setup_routes(app: web.Application) -> None:
@@ -223,7 +191,7 @@ def create_app(config: Config) -> web.Application:
     setup_templates(app, WEB_DIR / "templates")
     app[aiohttp_jinja2.APP_CONTEXT_PROCESSORS_KEY] = [aiohttp_jinja2.request_processor,
                                                       page_context, log_banner]
-    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, projector_ctx, core_ctx, operations_ctx])
+    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, core_ctx, operations_ctx])
     app.on_shutdown.append(close_websockets)
     setup_routes(app)
     return app
