@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engines.base import EngineError, RestoreConflict
+from engines.errors import EngineError, RestoreConflict
 from engines.filecopy import TMP_PREFIX
 from engines.fsmeta import kept_xattr, refused_message, shown
 from engines.manifest import ManifestError

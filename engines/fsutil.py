@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from engines.base import RestoreConflict
+from engines.errors import RestoreConflict
 from engines.fsmeta import shown
 
 

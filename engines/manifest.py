@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import blake3
 
-from engines.base import EngineError
+from engines.errors import EngineError
 from engines.fsmeta import shown
 from storage.atomic import write_atomic
 

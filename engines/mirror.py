@@ -25,22 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from engines.base import (
-    BackupResult,
-    BackupSpec,
-    Cancelled,
-    CollectingReporter,
-    EngineError,
-    ProgressMeter,
-    Reporter,
-    RunControl,
-)
+from engines.contract import BackupSpec
+from engines.control import RunControl
+from engines.errors import Cancelled, EngineError
 from engines.filecopy import link_into, symlink_into
 from engines.fsmeta import refused_message, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest
 from engines.mirrorcopy import FileCopier, tree_record
+from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.ratelimit import RateLimiter
+from engines.results import BackupResult
 from engines.scan import Entry, scan
 from engines.treestore import (
     TreeSnapshots,

@@ -19,10 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import ProgressMeter, Reporter, RunControl
+from engines.control import RunControl
 from engines.filecopy import COPY_CHUNK, copy_file, tmp_name
 from engines.fsmeta import read_xattrs, refused_message, shown
 from engines.manifest import sha256_file
+from engines.progress import ProgressMeter, Reporter
 from engines.ratelimit import RateLimiter
 from engines.scan import Entry
 from engines.treestore import set_meta

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from engines.base import EngineError
+from engines.errors import EngineError
 
 
 def bwlimit_option(options: Mapping[str, Any]) -> int | None:

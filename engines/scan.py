@@ -6,8 +6,11 @@ import os
 import stat
 from dataclasses import dataclass
 
-from engines.base import BackupSpec, Reporter, RunControl, SourceUnreadable
+from engines.contract import BackupSpec
+from engines.control import RunControl
+from engines.errors import SourceUnreadable
 from engines.fsmeta import shown
+from engines.progress import Reporter
 from engines.selection import Selector
 
 

@@ -45,9 +45,10 @@ from typing import IO, Any
 import blake3
 import zstandard
 
-from engines.base import ProgressMeter, Reporter, RunControl
+from engines.control import RunControl
 from engines.fsmeta import shown
 from engines.manifest import Hasher
+from engines.progress import ProgressMeter, Reporter
 from engines.scan import Entry
 from engines.tarmeta import LinkGroups, entry_xattrs, owner_fields, pax_records
 

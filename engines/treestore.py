@@ -17,19 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engines.base import (
-    BackupSpec,
-    DiskFull,
-    Engine,
-    EngineError,
-    ProgressMeter,
-    Reporter,
-    RestoreResult,
-    RunControl,
-    Snapshot,
-    SnapshotNotFound,
-    VerifyResult,
-)
+from engines.contract import BackupSpec, Engine
+from engines.control import RunControl
+from engines.errors import DiskFull, EngineError, SnapshotNotFound
 from engines.filecopy import copy_file, link_into, restore_tmp, symlink_into
 from engines.fsmeta import apply_meta, refused_message, shown
 from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
@@ -43,6 +33,8 @@ from engines.manifest import (
     sha256_file,
     unique_snapshot_id,
 )
+from engines.progress import ProgressMeter, Reporter
+from engines.results import RestoreResult, Snapshot, VerifyResult
 from storage.atomic import fsync_dir
 
 PARTIAL = ".partial"

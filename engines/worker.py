@@ -20,7 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engines.base import BackupSpec, EngineError, Progress, RunControl
+from engines.contract import BackupSpec
+from engines.control import RunControl
+from engines.errors import EngineError
+from engines.progress import Progress
 from engines.registry import get_engine
 
 
