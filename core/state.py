@@ -43,6 +43,8 @@ class RunView:
     resumes: int = 0
     warnings: int = 0  # files skipped or not kept as they were (a succeeded run's)
     warning_samples: list[str] = field(default_factory=list)
+    kind: str = "backup"  # "backup", "restore", "verify" or "prune"
+    params: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The run as JSON-ready values."""
@@ -113,7 +115,8 @@ class State:
             self.finished_seq = ev.seq
         elif ev.type == "RunQueued":
             run = RunView(p["run_id"], ev.stream, "queued", p.get("trigger", "manual"),
-                          ev.time, ev.seq)
+                          ev.time, ev.seq, kind=p.get("kind", "backup"),
+                          params=dict(p.get("params") or {}))
             self.runs[run.run_id] = run
             self._active[run.run_id] = run
             job.run_ids.append(run.run_id)
@@ -150,7 +153,8 @@ class State:
         elif ev.type == "RunSucceeded":
             run.snapshot_id = p.get("snapshot_id")
             job = self.jobs.get(ev.stream)
-            if job is not None and run.snapshot_id:
+            # Only a backup makes a snapshot; a restore or verify names the one it read.
+            if job is not None and run.snapshot_id and run.kind == "backup":
                 job.snapshots.append(run.snapshot_id)
             run.files, run.bytes = int(p.get("files", 0)), int(p.get("bytes", 0))
             run.duration = float(p.get("duration", 0.0))

@@ -108,11 +108,19 @@ class JobDeleted(Event):
 @event_type
 @dataclass(frozen=True)
 class RunQueued(Event):
-    """A run was asked for (by a person, the schedule or recovery) and waits for a slot."""
+    """A run was asked for (by a person, the schedule or recovery) and waits for a slot.
+
+    `kind` is what the run does: "backup", "restore", "verify" or "prune"; `params` holds
+    what a non-backup run needs (a restore: snapshot_id, target, path, overwrite; a
+    verify: snapshot_id). Both default so events written before they existed decode as
+    backups.
+    """
 
     job_id: str
     run_id: str
     trigger: str = "manual"
+    kind: str = "backup"
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @event_type

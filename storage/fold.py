@@ -9,6 +9,7 @@ from seq 0 gives the same documents as applying the events one at a time.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from events.record import StoredEvent
@@ -21,6 +22,9 @@ Doc = dict[str, Any]
 # runs that are still active are never dropped.
 RUNS_KEPT = 20
 
+# Run params are public (snapshot id, target, path, overwrite), but the YAML files are
+# meant to be shared: a key that looks like it could hold a secret is never written.
+_SECRET_KEY = re.compile(r"pass|secret|token|key|cred|auth", re.IGNORECASE)
 
 
 def initial_settings() -> Doc:
@@ -79,8 +83,16 @@ def _fold_run(doc: Doc, ev: StoredEvent) -> None:
     p = ev.payload
     run_id = p.get("run_id", "")
     if ev.type == "RunQueued":
-        doc["runs"].insert(0, {"run_id": run_id, "state": "queued",
-                               "trigger": p.get("trigger", "manual"), "queued": ev.time})
+        entry: Doc = {"run_id": run_id, "state": "queued",
+                      "trigger": p.get("trigger", "manual"), "queued": ev.time}
+        kind = p.get("kind", "backup")
+        if kind != "backup":  # only then: files of backup runs stay as they were
+            entry["kind"] = kind
+            params = {k: v for k, v in (p.get("params") or {}).items()
+                      if not _SECRET_KEY.search(k)}
+            if params:
+                entry["params"] = params
+        doc["runs"].insert(0, entry)
         doc["totals"]["runs"] += 1
         _trim_runs(doc)
         return
@@ -110,6 +122,8 @@ def _fold_run(doc: Doc, ev: StoredEvent) -> None:
         if p.get("warnings"):  # only then: files of runs without warnings stay as they were
             run["warnings"] = p["warnings"]
             run["warning_samples"] = list(p.get("warning_samples", []))
+        if run.get("kind", "backup") != "backup":
+            return  # a restore, verify or prune makes no snapshot and no backup totals
         doc["totals"]["succeeded"] += 1
         doc["totals"]["bytes"] += int(stats["bytes"] or 0)
         doc["last_success"] = {"run_id": run_id, "finished": ev.time,

@@ -325,3 +325,42 @@ async def test_yaml_and_in_memory_state_agree_on_resumed_runs(tmp_path: Path) ->
     finally:
         await projector.stop()
         await store.close()
+
+
+def test_non_backup_runs_make_no_snapshot_and_no_backup_totals() -> None:
+    from core.state import State
+    from storage.fold import fold_job
+
+    backup, restore = "r-00000000000c", "r-00000000000d"
+    events = _stored([
+        ("docs-1", created("docs-1")),
+        ("docs-1", RunQueued(job_id="docs-1", run_id=backup)),
+        ("docs-1", RunStarted(job_id="docs-1", run_id=backup)),
+        ("docs-1", RunSucceeded(job_id="docs-1", run_id=backup, snapshot_id="snap-1",
+                                files=2, bytes=100)),
+        ("docs-1", RunQueued(job_id="docs-1", run_id=restore, kind="restore",
+                             params={"snapshot_id": "snap-1", "target": "/tmp/out",
+                                     "path": None, "overwrite": False,
+                                     "password": "hunter2"})),
+        ("docs-1", RunStarted(job_id="docs-1", run_id=restore)),
+        ("docs-1", RunSucceeded(job_id="docs-1", run_id=restore, snapshot_id="snap-1",
+                                files=2, bytes=100)),
+    ])
+    doc = None
+    for ev in events:
+        doc = fold_job(doc, ev)
+    assert doc is not None
+    assert [s["id"] for s in doc["snapshots"]] == ["snap-1"]
+    assert doc["totals"]["succeeded"] == 1 and doc["totals"]["bytes"] == 100
+    assert doc["last_success"]["run_id"] == backup
+    runs = {r["run_id"]: r for r in doc["runs"]}
+    assert "kind" not in runs[backup]  # backup entries stay as they were
+    assert runs[restore]["kind"] == "restore" and runs[restore]["state"] == "succeeded"
+    assert runs[restore]["params"] == {"snapshot_id": "snap-1", "target": "/tmp/out",
+                                       "path": None, "overwrite": False}
+    state = State()
+    state.apply_all(events)
+    assert state.jobs["docs-1"].snapshots == ["snap-1"]
+    assert state.runs[restore].kind == "restore" and state.runs[backup].kind == "backup"
+    assert state.runs[restore].params["target"] == "/tmp/out"
+    assert state.runs[restore].state == "succeeded"
