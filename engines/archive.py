@@ -84,7 +84,7 @@ from engines.manifest import (
 )
 from engines.scan import scan
 from engines.tarwrite import write_archive
-from storage.atomic import fsync_dir, remove_durable
+from models.atomic import fsync_dir, remove_durable
 
 CHUNK = 1 << 20
 # Pause and cancel are checked between entries and every this many bytes inside one.

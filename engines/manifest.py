@@ -17,7 +17,7 @@ import blake3
 
 from engines.errors import EngineError
 from engines.fsmeta import shown
-from storage.atomic import write_atomic
+from models.atomic import write_atomic
 
 FORMAT = 1
 HASH_CHUNK = 1 << 20

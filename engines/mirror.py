@@ -43,7 +43,7 @@ from engines.treestore import (
     manifest_path,
     set_meta,
 )
-from storage.atomic import fsync_dir
+from models.atomic import fsync_dir
 
 CHECKPOINT_EVERY = 2.0  # seconds
 # Files per task: big enough that thread hand-off costs little per file, small enough

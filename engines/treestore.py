@@ -35,7 +35,7 @@ from engines.manifest import (
 )
 from engines.progress import ProgressMeter, Reporter
 from engines.results import RestoreResult, Snapshot, VerifyResult
-from storage.atomic import fsync_dir
+from models.atomic import fsync_dir
 
 PARTIAL = ".partial"
 DELETING = ".deleting"

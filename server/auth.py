@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import aiohttp_jinja2
 from aiohttp import web
 
+from models.atomic import write_atomic
 from server.errors import Handler, respond_error, wants_json
 from server.keys import AUTH_TOKEN, SESSION_KEY
 from server.origin import own_origin
@@ -55,13 +55,7 @@ def create_token(data_dir: Path, rotate: bool = False) -> tuple[str, bool]:
         return existing, False
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    tmp = token_path(data_dir).with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, token_path(data_dir))
+    write_atomic(token_path(data_dir), f"{token}\n".encode(), mode=0o600)
     return token, True
 
 

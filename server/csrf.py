@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
 from aiohttp import web
 
+from models.atomic import write_atomic
 from server.errors import Handler, respond_error
 from server.keys import CSRF_TOKEN
 from server.origin import origin_refusal
@@ -30,13 +30,7 @@ def load_secret(data_dir: Path) -> bytes:
         return bytes.fromhex(path.read_text().strip())
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, secrets.token_hex(32).encode(), mode=0o600)
     return bytes.fromhex(path.read_text().strip())
 
 

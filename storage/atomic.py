@@ -1,67 +1,7 @@
-"""Atomic, durable file writes: temp file in the same directory, fsync, rename, fsync dir."""
+"""Moved to models/atomic.py (below engines and storage); re-exported until every importer moves."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterable
-from pathlib import Path
+from models.atomic import fsync_dir, remove_durable, write_atomic, write_many_atomic
 
-
-def fsync_dir(directory: Path) -> None:
-    """Flush a directory's entries so a rename or unlink in it survives a power cut."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_temp(path: Path, data: bytes, mode: int) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so a reader sees the old or the new file, never half."""
-    write_many_atomic([(path, data)], mode)
-
-
-def write_many_atomic(files: Iterable[tuple[Path, bytes]], mode: int = 0o644) -> None:
-    """Write several files atomically, each one whole, with one fsync per directory."""
-    renamed_dirs: set[Path] = set()
-    pending: list[tuple[str, Path]] = []
-    try:
-        for path, data in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pending.append((_write_temp(path, data, mode), path))
-        for tmp, path in pending:
-            os.replace(tmp, path)
-            renamed_dirs.add(path.parent)
-        pending.clear()
-    finally:
-        for tmp, _ in pending:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    for directory in renamed_dirs:
-        fsync_dir(directory)
-
-
-def remove_durable(path: Path) -> None:
-    """Remove a file (if present) and make the removal durable."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
-    fsync_dir(path.parent)
+__all__ = ["fsync_dir", "remove_durable", "write_atomic", "write_many_atomic"]

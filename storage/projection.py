@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from events.record import StoredEvent
+from models.atomic import remove_durable, write_atomic, write_many_atomic
 from models.ids import SETTINGS_STREAM, is_job_id
-from storage.atomic import remove_durable, write_atomic, write_many_atomic
 from storage.fold import Doc, fold_job, fold_settings, initial_settings
 
 log = logging.getLogger(__name__)

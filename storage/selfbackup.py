@@ -18,7 +18,7 @@ from pathlib import Path
 
 from events import audit
 from events.watermark import MarkWriter
-from storage.atomic import fsync_dir
+from models.atomic import fsync_dir
 from storage.replay import replay_into
 
 # Kept with the log: scripts keep working with the same access token after a restore.

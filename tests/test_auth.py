@@ -10,8 +10,11 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from models.atomic import write_atomic
 from server.app import create_app
+from server.auth import create_token
 from server.config import Config
+from server.csrf import load_secret
 from server.keys import STORE
 from tests.cli_helpers import REPO
 from tests.conftest import AppClient
@@ -45,6 +48,30 @@ def test_token_command_makes_a_private_token_once_and_rotates(tmp_path: Path) ->
     assert cli("token", "--data", str(data)).stdout.strip() == token
     rotated = cli("token", "--rotate", "--data", str(data)).stdout.strip()
     assert rotated != token and path.read_text().strip() == rotated
+
+
+def test_token_and_secret_are_written_whole_private_and_leave_no_temp_file(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    token, made = create_token(data)
+    secret = load_secret(data)
+    assert made and len(secret) == 32 and load_secret(data) == secret
+    assert sorted(p.name for p in data.iterdir()) == ["access-token", "secret.key"]
+    for name in ("access-token", "secret.key"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600
+    # Rotating replaces the file whole and keeps it private.
+    rotated, _ = create_token(data, rotate=True)
+    assert rotated != token and (data / "access-token").read_text() == f"{rotated}\n"
+    assert stat.S_IMODE((data / "access-token").stat().st_mode) == 0o600
+
+
+def test_write_atomic_gives_the_new_file_the_mode_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    write_atomic(path, b"old")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    write_atomic(path, b"new", mode=0o600)
+    assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
 async def test_without_signing_in_nothing_but_login_health_and_css(
