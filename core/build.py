@@ -7,10 +7,13 @@ build_core, points its application keys at the Core's parts, and calls start and
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.commands import Commands
+from core.livelog import Feed, install_log_broadcast
 from core.queries import Queries
 from core.recovery import recover_runs, stop_leftover_programs
 from core.runlog import RunLogs
@@ -36,6 +39,22 @@ class CoreConfig:
         return self.data_dir / "logs"
 
 
+class _NotifierFeed:
+    """Live lines through the event notifier, until core/live.py's LiveFeed replaces it."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._notifier = store.notifier
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscribers there are now."""
+        return self._notifier.subscriber_count
+
+    def publish(self, message: dict[str, Any]) -> None:
+        """Hand a message to every subscriber."""
+        self._notifier.broadcast(message)
+
+
 class Core:
     """The state, commands, queries, runner, scheduler, projector, run logs and webhooks."""
 
@@ -45,11 +64,13 @@ class Core:
         self.commands = Commands(store, self.state, str(config.data_dir))
         self.projector = Projector(store, config.data_dir)
         self.logs = RunLogs(config.logs_dir)
+        self.live: Feed = _NotifierFeed(store)
         self.webhooks = WebhookSender(self.state)
         self.runner = Runner(store, self.state, self.logs, self.webhooks)
         self.scheduler = Scheduler(self.state, self.commands)
         self.queries = Queries(self.state, self.scheduler)
         self._projecting = self._loaded = self._started = False
+        self._stop_log_broadcast: Callable[[], None] | None = None
 
     async def load(self) -> None:
         """Catch the YAML projections up, fold the log into the state and follow it.
@@ -76,6 +97,7 @@ class Core:
         await self.load()
         await stop_leftover_programs(self.state)
         await recover_runs(self.store, self.state)
+        self._stop_log_broadcast = install_log_broadcast(self.live, self.state, self.logs)
         self.runner.start()
         self.scheduler.start()
         self._started = True
@@ -86,6 +108,9 @@ class Core:
             await self.scheduler.stop()
             await self.runner.stop()
         await self.webhooks.close()  # after the runner: runs ending at shutdown still notify
+        if self._stop_log_broadcast is not None:
+            self._stop_log_broadcast()
+            self._stop_log_broadcast = None
         self.logs.close()
         if self._projecting:
             await self.projector.stop()

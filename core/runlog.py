@@ -1,4 +1,7 @@
-"""Per-run log files under logs/runs/, written by one background thread (never the loop)."""
+"""Per-run log files under logs/runs/, written by one background thread (never the loop).
+
+The line format (core/logformat.py run_log_line) is read back by core/logread.py.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,9 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
+
+from core.logformat import run_log_line
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,7 @@ class RunLogs:
 
     def write(self, run_id: str, message: str) -> None:
         """Queue one line for a run's log (returns at once)."""
-        stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        self._queue.put((run_id, f"{stamp} {message}\n"))
+        self._queue.put((run_id, run_log_line(message)))
 
     def add_listener(self, listener: LineListener) -> None:
         """Call `listener(run_id, line)` on the writer thread after each line is written."""

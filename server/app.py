@@ -43,7 +43,7 @@ from server.keys import (
 )
 from server.loglevel import LogLevel
 from server.logs import FileLog
-from server.logs_page import install_log_broadcast, setup_logs_routes
+from server.logs_page import setup_logs_routes
 from server.metrics import setup_metrics_routes
 from server.page_support import page_context, page_middleware, setup_templates
 from server.pages import setup_page_routes
@@ -140,13 +140,11 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
 
         app[STORE].notifier.add_listener(on_settings)
         stop_reload = _on_sighup(levels)
-        stop_log_broadcast = install_log_broadcast(app, core.logs)
         try:
             await core.start()
             yield
         finally:
             stop_reload()
-            stop_log_broadcast()
     finally:
         await core.stop()
 

@@ -5,18 +5,10 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import queue
-import time
 from pathlib import Path
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class UTCFormatter(logging.Formatter):
-    """Log times in UTC, like the event log and the pages ("times in UTC")."""
-
-    def converter(self, seconds: float | None) -> time.struct_time:
-        """The record's time as UTC."""
-        return time.gmtime(seconds)
+# The format is core's: the Logs page reads back what these handlers write.
+from core.logformat import app_formatter
 
 
 class FileLog:
@@ -30,7 +22,7 @@ class FileLog:
         logs_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.handlers.RotatingFileHandler(
             logs_dir / "app.log", maxBytes=5 * 1024 * 1024, backupCount=5, encoding="utf-8")
-        file_handler.setFormatter(UTCFormatter(FORMAT))
+        file_handler.setFormatter(app_formatter())
         records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.handler = logging.handlers.QueueHandler(records)
         self._listener = logging.handlers.QueueListener(records, file_handler)
@@ -50,5 +42,5 @@ class FileLog:
 def setup_console_logging(level: str) -> None:
     """Log to stderr at the given level."""
     handler = logging.StreamHandler()
-    handler.setFormatter(UTCFormatter(FORMAT))
+    handler.setFormatter(app_formatter())
     logging.basicConfig(level=level, handlers=[handler])

@@ -17,19 +17,11 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Page, expect
 
-from server import logs_page
+from core import logread
+from core.livelog import MAX_LIVE_PER_SECOND
+from core.logformat import APP_FORMAT, LEVELS, LogFormat
+from core.logread import MAX_LINES, LogEntry, LogFile, Wanted, read_logs
 from server.keys import CONFIG, RUNNER
-from server.logs_page import (
-    APP_FORMAT,
-    LEVELS,
-    MAX_LINES,
-    MAX_LIVE_PER_SECOND,
-    LogEntry,
-    LogFile,
-    LogFormat,
-    Wanted,
-    read_logs,
-)
 from tests.browser_helpers import LiveServer, PageErrors, assert_accessible, screenshot
 
 Client = TestClient[web.Request, web.Application]
@@ -353,7 +345,7 @@ def test_reading_backwards_in_blocks_finds_what_a_full_read_finds(
     text = "\n".join(out) + "\n"
     (tmp_path / "app.log").write_text(text, encoding="utf-8")
     # Tiny blocks put block edges inside records, lines and multi-byte characters.
-    monkeypatch.setattr(logs_page, "BLOCK_BYTES", rng.choice([7, 37, 256, 4096]))
+    monkeypatch.setattr(logread, "BLOCK_BYTES", rng.choice([7, 37, 256, 4096]))
     for level in LEVELS:
         for query in ["", "disk", "FULL", "€uro boom", "héllo ok", "never-there"]:
             wanted = Wanted(level, query.lower())
