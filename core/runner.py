@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.active import ActiveRun, RunReporter
+from core.live import LiveFeed
 from core.outcome import (
     RETRY_FIRST,
     RETRY_MAX,
@@ -57,8 +58,9 @@ class Runner:
     """Executes queued runs with engines, within the concurrency limits."""
 
     def __init__(self, store: EventStore, state: State, logs: RunLogs,
-                 webhooks: WebhookSender | None = None) -> None:
+                 webhooks: WebhookSender | None = None, live: LiveFeed | None = None) -> None:
         self.store, self.state, self.logs = store, state, logs
+        self.live = live if live is not None else LiveFeed()  # where progress goes
         self.active: dict[str, ActiveRun] = {}
         self.webhooks = webhooks
         self._wake = asyncio.Event()
@@ -98,7 +100,7 @@ class Runner:
         active = self.active.get(message.get("run_id", ""))
         if active is not None and message.get("kind") == "progress":
             active.progress = message
-        self.store.notifier.broadcast(message)
+        self.live.publish(message)
 
     def append_soon(self, stream: str, event: Event) -> None:
         """Append an event in the background (from a thread's report), logging failures."""

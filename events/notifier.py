@@ -42,14 +42,22 @@ class Subscription:
             self._items.extend(items)
         self._wake.set()
 
-    async def get(self) -> list[Item]:
-        """Wait for and return everything queued so far (empty once overflowed or closed)."""
+    async def wait(self) -> None:
+        """Wait until something is queued, or the subscription overflowed or closed."""
         while not self._items and not self.overflowed and not self.closed:
             self._wake.clear()
             await self._wake.wait()
+
+    def take(self) -> list[Item]:
+        """Return and forget what is queued (empty once overflowed or closed)."""
         items = list(self._items)
         self._items.clear()
         return items
+
+    async def get(self) -> list[Item]:
+        """Wait for and return everything queued so far (empty once overflowed or closed)."""
+        await self.wait()
+        return self.take()
 
     async def wait_for_news(self) -> None:
         """Wait until something was published, then forget it (for readers of the log)."""

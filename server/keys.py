@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from core.commands import Commands
+from core.live import LiveFeed
 from core.queries import Queries
 from core.runner import Runner
 from core.scheduler import Scheduler
@@ -19,6 +20,8 @@ from storage.projector import Projector
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", EventStore)
+# Progress and log lines for the WebSocket (never stored), apart from committed events.
+LIVE = web.AppKey("live", LiveFeed)
 PROJECTOR = web.AppKey("projector", Projector)
 WEBSOCKETS = web.AppKey("websockets", set[web.WebSocketResponse])
 STATE = web.AppKey("state", State)

@@ -10,11 +10,12 @@ import re
 
 from aiohttp import WSCloseCode, web
 
+from core.live import LiveSubscription
 from events.notifier import Subscription
 from events.record import StoredEvent
 from events.store import EventStore, StoreUnavailable
 from server.errors import BadRequest
-from server.keys import CONFIG, STORE, WEBSOCKETS
+from server.keys import CONFIG, LIVE, STORE, WEBSOCKETS
 from server.origin import origin_refusal
 
 log = logging.getLogger(__name__)
@@ -46,26 +47,50 @@ async def _send_stored(ws: web.WebSocketResponse, store: EventStore, last: int,
 
 
 async def _tail(ws: web.WebSocketResponse, store: EventStore, sub: Subscription,
-                last: int) -> None:
-    """Send queued events in order (no gap, no duplicate) until the client goes away."""
-    while not ws.closed:
-        items = await sub.get()
-        if sub.overflowed:
-            await ws.close(code=CLOSE_TOO_SLOW,
-                           message=f"client fell behind; reconnect with since={last}".encode())
-            return
-        if sub.closed:
-            return
-        for item in items:
-            if isinstance(item, StoredEvent):
-                if item.seq <= last:
-                    continue  # already sent during the replay
-                if item.seq > last + 1:
-                    last = await _send_stored(ws, store, last, item.seq - 1)
-                await ws.send_str(item.to_json())
-                last = item.seq
-            else:
-                await ws.send_str(json.dumps(item))
+                live: LiveSubscription, last: int) -> None:
+    """Send queued events in order (no gap, no duplicate), and live messages among them in
+    the order they happened, until the client goes away."""
+    events_ready: asyncio.Future[None] | None = None
+    live_ready: asyncio.Future[None] | None = None
+    try:
+        while not ws.closed:
+            # Waiting takes nothing, so a wait left pending loses nothing.
+            events_ready = events_ready or asyncio.ensure_future(sub.wait())
+            live_ready = live_ready or asyncio.ensure_future(live.wait())
+            await asyncio.wait((events_ready, live_ready), return_when=asyncio.FIRST_COMPLETED)
+            events_ready = None if events_ready.done() else events_ready
+            live_ready = None if live_ready.done() else live_ready
+            # Both taken at once: a live message stamped with seq s came after event s, and
+            # event s is already in hand (it was queued before the message was published).
+            items, messages = sub.take(), live.take()
+            if sub.overflowed:
+                await ws.close(code=CLOSE_TOO_SLOW,
+                               message=f"client fell behind; reconnect with since={last}".encode())
+                return
+            if sub.closed or live.closed:
+                return
+            queued = iter(messages)
+            pending = next(queued, None)
+            for item in items:
+                if isinstance(item, StoredEvent):
+                    while pending is not None and pending[0] < item.seq:
+                        await ws.send_str(json.dumps(pending[1]))
+                        pending = next(queued, None)
+                    if item.seq <= last:
+                        continue  # already sent during the replay
+                    if item.seq > last + 1:
+                        last = await _send_stored(ws, store, last, item.seq - 1)
+                    await ws.send_str(item.to_json())
+                    last = item.seq
+                else:  # a transient message still sent through the notifier
+                    await ws.send_str(json.dumps(item))
+            while pending is not None:
+                await ws.send_str(json.dumps(pending[1]))
+                pending = next(queued, None)
+    finally:
+        for waiting in (events_ready, live_ready):
+            if waiting is not None:
+                waiting.cancel()
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -86,18 +111,21 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     # Subscribe before reading the log: whatever commits during the replay is queued,
     # and the seq check in _tail drops what the replay already sent.
     sub = store.notifier.subscribe(limit=request.app[CONFIG].ws_queue_limit)
+    # Progress and log lines: stamped with the log's head as they come, to keep their place.
+    live = request.app[LIVE].subscribe(clock=lambda: store.notifier.last_seq)
 
     async def read_client() -> None:
         # Reading is what processes pings and the client's close frame.
         async for _ in ws:
             pass
         sub.close()
+        live.close()
 
     reader = asyncio.create_task(read_client())
     try:
         await ws.send_str(json.dumps({"kind": "hello", "head": store.last_seq}))
         last = await _send_stored(ws, store, since)
-        await _tail(ws, store, sub, last)
+        await _tail(ws, store, sub, live, last)
     except ConnectionResetError:
         pass  # the client went away mid-send; it reconnects with its last seq
     except StoreUnavailable as err:
@@ -107,6 +135,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                        message=b"event log damaged or unavailable; see /healthz")
     finally:
         sub.close()
+        live.close()
         clients.discard(ws)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -24,7 +24,7 @@ async def test_append_assigns_seq_and_versions_in_order(store: EventStore) -> No
     assert [e.seq for e in got] == [1, 2, 3]
     assert [e.type for e in got] == ["JobCreated", "RunQueued", "SettingsChanged"]
     assert got[1].payload == {"job_id": "docs-1", "run_id": "r-000000000001",
-                              "trigger": "manual"}
+                              "trigger": "manual", "kind": "backup", "params": {}}
     assert [e.seq for e in await store.read(since=1, limit=1)] == [2]
 
 

@@ -1,0 +1,103 @@
+"""The live feed: transient messages (progress ticks, log lines) that are shown, never stored.
+
+Committed events go through events/notifier.py, which must not lose one; these may be
+lost: a subscriber that falls behind loses its oldest messages, and the publisher (the
+event loop, the runner) never waits for anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+Message = dict[str, Any]
+
+
+class LiveSubscription:
+    """One subscriber's bounded queue of live messages; the oldest go first when it is full."""
+
+    def __init__(self, feed: LiveFeed, limit: int, clock: Callable[[], int] | None) -> None:
+        self._feed = feed
+        self._clock = clock
+        # Each message with the clock's reading when it came (0 without a clock).
+        self._items: deque[tuple[int, Message]] = deque(maxlen=limit)
+        self._wake = asyncio.Event()
+        self.dropped = 0
+        self.closed = False
+
+    def offer(self, message: Message) -> None:
+        """Queue a message without waiting (dropping the oldest past the limit)."""
+        if self.closed:
+            return
+        if len(self._items) == self._items.maxlen:
+            self.dropped += 1
+        self._items.append((self._clock() if self._clock else 0, message))
+        self._wake.set()
+
+    async def wait(self) -> None:
+        """Wait until a message is queued or the subscription is closed; take nothing."""
+        while not self._items and not self.closed:
+            self._wake.clear()
+            await self._wake.wait()
+
+    def take(self) -> list[tuple[int, Message]]:
+        """Return and forget what is queued, each message with its clock reading."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def get(self) -> list[Message]:
+        """Wait for and return everything queued so far (empty once closed)."""
+        await self.wait()
+        return [message for _, message in self.take()]
+
+    def close(self) -> None:
+        """Stop receiving and wake a waiting reader."""
+        self.closed = True
+        self._feed.unsubscribe(self)
+        self._wake.set()
+
+    def __enter__(self) -> LiveSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LiveFeed:
+    """Fans transient messages out to every subscriber (call it on the event loop)."""
+
+    def __init__(self) -> None:
+        self._subscriptions: set[LiveSubscription] = set()
+
+    def subscribe(self, limit: int = 1000,
+                  clock: Callable[[], int] | None = None) -> LiveSubscription:
+        """Start receiving what is published from now on.
+
+        `clock` is read as each message comes (the WebSocket passes the log's last seq),
+        so a reader can put the message back in order among committed events.
+        """
+        sub = LiveSubscription(self, limit, clock)
+        self._subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: LiveSubscription) -> None:
+        """Stop delivering to a subscription."""
+        self._subscriptions.discard(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._subscriptions)
+
+    def publish(self, message: Message) -> None:
+        """Deliver a message to every subscriber, never waiting."""
+        for sub in list(self._subscriptions):
+            sub.offer(message)
+
+    def close_all(self) -> None:
+        """Close every subscription, waking their readers."""
+        for sub in list(self._subscriptions):
+            sub.close()
