@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from engines import restic as restic_module
 from engines.base import (
     BackupResult,
     BackupSpec,
@@ -37,6 +36,7 @@ from engines.restic import (
     restic_env,
     restic_pattern,
 )
+from engines.restic import repo as restic_module
 from engines.scan import scan
 from models.retention import Retention
 from tests.engine_helpers import (

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from engines.base import BackupSpec, EngineError, RunControl, SnapshotNotFound
-from engines.procs import OWNER_ENV, owner_mark, process_alive, stop_orphans_on
+from engines.child import OWNER_ENV, owner_mark, process_alive, stop_orphans_on
 from engines.restic import ResticEngine, restic_command, restic_env
-from engines.restic_jobs import job_tag
+from engines.restic.jobs import job_tag
 from models.retention import Retention
 from tests.cli_helpers import free_port, spawn_server, wait_served
 from tests.engine_helpers import RecordingReporter, write
@@ -432,7 +432,7 @@ def test_a_child_started_by_a_waiting_thread_survives_until_its_process_dies(
     script = tmp_path / "parent.py"
     script.write_text(
         "import subprocess, sys, threading, time\n"
-        "from engines.procs import die_with_parent\n"
+        "from engines.child import die_with_parent\n"
         "def run():\n"
         "    p = subprocess.Popen(['sleep', '300'], preexec_fn=die_with_parent())\n"
         "    print(p.pid, flush=True)\n"
@@ -459,7 +459,7 @@ def test_a_child_started_by_a_waiting_thread_survives_until_its_process_dies(
 
 def test_restore_asks_for_holes_exactly_when_this_restic_can_keep_them() -> None:
     """restic 0.15 added `restore --sparse`; 0.14 (Debian 12) fills holes on restore."""
-    from engines.restic_proc import restore_keeps_holes
+    from engines.restic.cli import restore_keeps_holes
 
     assert RESTIC is not None
     out = subprocess.run([str(RESTIC), "version"], capture_output=True, text=True,
