@@ -18,7 +18,7 @@ from core.ownership import Owner
 from core.pathcheck import PathReport, check_paths
 from core.protected import destination_refusal
 from core.state import JobView, RunView, State
-from engines.options import option_problems
+from engines.registry import catalog, option_problems
 from events.store import ConcurrencyError, EventStore
 from events.types import (
     Event,
@@ -305,7 +305,7 @@ def validate_job(data: Mapping[str, Any], allow_link_local_webhooks: bool = Fals
     errors: dict[str, str] = {}
     spec = None
     try:
-        spec = JobSpec.from_input(data, allow_link_local_webhooks)
+        spec = JobSpec.from_input(data, allow_link_local_webhooks, engines=catalog())
     except JobInvalid as err:
         errors.update(err.errors)
     engine, options = data.get("engine"), data.get("options")

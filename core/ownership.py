@@ -2,40 +2,42 @@
 
 Two jobs writing into one folder (or one inside the other) prune and list each other's
 snapshots, so a job is refused when its destination equals, lies inside or contains
-another job's. Local paths are compared as written (normalised) and, where they exist,
-with symlinks resolved, so /backup and a symlink to it are the same place. A remote
-restic repository (s3:, sftp:, rest:, ...) is compared by its normalised URL.
+another job's. What a destination is comes from its engine (engines.registry): local
+paths are compared as written (normalised) and, where they exist, with symlinks resolved,
+so /backup and a symlink to it are the same place; a remote restic repository (s3:,
+sftp:, rest:, ...) is compared by its normalised URL, the engine's destination key.
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from engines.registry import destination_key, local_destination
 
 
 @dataclass(frozen=True)
 class Owner:
-    """Another job's destination: who owns it, and where it is."""
+    """Another job's destination: who owns it, where it is, and which engine reads it."""
 
     job_id: str
     name: str
     destination: str
+    engine: str = ""  # unknown: the destination is read the widest way (see registry)
+
+    @classmethod
+    def of(cls, job_id: str, spec: Mapping[str, Any]) -> Owner:
+        """The owner of a job's destination, from its spec."""
+        return cls(job_id, str(spec.get("name")), str(spec.get("destination")),
+                   str(spec.get("engine") or ""))
 
 
-def local_path(destination: str) -> str | None:
+def local_path(destination: str, engine: str = "") -> str | None:
     """The local path a destination names (restic's "local:/x" too), or None for a URL."""
-    text = destination.strip()
-    if text.startswith("local:"):
-        text = text[len("local:"):]
-    return posixpath.normpath(text) if text.startswith("/") else None
-
-
-def _url_key(destination: str) -> str:
-    """A remote repository URL, normalised: scheme in lower case, no trailing slash."""
-    scheme, _, rest = destination.strip().partition(":")
-    return f"{scheme.lower()}:{rest.rstrip('/')}"
+    path = local_destination(engine, destination)
+    return str(path) if path is not None else None
 
 
 def _forms(path: str) -> set[str]:
@@ -66,20 +68,23 @@ def local_relation(a: str, b: str) -> str | None:
     return None
 
 
-def overlap(destination: str, other: str) -> str | None:
+def overlap(destination: str, other: str, engine: str = "",
+            other_engine: str = "") -> str | None:
     """How destination lies against another destination (equal, inside, contains) or None."""
-    mine, theirs = local_path(destination), local_path(other)
+    mine, theirs = local_path(destination, engine), local_path(other, other_engine)
     if mine is not None and theirs is not None:
         return local_relation(mine, theirs)
     if mine is None and theirs is None:
-        return relation(_url_key(destination), _url_key(other))
+        return relation(destination_key(engine, destination),
+                        destination_key(other_engine, other))
     return None  # a local folder and a remote repository never overlap
 
 
-def owner_conflict(destination: str, others: Iterable[Owner]) -> str | None:
+def owner_conflict(destination: str, others: Iterable[Owner],
+                   engine: str = "") -> str | None:
     """A message naming the job whose destination overlaps this one, or None (does I/O)."""
     for owner in others:
-        found = overlap(destination, owner.destination)
+        found = overlap(destination, owner.destination, engine, owner.engine)
         if found is None:
             continue
         who = f"job {owner.name} (id {owner.job_id})"

@@ -23,6 +23,7 @@ from typing import Any
 
 from core.fs_threads import run_path_check
 from core.ownership import Owner, local_path, local_relation, owner_conflict
+from engines.registry import BY_NAME
 
 MOUNT_ROOTS = ("/mnt", "/media", "/run/media")
 
@@ -114,9 +115,9 @@ def _against_sources(dest: str, sources: Iterable[str], report: PathReport) -> N
             return
 
 
-def _password_file(value: Any, report: PathReport) -> None:
+def _password_file(value: Any, engine: str, report: PathReport) -> None:
     if not isinstance(value, str) or not value.startswith("/"):
-        return  # engines.options says what is wrong with its form
+        return  # engines.registry says what is wrong with its form
     try:
         info = os.stat(value)
         if not stat.S_ISREG(info.st_mode):
@@ -124,11 +125,11 @@ def _password_file(value: Any, report: PathReport) -> None:
         with open(value, "rb") as fh:  # a regular file: opening cannot block
             first = fh.readline(4096)
     except OSError as err:
-        report.errors["options"] = (f"the restic password file {value} cannot be read "
+        report.errors["options"] = (f"the {engine} password file {value} cannot be read "
                                     f"({err.strerror or err})")
         return
     if not first.strip(b"\r\n"):
-        report.errors["options"] = (f"the restic password file {value} is empty: its first "
+        report.errors["options"] = (f"the {engine} password file {value} is empty: its first "
                                     "line is the repository password")
 
 
@@ -146,21 +147,23 @@ def check_paths(spec: Mapping[str, Any], old: Mapping[str, Any] | None = None,
     for src in spec.get("sources") or ():
         if src not in old_sources:
             _source(src, report)
-    dest = str(spec.get("destination") or "")
-    conflict = owner_conflict(dest, others)
+    dest, engine = str(spec.get("destination") or ""), str(spec.get("engine") or "")
+    conflict = owner_conflict(dest, others, engine)
     if conflict is not None:
         report.errors["destination"] = conflict
-    local = local_path(dest)
+    local = local_path(dest, engine)  # None: a remote repository, nothing local to check
     if local is not None and conflict is None:
         _against_sources(local, spec.get("sources") or (), report)
     if local is not None and "destination" not in report.errors \
             and dest != old.get("destination"):
         _destination(local, report)
-    if spec.get("engine") == "restic":
-        password = (spec.get("options") or {}).get("password_file")
-        if password != (old.get("options") or {}).get("password_file") \
-                or old.get("engine") != "restic":
-            _password_file(password, report)
+    info = BY_NAME.get(engine)
+    for option in info.options if info is not None else ():
+        if option.secret_file:
+            value = (spec.get("options") or {}).get(option.name)
+            if value != (old.get("options") or {}).get(option.name) \
+                    or old.get("engine") != engine:
+                _password_file(value, engine, report)
     return report
 
 

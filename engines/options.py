@@ -1,15 +1,47 @@
-"""Which options each engine takes, checked when a job is saved rather than when it runs."""
+"""Engine options as records: a name, a type, a default, help text and a check.
+
+Each engine lists its options in engines.registry; a job's options are checked there when
+the job is saved, not when it runs. The checks are pure functions of the value.
+"""
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 Check = Callable[[Any], str | None]  # returns what is wrong, or None
 
 
-def _whole(low: int, high: int) -> Check:
+@dataclass(frozen=True)
+class Option:
+    """One engine option: what it is called, what it takes, and how it is checked."""
+
+    name: str
+    type: str  # what a person types, for the form's help ("a whole number", ...)
+    help: str
+    check: Check
+    default: Any = None  # None: unset (the engine's own behaviour), never checked
+    required: bool = False
+    # A file whose first line is a password: core.pathcheck reads it when the job is
+    # saved (off the event loop), so a job that cannot open its repository is refused.
+    secret_file: bool = False
+
+    def describe(self) -> str:
+        """The option as the job form's help shows it: name, help, default."""
+        text = f"{self.name} ({self.type}): {self.help}"
+        if self.required:
+            return f"{text}; required"
+        if self.default is not None:
+            shown = str(self.default).lower() if isinstance(self.default, bool) \
+                else str(self.default)
+            return f"{text}; default {shown}"
+        return text
+
+
+def whole(low: int, high: int) -> Check:
+    """A whole number from low to high (a bool is not a number here)."""
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             return f"must be a whole number from {low} to {high}"
@@ -17,58 +49,28 @@ def _whole(low: int, high: int) -> Check:
     return check
 
 
-def _flag(value: Any) -> str | None:
+def flag(value: Any) -> str | None:
+    """True or false, as a bool or as the words a form sends."""
     if isinstance(value, bool) or (isinstance(value, str) and value.lower() in
                                    ("true", "false", "yes", "no", "1", "0", "on", "off")):
         return None
     return "must be true or false"
 
 
-def _abs_path(value: Any) -> str | None:
+def abs_path(value: Any) -> str | None:
+    """An absolute path (its existence is core.pathcheck's to judge, off the event loop)."""
     if not isinstance(value, str) or not posixpath.isabs(value) or "\x00" in value:
         return "must be an absolute path"
     return None
 
 
-def _one_of(*choices: str) -> Check:
+def one_of(*choices: str) -> Check:
+    """One of a few words."""
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
     return check
 
 
-def _text(value: Any) -> str | None:
+def text(value: Any) -> str | None:
+    """Some text that is not only spaces."""
     return None if isinstance(value, str) and value.strip() else "must be some text"
-
-
-_BWLIMIT = _whole(0, 10_000_000)  # KiB/s, as rsync reads it; 0 means no limit
-ENGINE_OPTIONS: dict[str, dict[str, Check]] = {
-    # checksum: compare file contents, not only size, mtime, ctime and inode, to find
-    # changes (slower: every file is read). The engines read spec.options["checksum"].
-    "mirror": {"bwlimit": _BWLIMIT, "threads": _whole(1, 64), "checksum": _flag},
-    # archive and restic have no bandwidth limit (yet): refused rather than ignored.
-    "archive": {"compression": _one_of("zstd", "gzip"), "level": _whole(1, 22)},
-    "rsync": {"bwlimit": _BWLIMIT, "checksum": _flag},
-    "restic": {"password_file": _abs_path, "cache_dir": _abs_path, "init": _flag,
-               "read_data_subset": _text},
-}
-REQUIRED = {"restic": ("password_file",)}
-
-
-def option_problems(engine: str, options: Mapping[str, Any]) -> str | None:
-    """What is wrong with a job's engine options, in one message, or None."""
-    known = ENGINE_OPTIONS.get(engine)
-    if known is None:
-        return None  # the engine itself is refused elsewhere
-    problems = [f"{name} is needed by the {engine} engine"
-                for name in REQUIRED.get(engine, ()) if options.get(name) in (None, "")]
-    for name, value in options.items():
-        check = known.get(name)
-        if check is None:
-            problems.append(f"{name} is not an option of the {engine} engine (it takes "
-                            f"{', '.join(sorted(known))})")
-        elif (wrong := check(value)) is not None:
-            problems.append(f"{name} {wrong}")
-    if engine == "archive" and options.get("compression") == "gzip" \
-            and isinstance(options.get("level"), int) and options["level"] > 9:
-        problems.append("level must be from 1 to 9 with gzip")
-    return "; ".join(problems) or None

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import PurePosixPath
-from typing import Any
+from pathlib import PurePath, PurePosixPath
+from typing import Any, Protocol
 
 from croniter import croniter
 
@@ -15,7 +15,6 @@ from models.retention import InvalidRetention, Retention
 from models.text import control_char, describe
 from models.urls import check_webhook_url
 
-ENGINES = ("mirror", "archive", "rsync", "restic")
 MAX_NAME = 100
 MAX_PATH = 4096
 MAX_SOURCES = 32
@@ -24,6 +23,32 @@ MAX_PATTERN = 1024
 INTERVAL_RE = re.compile(r"^every\s+(\d{1,6})\s*(m|min|minutes?|h|hours?|d|days?)$", re.I)
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 NEVER_FIRES = timedelta(days=5 * 366)  # a cron expression with no time within this is refused
+
+
+_ENGINE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class DestinationRules(Protocol):
+    """How one engine takes its destination (engines.destinations gives one per engine).
+
+    models imports no engine: the caller passes the rules, from engines.registry.catalog().
+    """
+
+    def clean(self, text: Any) -> str:
+        """The destination as the job stores it, or ValueError naming what is wrong."""
+
+    def local_path(self, text: str) -> PurePath | None:
+        """The local folder the destination writes, or None for a remote one."""
+
+
+class _LocalFolder:
+    """The rule when no catalog is given: a destination is an absolute local path."""
+
+    def clean(self, text: Any) -> str:
+        return clean_path(text, "destination")
+
+    def local_path(self, text: str) -> PurePath | None:
+        return PurePosixPath(text)
 
 
 class JobInvalid(ValueError):
@@ -148,9 +173,14 @@ class JobSpec:
     webhook_url: str | None = None
 
     @classmethod
-    def from_input(cls, data: Mapping[str, Any],
-                   allow_link_local_webhooks: bool = False) -> JobSpec:
-        """Validate raw input (JSON or a form) into a spec, or raise JobInvalid per field."""
+    def from_input(cls, data: Mapping[str, Any], allow_link_local_webhooks: bool = False,
+                   engines: Mapping[str, DestinationRules] | None = None) -> JobSpec:
+        """Validate raw input (JSON or a form) into a spec, or raise JobInvalid per field.
+
+        `engines` maps each engine's name to its destination rules (callers that take
+        input from people pass engines.registry.catalog()). Without it, any plain engine
+        name passes and the destination must be a local folder: for tests and benchmarks.
+        """
         errors: dict[str, str] = {}
         values: dict[str, Any] = {}
 
@@ -173,9 +203,18 @@ class JobSpec:
 
         def engine_() -> str:
             raw = data.get("engine")
-            if raw not in ENGINES:
-                raise ValueError(f"choose an engine: {', '.join(ENGINES)}")
-            return str(raw)
+            if engines is not None:
+                if not isinstance(raw, str) or raw not in engines:
+                    raise ValueError(f"choose an engine: {', '.join(engines)}")
+            elif not isinstance(raw, str) or not _ENGINE_NAME_RE.match(raw):
+                raise ValueError("choose an engine (a plain name such as mirror)")
+            return raw
+
+        def destination_() -> str:
+            # Each engine says what it takes; before the engine is known, a local folder.
+            rules = engines.get(values["engine"]) if engines is not None and \
+                "engine" in values else None
+            return (rules or _LocalFolder()).clean(data.get("destination"))
 
         def sources_() -> tuple[str, ...]:
             raw = data.get("sources")
@@ -219,7 +258,7 @@ class JobSpec:
         check("name", name_)
         check("engine", engine_)
         check("sources", sources_)
-        check("destination", lambda: clean_path(data.get("destination"), "destination"))
+        check("destination", destination_)
         check("include", lambda: _patterns(data.get("include"), "include"))
         check("exclude", lambda: _patterns(data.get("exclude"), "exclude"))
         check("schedule", lambda: _schedule(data.get("schedule")))
@@ -227,13 +266,17 @@ class JobSpec:
         check("options", lambda: _options(data.get("options")))
         check("enabled", enabled_)
         check("webhook_url", webhook_)
-        if "destination" in values and "sources" in values:
+        local = None
+        if "destination" in values:
+            rules = (engines or {}).get(values.get("engine", "")) or _LocalFolder()
+            local = rules.local_path(values["destination"])  # None: remote, nothing inside
+        if local is not None and "sources" in values:
             for src in values["sources"]:
-                if _inside(values["destination"], src):
+                if _inside(str(local), src):
                     errors["destination"] = (f"Destination {values['destination']} is inside "
                                              f"source {src}")
                     break
-                if _inside(src, values["destination"]):
+                if _inside(src, str(local)):
                     errors["sources"] = (f"Source {src} is inside destination "
                                          f"{values['destination']}")
                     break

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from models.job import ENGINES
+from engines.registry import ENGINES
 from models.settings import LOG_LEVELS, THEMES
 
 RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
@@ -179,4 +179,16 @@ def settings_input(values: Mapping[str, str]) -> dict[str, Any]:
     return changes
 
 
-CHOICES = {"engine": ENGINES, "log_level": LOG_LEVELS, "theme": THEMES}
+def _option_help() -> str:
+    """Every engine's options, one sentence each, for the job form's options field."""
+    return " ".join(f"{info.name}: {'; '.join(o.describe() for o in info.options)}."
+                    for info in ENGINES)
+
+
+# The allowed values of each select field, and for the job form (from engines.registry)
+# the engine select's labels and the options field's help.
+CHOICES: dict[str, Any] = {
+    "engine": tuple(info.name for info in ENGINES), "log_level": LOG_LEVELS, "theme": THEMES,
+    "engine_labels": tuple((info.name, f"{info.name}: {info.label}") for info in ENGINES),
+    "option_help": _option_help(),
+}

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engines.registry import ENGINE_NAMES, catalog
 from models.job import JobInvalid, JobSpec
 from server.app import create_app
 from server.config import Config
@@ -34,24 +35,25 @@ FIELDS = ["name", "engine", "sources", "destination", "include", "exclude", "sch
 @given(st.dictionaries(st.sampled_from([*FIELDS, "junk"]), VALUES, max_size=len(FIELDS)))
 def test_any_input_is_a_valid_spec_or_field_errors(data: dict[str, Any]) -> None:
     try:
-        spec = JobSpec.from_input(data)
+        spec = JobSpec.from_input(data, engines=catalog())
     except JobInvalid as err:
         assert err.errors and all(isinstance(m, str) and m for m in err.errors.values())
         assert set(err.errors) <= {*FIELDS, "_"}
         return
     # Whatever was accepted is clean: absolute paths without '..', a known engine.
-    assert spec.engine in ("mirror", "archive", "rsync", "restic")
+    assert spec.engine in ENGINE_NAMES
     assert all(s.startswith("/") and ".." not in s.split("/") for s in spec.sources)
-    assert JobSpec.from_input(spec.to_dict()) == spec
+    assert spec.destination.startswith("/")  # no engine takes a remote destination yet
+    assert JobSpec.from_input(spec.to_dict(), engines=catalog()) == spec
 
 
-@given(st.sampled_from(["mirror", "archive", "rsync", "restic"]),
+@given(st.sampled_from(ENGINE_NAMES),
        st.lists(st.sampled_from(["/home/a", "/srv/data", "/var/www"]), min_size=1,
                 max_size=3, unique=True))
 def test_well_formed_specs_round_trip(engine: str, sources: list[str]) -> None:
     spec = JobSpec.from_input({"name": "n", "engine": engine, "sources": sources,
                                "destination": "/backups/x", "schedule": "every 6 hours",
-                               "retention": {"keep_daily": 7}})
+                               "retention": {"keep_daily": 7}}, engines=catalog())
     assert spec.sources == tuple(sources) and spec.retention.keep_daily == 7
 
 
