@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-import engines.rsync as rsync_engine
-import engines.rsync_manifest as rsync_manifest
+import engines.rsync.engine as rsync_engine
+import engines.rsync.manifest as rsync_manifest
 from engines.base import (
     BackupResult,
     BackupSpec,
@@ -28,12 +28,12 @@ from engines.base import (
     Progress,
     RunControl,
 )
+from engines.child import process_alive
 from engines.manifest import Manifest
 from engines.mirror import MirrorEngine
-from engines.procs import process_alive
 from engines.rsync import RsyncEngine
-from engines.rsync_args import RSYNC_MISSING
-from engines.rsync_output import TransferTally, check_outcome, parse_item, parse_progress2
+from engines.rsync.args import RSYNC_MISSING
+from engines.rsync.output import TransferTally, check_outcome, parse_item, parse_progress2
 from engines.scan import Entry, scan
 from engines.treestore import manifest_path
 from tests.cli_helpers import REPO

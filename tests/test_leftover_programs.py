@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from engines.procs import OWNER_ENV
+from engines.child import OWNER_ENV
 from tests.cli_helpers import running_server
 from tests.engine_helpers import write
 

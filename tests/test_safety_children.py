@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from engines.base import BackupSpec, RunControl
-from engines.procs import OWNER_ENV, owner_mark, stop_orphans_on
+from engines.child import OWNER_ENV, owner_mark, stop_orphans_on
 from engines.rsync import RsyncEngine
 from tests.cli_helpers import free_port, spawn_server, wait_served
 from tests.engine_helpers import RecordingReporter, write
@@ -146,7 +146,7 @@ def test_the_start_sweep_without_a_readable_proc_finds_nothing_and_does_not_fail
     hidden = tmp_path / "hidden"
     hidden.mkdir(mode=0)
     os.chmod(tmp_path, 0o755)
-    code = "from engines.procs import stop_orphans_on; print(stop_orphans_on(['/x']))"
+    code = "from engines.child import stop_orphans_on; print(stop_orphans_on(['/x']))"
     script = (f"mount --bind {hidden} /proc && exec setpriv --reuid 65534 --regid 65534 "
               f"--clear-groups {sys.executable} -c \"{code}\"")
     root = Path(__file__).resolve().parent.parent

@@ -26,9 +26,9 @@ import pytest
 from engines.base import BackupResult, BackupSpec, RunControl
 from engines.manifest import Manifest, sha256_file
 from engines.rsync import RsyncEngine
-from engines.rsync_args import CopyOptions, Keeps, rsync_command
-from engines.rsync_manifest import sha256_sparse
-from engines.rsync_output import check_outcome
+from engines.rsync.args import CopyOptions, Keeps, rsync_command
+from engines.rsync.manifest import sha256_sparse
+from engines.rsync.output import check_outcome
 from engines.treestore import manifest_path
 from tests.engine_helpers import RecordingReporter, tree_signature, write
 from tests.fs_helpers import IS_ROOT, small_tmpfs

@@ -1,6 +1,6 @@
 """Hard links between files of different sources, in an rsync snapshot.
 
-engines.rsync runs one rsync per source, so `--hard-links` only sees links inside one
+engines.rsync.engine runs one rsync per source, so `--hard-links` only sees links inside one
 source: a file linked into two sources arrives as two copies. This pass, after the
 copies and before the manifest is written, links every later name of one source file to
 its first name in the partial snapshot; the manifest then records the `link`, and a

@@ -5,7 +5,7 @@ name of a hard-linked file) and, from the source, who owned it (uid, gid), its k
 extended attributes and ACLs ("xattrs", as engines.fsmeta reads them) and, for files, the
 inode and change time; the same keys as the mirror engine's, which restore reads.
 The next run compares those with the source: rsync's quick check trusts size and mtime
-only, so a file rewritten with both kept would otherwise stay stale (engines.rsync).
+only, so a file rewritten with both kept would otherwise stay stale (engines.rsync.engine).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 from engines.base import BinaryMissing, EngineError
 from engines.fsmeta import ACL_NAMES, shown
 from engines.hostenv import host_environ
-from engines.rsync_output import ITEM_MARK
+from engines.rsync.output import ITEM_MARK
 
 RSYNC_MISSING = "rsync is not installed; install it with apt-get install rsync"
 # A POSIX access ACL equal to mode 0644 (version 2; user_obj, group_obj, other): the kernel

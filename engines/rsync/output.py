@@ -1,6 +1,6 @@
 """Reading rsync: its --info=progress2 and --out-format lines, its stderr and exit status.
 
-Split out of engines.rsync: turning what rsync prints into progress counts, per-file
+Split out of engines.rsync.engine: turning what rsync prints into progress counts, per-file
 warnings (the run goes on) and clear errors (the run fails).
 """
 

@@ -14,7 +14,7 @@ delete and prune are TreeSnapshots'. A run:
    compares every file's contents;
 3. walks what rsync wrote and builds the manifest, taking hashes from the previous
    manifest for files that are hard links to the previous snapshot (same inode), and
-   recording each entry's source owner, inode and change time (engines.rsync_manifest);
+   recording each entry's source owner, inode and change time (engines.rsync.manifest);
 4. syncs, writes the manifest, renames `<id>.partial` to `<id>`, syncs the directory.
 
 Resume after a crash or an interrupt: the checkpoint names the partial directory, and
@@ -45,12 +45,12 @@ from engines.base import (
     Reporter,
     RunControl,
 )
+from engines.child import stop_leftover
 from engines.fsmeta import ACL_NAMES, read_xattrs, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest
-from engines.procs import stop_leftover
 from engines.ratelimit import bwlimit_option
-from engines.rsync_args import (
+from engines.rsync.args import (
     CopyOptions,
     Keeps,
     LostExtras,
@@ -59,16 +59,16 @@ from engines.rsync_args import (
     rsync_binary,
     rsync_command,
 )
-from engines.rsync_links import link_across_sources
-from engines.rsync_manifest import (
+from engines.rsync.links import link_across_sources
+from engines.rsync.manifest import (
     SnapshotWalk,
     content_suspects,
     describe,
     hash_readable,
     linked_hash,
 )
-from engines.rsync_output import TransferTally, check_outcome
-from engines.rsync_process import Checkpointer, run_rsync
+from engines.rsync.output import TransferTally, check_outcome
+from engines.rsync.process import Checkpointer, run_rsync
 from engines.scan import Entry, scan
 from engines.treestore import (
     TreeSnapshots,
@@ -76,7 +76,7 @@ from engines.treestore import (
     manifest_path,
     set_meta,
 )
-from storage.atomic import fsync_dir
+from models.atomic import fsync_dir
 
 # rsync's scratch space inside the partial snapshot: its temp files (--temp-dir) and the
 # file lists. Kept inside `<id>.partial` so a cancel or discard removes it with the rest,
