@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-from engines.base import RunControl
+from engines.control import RunControl
 from engines.leftovers import (
     OWNER_ENV,
     GroupGuard,

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.base import BackupSpec, BinaryMissing, EngineError
 from engines.child import owner_mark
+from engines.contract import BackupSpec
+from engines.errors import BinaryMissing, EngineError
 from engines.hostenv import host_environ
 
 INSTALL_HINT = "restic is not installed; install it with apt-get install restic"

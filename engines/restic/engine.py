@@ -50,23 +50,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from engines.base import (
-    BackupResult,
-    BackupSpec,
-    Cancelled,
-    CollectingReporter,
-    DiskFull,
-    Engine,
-    EngineError,
-    Interrupted,
-    ProgressMeter,
-    Reporter,
-    RestoreResult,
-    RunControl,
-    Snapshot,
-    VerifyResult,
-)
 from engines.child import stop_orphans
+from engines.contract import BackupSpec, Engine, Snapshot
+from engines.control import RunControl
+from engines.errors import Cancelled, DiskFull, EngineError, Interrupted
+from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.restic.cli import ResticRepo, has_repository, repo_for, restic_binary
 from engines.restic.jobs import backup_tags, tags_of
 from engines.restic.output import (
@@ -95,6 +83,7 @@ from engines.restic.repo import (
 )
 from engines.restic.restore import restore_snapshot
 from engines.restic.watch import clear_remnant
+from engines.results import BackupResult, RestoreResult, VerifyResult
 
 log = logging.getLogger(__name__)
 

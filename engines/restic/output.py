@@ -19,13 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engines.base import (
-    DestinationNotWritable,
-    DiskFull,
-    EngineError,
-    ProgressMeter,
-    Reporter,
-)
+from engines.errors import DestinationNotWritable, DiskFull, EngineError
+from engines.progress import ProgressMeter, Reporter
 from engines.restic.cli import ResticRepo
 from engines.restic.process import Finished
 

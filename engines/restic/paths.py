@@ -14,7 +14,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from engines.base import BackupSpec, Reporter, RunControl
+from engines.contract import BackupSpec
+from engines.control import RunControl
+from engines.progress import Reporter
 from engines.scan import scan
 
 # --- restic patterns ----------------------------------------------------------------

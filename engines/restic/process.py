@@ -12,8 +12,9 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from engines.base import BinaryMissing, EngineError, RunControl
 from engines.child import Child
+from engines.control import RunControl
+from engines.errors import BinaryMissing, EngineError
 from engines.restic.cli import INSTALL_HINT, ResticRepo, restic_binary, restic_command, restic_env
 from engines.restic.watch import RepositoryWatch
 

@@ -18,20 +18,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engines.base import (
-    BackupSpec,
+from engines.child import process_alive, stop_leftover, stop_orphans
+from engines.contract import BackupSpec
+from engines.control import RunControl
+from engines.errors import (
     Cancelled,
     DestinationNotWritable,
     EngineError,
     Interrupted,
-    ProgressMeter,
-    Reporter,
-    RunControl,
     SnapshotNotFound,
-    VerifyResult,
 )
-from engines.child import process_alive, stop_leftover, stop_orphans
 from engines.fsutil import remove_tree
+from engines.progress import ProgressMeter, Reporter
 from engines.restic.cli import ResticRepo, has_repository, repo_for
 from engines.restic.jobs import seen_by
 from engines.restic.output import (
@@ -46,6 +44,7 @@ from engines.restic.output import (
     restic_error,
 )
 from engines.restic.process import Finished, run_restic
+from engines.results import VerifyResult
 
 log = logging.getLogger(__name__)
 

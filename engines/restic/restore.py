@@ -15,22 +15,17 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from engines.base import (
-    BackupSpec,
-    DiskFull,
-    EngineError,
-    ProgressMeter,
-    Reporter,
-    RestoreResult,
-    RunControl,
-    SnapshotNotFound,
-)
+from engines.contract import BackupSpec
+from engines.control import RunControl
+from engines.errors import DiskFull, EngineError, SnapshotNotFound
 from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
 from engines.manifest import check_rel_path
+from engines.progress import ProgressMeter, Reporter
 from engines.restic.cli import repo_for, restic_binary, restore_keeps_holes
 from engines.restic.output import Node, restic_error
 from engines.restic.paths import restic_pattern
 from engines.restic.repo import call, list_snapshot, raise_if_stopped
+from engines.results import RestoreResult
 
 
 def move_into(src: Path, dst: Path) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.base import BinaryMissing, EngineError
+from engines.errors import BinaryMissing, EngineError
 from engines.fsmeta import ACL_NAMES, shown
 from engines.hostenv import host_environ
 from engines.rsync.output import ITEM_MARK

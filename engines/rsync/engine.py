@@ -33,23 +33,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engines.base import (
-    BackupResult,
-    BackupSpec,
-    Cancelled,
-    CollectingReporter,
-    DiskFull,
-    EngineError,
-    Interrupted,
-    ProgressMeter,
-    Reporter,
-    RunControl,
-)
 from engines.child import stop_leftover
+from engines.contract import BackupSpec
+from engines.control import RunControl
+from engines.errors import Cancelled, DiskFull, EngineError, Interrupted
 from engines.fsmeta import ACL_NAMES, read_xattrs, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest
+from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.ratelimit import bwlimit_option
+from engines.results import BackupResult
 from engines.rsync.args import (
     CopyOptions,
     Keeps,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.base import EngineError
+from engines.errors import EngineError
 from engines.treestore import disk_full
 
 # Marks the lines --out-format writes, one per item; names come last, so a name cannot

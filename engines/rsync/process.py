@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import Cancelled, Interrupted, ProgressMeter, Reporter, RunControl
 from engines.child import Child
+from engines.control import RunControl
+from engines.errors import Cancelled, Interrupted
+from engines.progress import ProgressMeter, Reporter
 from engines.rsync.args import rsync_env
 from engines.rsync.output import TransferTally
 
