@@ -87,6 +87,9 @@ class ResticRepository(DestinationKind):
         scheme = _scheme(text) if isinstance(text, str) else None
         if scheme not in ("local", *RESTIC_SCHEMES):
             return clean_path(text, "destination")
+        if not self.remote and scheme == "local":
+            raise ValueError(f"destination {text!r}: give the path without local: (an "
+                             "absolute path, starting with /)")
         if not self.remote:
             raise ValueError(f"destination {text!r} is a remote repository, which the "
                              "restic engine cannot use yet: give an absolute path "

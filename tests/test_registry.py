@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.commands import validate_job
 from core.errors import Invalid
@@ -16,6 +18,7 @@ from core.ownership import Owner, owner_conflict
 from engines.base import Engine
 from engines.destinations import LocalFolder, ResticRepository
 from engines.registry import (
+    ANY_DESTINATION,
     BY_NAME,
     ENGINE_NAMES,
     ENGINES,
@@ -134,3 +137,27 @@ def test_a_local_destination_and_a_symlink_to_it_conflict(tmp_path: Path) -> Non
     assert inside is not None and "is inside" in inside
     # The runner's key is lexical (no I/O on the event loop); saves resolve symlinks.
     assert destination_key("mirror", str(real) + "/") == str(real)
+
+
+DESTINATION_TEXT = st.one_of(
+    st.text(max_size=40), st.none(), st.integers(),
+    st.sampled_from(["/a/./b/", "//x", "local:/a/b", "LOCAL:/a", "local:", "sftp:", "s3:/",
+                     "sftp:h:/r/", "rest:http://h:8000/", "C:\\x", "/a/../b", " /a "]),
+    st.builds(lambda s, t: f"{s}:{t}", st.sampled_from(["sftp", "S3", "rest", "local", "x"]),
+              st.text(max_size=20)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(DESTINATION_TEXT)
+def test_every_destination_kind_cleans_any_text_to_a_stable_destination_or_a_message(
+        raw: object) -> None:
+    for kind in [*catalog().values(), ANY_DESTINATION]:
+        try:
+            clean = kind.clean(raw)
+        except ValueError as err:
+            assert str(err).startswith("destination")
+            continue
+        assert kind.clean(clean) == clean  # what is stored is taken again unchanged
+        assert kind.key(clean) == kind.key(clean + "/") or not clean.startswith("/")
+        local = kind.local_path(clean)
+        assert local is None or (local.is_absolute() and ".." not in local.parts)
