@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
+from core import operations
 from core.errors import Conflict, Invalid, NotFound
 from core.fs_threads import run_path_check
 from core.ownership import Owner
@@ -38,6 +39,14 @@ from models.ids import SETTINGS_STREAM, check_job_id, check_run_id, new_job_id, 
 from models.job import JobInvalid, JobSpec
 from models.settings import SettingsInvalid, validate_settings
 
+
+class RunWaiter(Protocol):
+    """What delete_job(stop_runs=True) needs of the runner."""
+
+    async def wait_stopped(self, job_id: str, within: float = 60.0) -> None:
+        """Wait until no run of the job is executing and its clean-ups are done."""
+
+
 RETRIES = 5  # version conflicts with the runner's own appends before giving up
 PATH_CHECK_TIMEOUT = 10.0  # seconds a save waits for its paths (a hung network mount)
 
@@ -54,6 +63,8 @@ class Commands:
         # Saves check the paths off the loop and then append: one at a time, so two
         # jobs saved at once cannot both take the same destination.
         self._saving = asyncio.Lock()
+        # Set by whoever builds the runner: delete_job(stop_runs=True) waits through it.
+        self.runner: RunWaiter | None = None
 
     # --- lookups ------------------------------------------------------------------
 
@@ -195,8 +206,23 @@ class Commands:
         await self._decide_and_append(job_id, switch)
         return self.state.jobs[job_id]
 
-    async def delete_job(self, job_id: str) -> None:
-        """Delete a job; refused while it has a run that is not finished."""
+    async def delete_job(self, job_id: str, stop_runs: bool = False,
+                         runner: RunWaiter | None = None) -> None:
+        """Delete a job; refused while it has a run that is not finished.
+
+        With `stop_runs`, its runs are cancelled (interrupted ones discarded) first and
+        the runner is waited for until they have stopped and cleaned up.
+        """
+        if stop_runs:
+            await self.stop_runs(job_id)
+            waiter = runner or self.runner
+            if waiter is not None:
+                try:
+                    await waiter.wait_stopped(job_id)
+                except TimeoutError as err:
+                    raise Conflict("the job's run did not stop within a minute; try "
+                                   "again") from err
+
         def delete(job: JobView) -> list[Event]:
             active = self.state.active_runs(job_id)
             if active:
@@ -231,8 +257,35 @@ class Commands:
         await self._decide_and_append(job_id, queue)
         return self.state.runs[run_id]
 
+    async def queue_restore(self, job_id: str, snapshot_id: str,
+                            data: Mapping[str, Any]) -> RunView:
+        """Queue a restore of a snapshot (or a path in it) into a target, checked first."""
+        job = self.job(job_id)
+        params = await operations.restore_params(job, snapshot_id, dict(data),
+                                                 self.other_owners(job_id), self.protected())
+        return await self._queue_operation(job_id, "restore", params)
+
+    async def queue_verify(self, job_id: str, snapshot_id: str) -> RunView:
+        """Queue a verify of one of the job's snapshots."""
+        await operations.require_snapshot(self.job(job_id), snapshot_id)
+        return await self._queue_operation(job_id, "verify", {"snapshot_id": snapshot_id})
+
+    async def queue_prune(self, job_id: str) -> RunView:
+        """Queue a prune: the job's retention applied now."""
+        return await self._queue_operation(self.job(job_id).job_id, "prune", {})
+
+    async def _queue_operation(self, job_id: str, kind: str, params: dict[str, Any]
+                               ) -> RunView:
+        """Append RunQueued of an operation; the runner starts it when the job's
+        destination is free (a backup of the job and its operations take turns)."""
+        run_id = new_run_id()
+        await self._decide_and_append(job_id, lambda job: [RunQueued(
+            job_id=job_id, run_id=run_id, trigger="manual", kind=kind, params=params)])
+        return self.state.runs[run_id]
+
     def _refuse_second_run(self, job: JobView) -> None:
-        active = self.state.active_runs(job.job_id)
+        # Only backups count: a restore or verify waiting does not refuse a backup.
+        active = [r for r in self.state.active_runs(job.job_id) if r.kind == "backup"]
         if not active:
             return
         name, run = job.spec.get("name"), active[0]

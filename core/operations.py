@@ -1,24 +1,35 @@
-"""Snapshot operations a person asks for: list, restore and verify, recorded in the log."""
+"""Snapshot operations a person asks for, checked before they are queued as runs.
+
+A restore, verify or prune is a run (core.op_runs executes it); what can be refused
+before it is queued is refused here, with the same messages as when these ran in the
+request, so a refused one records nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import posixpath
+import contextlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from core.errors import Invalid, NotFound
-from core.outcome import error_text
 from core.ownership import Owner, local_path
 from core.protected import restore_refusal, written_relation
-from core.runner import backup_spec
+from core.pruning import backup_spec
+from core.restore_leftovers import written_names
 from core.state import JobView
-from engines.base import EngineError, NullReporter, Progress, RunControl, Snapshot
+from engines.base import (
+    BackupSpec,
+    EngineError,
+    NullReporter,
+    Progress,
+    RunControl,
+    Snapshot,
+)
 from engines.manifest import check_rel_path
 from engines.registry import get_engine
-from events.store import EventStore
-from events.types import RestoreFinished, RestoreStarted, VerifyFinished
 from models.job import clean_path
 
 
@@ -41,9 +52,7 @@ def target_refusal(target: str, job: JobView, path: str | None = None,
     destination is checked, and any other job's the caller names; then the folders in
     `protected` (the server's data directory), by the same rule.
     """
-    written = ({path.split("/", 1)[0]} if path else
-               {posixpath.basename(s.rstrip("/")) or "root"
-                for s in job.spec.get("sources") or ()})
+    written = written_names(job.spec, path)
     owners = [Owner(job.job_id, str(job.spec.get("name")), str(job.spec.get("destination"))),
               *others]
     for owner in owners:
@@ -62,13 +71,15 @@ def target_refusal(target: str, job: JobView, path: str | None = None,
     return restore_refusal(target, written, protected)
 
 
-async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
-                           data: dict[str, Any], others: Iterable[Owner] = (),
-                           protected: Iterable[str] = ()) -> dict[str, Any]:
-    """Restore a snapshot (or a path in it) into a target, recorded as events.
+async def restore_params(job: JobView, snapshot_id: str, data: dict[str, Any],
+                         others: Iterable[Owner] = (), protected: Iterable[str] = ()
+                         ) -> dict[str, Any]:
+    """The checked parameters of a restore run, or Invalid/NotFound/EngineError.
 
     `others` are the other jobs' destinations, refused as targets like the job's own;
     `protected` are folders no restore may write into (the server's data directory).
+    The engine's own checks (the path is in the snapshot, nothing would be
+    overwritten) run too, before anything is queued or written.
     """
     try:
         target = Path(clean_path(data.get("target"), "target"))
@@ -91,61 +102,70 @@ async def restore_snapshot(store: EventStore, job: JobView, snapshot_id: str,
     if not isinstance(overwrite, bool):
         raise Invalid("overwrite must be true or false", {"overwrite": "true or false"})
     engine = get_engine(job.spec["engine"])
-    spec = backup_spec(job.spec, job.job_id)
-    started = RestoreStarted(job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
-                             path=path)
-    recorder = _StartRecorder(store, asyncio.get_running_loop(), job.job_id, started)
-    try:
-        result = await asyncio.to_thread(engine.restore, spec, snapshot_id, target,
-                                         RunControl(), recorder, path, overwrite)
-    except Exception as err:
-        if recorder.recorded:  # it had begun writing into the target: say how it ended
-            await store.append(job.job_id, None, [RestoreFinished(
-                job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
-                error=error_text(str(err)))])  # a file name in it may not be UTF-8
-        raise  # refused before writing anything (no such path, would overwrite): no record
-    finished = RestoreFinished(job_id=job.job_id, snapshot_id=snapshot_id, target=str(target),
-                               files=result.files, bytes=result.bytes)
-    await store.append(job.job_id, None,
-                       [finished] if recorder.recorded else [started, finished])
-    return {"files": result.files, "bytes": result.bytes, "target": str(target)}
+    await asyncio.to_thread(preflight_restore, engine, backup_spec(job.spec, job.job_id),
+                            snapshot_id, target, path, overwrite)
+    return {"snapshot_id": snapshot_id, "target": str(target), "path": path,
+            "overwrite": overwrite}
 
 
-class _StartRecorder(NullReporter):
-    """Records RestoreStarted when the engine starts writing (its input checks passed).
+class _Checked(Exception):
+    """The engine's restore passed its checks: the preflight stops it here."""
+
+
+class _StopAtWriting(NullReporter):
+    """Stops a restore at its first "restoring" report, before it writes a file.
 
     Every engine reports the "restoring" phase only after it has checked the snapshot,
-    the path and the target, so a refused restore leaves nothing in the log.
+    the path and the target, so what it raised before that is a refusal.
     """
 
-    def __init__(self, store: EventStore, loop: asyncio.AbstractEventLoop, stream: str,
-                 event: RestoreStarted) -> None:
-        self.store, self.loop, self.stream, self.event = store, loop, stream, event
-        self.recorded = False
-
     def progress(self, progress: Progress) -> None:
-        """On the first "restoring" report, append RestoreStarted and wait for it."""
-        if self.recorded or progress.phase != "restoring":
-            return
-        self.recorded = True
-        # Waited for, from the engine's thread: Started is in the log before Finished.
-        asyncio.run_coroutine_threadsafe(
-            self.store.append(self.stream, None, [self.event]), self.loop).result(timeout=60)
+        """Raise _Checked once the restore would begin writing."""
+        if progress.phase == "restoring":
+            raise _Checked
+
+
+def preflight_restore(engine: Any, spec: BackupSpec, snapshot_id: str, target: Path,
+                      path: str | None, overwrite: bool) -> None:
+    """Run the engine's restore checks only; raise what it refuses (in a worker thread).
+
+    The engine creates the target (and restic a staging folder in it) before its first
+    "restoring" report; what this created is removed again, empty folders only.
+    """
+    missing = _missing_parents(target)
+    before = set(_listing(target))
+    try:
+        engine.restore(spec, snapshot_id, target, RunControl(), _StopAtWriting(), path,
+                       overwrite)
+    except _Checked:
+        pass
+    finally:
+        for name in set(_listing(target)) - before:
+            with contextlib.suppress(OSError):
+                os.rmdir(target / name)  # empty only: nothing of anyone's is lost
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _missing_parents(target: Path) -> list[Path]:
+    """target and its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (target, *target.parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    return missing
+
+
+def _listing(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 async def require_snapshot(job: JobView, snapshot_id: str) -> None:
     """Raise NotFound unless the job's destination lists this complete snapshot."""
     if snapshot_id not in {s.id for s in await list_snapshots(job)}:
         raise NotFound(f"job {job.job_id} has no snapshot {snapshot_id[:80]!r}")
-
-
-async def verify_snapshot(store: EventStore, job: JobView, snapshot_id: str) -> dict[str, Any]:
-    """Verify a snapshot against its manifest (or restic check), recorded as an event."""
-    engine = get_engine(job.spec["engine"])
-    spec = backup_spec(job.spec, job.job_id)
-    result = await asyncio.to_thread(engine.verify, spec, snapshot_id,
-                                     RunControl(), NullReporter())
-    await store.append(job.job_id, None, [VerifyFinished(
-        job_id=job.job_id, snapshot_id=snapshot_id, ok=result.ok,
-        problems=list(result.problems[:50]))])
-    return {"ok": result.ok, "problems": list(result.problems), "files": result.files_checked}

@@ -49,22 +49,31 @@ class Pruning:
 
     async def retention(self, run: RunView, spec: Mapping[str, Any]) -> None:
         """Prune what the job's (or the default) retention policy does not keep."""
+        try:
+            await self.apply(run, spec)
+        except EngineError as err:
+            self.logs.write(run.run_id, f"WARNING retention could not prune: {err}")
+
+    def policy(self, spec: Mapping[str, Any]) -> Retention:
+        """The job's retention policy, or the default one when the job keeps everything."""
         policy = Retention.from_dict(spec.get("retention") or {})
         if policy.keeps_everything:
             policy = Retention.from_dict(self.state.settings.get("default_retention") or {})
+        return policy
+
+    async def apply(self, run: RunView, spec: Mapping[str, Any]) -> list[str]:
+        """Prune by the policy, record what went and return its ids (EngineError raised)."""
+        policy = self.policy(spec)
         if policy.keeps_everything:
-            return
-        try:
-            removed = await asyncio.to_thread(get_engine(spec["engine"]).prune,
-                                              backup_spec(spec, run.job_id), policy)
-        except EngineError as err:
-            self.logs.write(run.run_id, f"WARNING retention could not prune: {err}")
-            return
+            return []
+        removed: list[str] = await asyncio.to_thread(get_engine(spec["engine"]).prune,
+                                                     backup_spec(spec, run.job_id), policy)
         if removed:
             await self.record(run.job_id, [SnapshotPruned(job_id=run.job_id, snapshot_id=s)
                                            for s in removed])
             self.logs.write(run.run_id, f"pruned {len(removed)} snapshot(s): "
                                         f"{', '.join(removed)}")
+        return removed
 
     async def remove_held(self, run: RunView, snapshot_id: str) -> None:
         """A run cancelled while held at its end: its snapshot goes, as a cancel says."""

@@ -106,13 +106,21 @@ class Queries:
         """The job's latest run that succeeded (not the same as its latest run)."""
         for run_id in reversed(job.run_ids):
             run = self.state.runs.get(run_id)
-            if run is not None and run.state == "succeeded":
+            if run is not None and run.state == "succeeded" and run.kind == "backup":
+                return run
+        return None
+
+    def last_backup(self, job: JobView) -> RunView | None:
+        """The job's latest backup run (restores, verifies and prunes are runs too)."""
+        for run_id in reversed(job.run_ids):
+            run = self.state.runs.get(run_id)
+            if run is not None and run.kind == "backup":
                 return run
         return None
 
     def job_row(self, job: JobView) -> JobRow:
         """What the jobs list shows for a job."""
-        last = self.state.runs.get(job.run_ids[-1]) if job.run_ids else None
+        last = self.last_backup(job)
         # The state keeps unfinished runs apart: no walk through the job's whole history.
         active = next(iter(self.state.active_runs(job.job_id)), None)
         return JobRow(job, active, last, self.last_success(job), self.next_run(job))
@@ -127,7 +135,7 @@ class Queries:
                 setattr(stats, run.state, getattr(stats, run.state) + 1)
         since = iso(now - timedelta(hours=24))
         for run in self._finished_since(iso(now - timedelta(hours=48))):
-            if run.finished is not None and run.finished >= since:
+            if run.finished is not None and run.finished >= since and run.kind == "backup":
                 if run.state == "succeeded":
                     stats.succeeded_24h += 1
                 elif run.state == "failed":
@@ -164,7 +172,7 @@ class Queries:
                 for i in range(CHART_DAYS)}
         for run in self._finished_since(first.isoformat()):
             day = days.get((run.finished or "")[:10])
-            if day is None:
+            if day is None or run.kind != "backup":  # the chart shows backups
                 continue
             if run.state == "succeeded":
                 day.succeeded += 1

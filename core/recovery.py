@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from core.state import State
-from engines.child import stop_orphans_on
+from engines.procs import stop_orphans_on
 from events.store import EventStore
 from events.types import Event, RestoreFinished, RunInterrupted, RunResumed
 
@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 RESTORE_CUT_OFF = ("cut off by a crash or a shutdown before it finished: the target may "
                    "hold only part of the files; restore again (with overwrite) to complete it")
+RESTORE_RESTARTS = ("cut off by a crash or a shutdown before it finished; its run starts "
+                    "again and writes over what this attempt left")
 
 
 async def stop_leftover_programs(state: State) -> int:
@@ -80,10 +82,15 @@ async def recover_restores(store: EventStore, state: State) -> int:
                 open_restores[key] = None
             elif item["type"] == "RestoreFinished":
                 open_restores.pop(key, None)
+        # A restore run that starts again says so (its next attempt is recorded anew).
+        again = {(str(r.params.get("snapshot_id")), str(r.params.get("target")))
+                 for r in state.active_runs(job.job_id)
+                 if r.kind == "restore" and r.state == "queued"}
         for snapshot_id, target in open_restores:
             await store.append(job.job_id, None, [RestoreFinished(
                 job_id=job.job_id, snapshot_id=snapshot_id, target=target,
-                error=RESTORE_CUT_OFF)])
+                error=RESTORE_RESTARTS if (snapshot_id, target) in again
+                else RESTORE_CUT_OFF)])
             log.warning("restore of %s into %s (job %s) was cut off; recorded as failed",
                         snapshot_id, target, job.job_id)
             count += 1

@@ -15,16 +15,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.active import ActiveRun, RunReporter
+from core.backup_end import record_success
 from core.live import LiveFeed
+from core.op_runs import discard_operation, execute_operation
 from core.outcome import (
-    RETRY_FIRST,
-    RETRY_MAX,
     CannotStart,
     append_until_stored,
     error_text,
     run_engine,
     storable,
-    wait_a_while,
     warning_samples,
 )
 from core.ownership import Owner, owner_conflict
@@ -42,10 +41,9 @@ from engines.base import (
 )
 from engines.registry import get_engine
 from events.record import StoredEvent
-from events.store import ChainBroken, ConcurrencyError, EventStore, StoreClosed, StoreError
+from events.store import EventStore, StoreError
 from events.types import (
     Event,
-    RunCheckpointed,
     RunFailed,
     RunInterrupted,
     RunStarted,
@@ -68,7 +66,7 @@ class Runner:
         self._stopping = False
         self._stop_wake = asyncio.Event()  # cuts retry waits short when the app stops
         self._pending: set[asyncio.Task[Any]] = set()
-        self.pruning = Pruning(state, logs, self._record)
+        self.pruning = Pruning(state, logs, self.record)
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -148,6 +146,9 @@ class Runner:
 
         async def discard() -> None:
             try:
+                if run.kind != "backup":  # only a restore leaves something: in its target
+                    await discard_operation(self, run, spec)
+                    return
                 await asyncio.to_thread(get_engine(spec["engine"]).discard_partial,
                                         backup_spec(spec, job.job_id), run.checkpoint)
                 self.logs.write(run.run_id, "discarded; partial snapshot removed")
@@ -201,16 +202,33 @@ class Runner:
 
     # --- executing one run ----------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the app is stopping (retries end; a held run is interrupted)."""
+        return self._stopping
+
+    @property
+    def stop_wake(self) -> asyncio.Event:
+        """Set when the app stops: cuts retry waits short."""
+        return self._stop_wake
+
     def _stopping_now(self) -> bool:
         return self._stopping
 
-    async def _record(self, stream: str, events: list[Event]) -> bool:
+    async def record(self, stream: str, events: list[Event]) -> bool:
         """Append an outcome, retried until the log can take it (see core.outcome)."""
         return await append_until_stored(self.store, stream, events, self._stopping_now,
                                          self._stop_wake)
 
     async def _execute(self, active: ActiveRun) -> None:
         run = active.run
+        if run.kind != "backup":  # restore, verify, prune: core.op_runs
+            try:
+                await execute_operation(self, active)
+            finally:
+                self.active.pop(run.run_id, None)
+                self._wake.set()
+            return
         job = self.state.jobs[run.job_id]
         spec = dict(job.spec)
         outcome, error, detail = "failed", None, {}
@@ -222,7 +240,7 @@ class Runner:
                                         f"{', resuming from a checkpoint' if resume else ''})")
             engine = get_engine(spec["engine"])
             bspec = backup_spec(spec, run.job_id)
-            reporter = self._reporter(run)
+            reporter = self.reporter_of(run)
             await self._refuse_shared_destination(run.job_id, spec)
             result, listed = await asyncio.to_thread(
                 run_engine, engine, bspec, active.control, reporter, resume)
@@ -244,8 +262,8 @@ class Runner:
         except Interrupted:
             outcome = "interrupted"
             # A person paused it: it stays paused (interrupted) until someone resumes it.
-            reason = "shutdown_while_paused" if self._state_of(run) == "paused" else "shutdown"
-            await self._record(run.job_id, [RunInterrupted(job_id=run.job_id,
+            reason = "shutdown_while_paused" if self.state_of(run) == "paused" else "shutdown"
+            await self.record(run.job_id, [RunInterrupted(job_id=run.job_id,
                                                            run_id=run.run_id, reason=reason)])
             self.logs.write(run.run_id, "interrupted by shutdown; " + (
                 "it waits for a resume" if reason != "shutdown" else
@@ -254,13 +272,13 @@ class Runner:
             error = error_text(str(err))
             if isinstance(err, CannotStart):
                 outcome = "cannot_start"
-            await self._record(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
+            await self.record(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
                                                       error=error)])
             self.logs.write(run.run_id, f"FAILED {error}")
         except Exception as err:  # never leave a run hanging in "running"
             log.exception("run %s crashed", run.run_id)
             error = error_text(f"internal error: {err}")
-            await self._record(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
+            await self.record(run.job_id, [RunFailed(job_id=run.job_id, run_id=run.run_id,
                                                       error=error)])
             self.logs.write(run.run_id, f"FAILED {error}")
         finally:
@@ -272,11 +290,16 @@ class Runner:
             self.webhooks.notify(run.job_id, str(spec.get("name", run.job_id)), f"run.{outcome}",
                                  run.run_id, detail)
 
+    def reporter_of(self, run: RunView) -> Reporter:
+        """Where the engine of a run reports (goes through the hook tests replace)."""
+        return self._reporter(run)
+
     def _reporter(self, run: RunView) -> Reporter:
         """Where the engine of a run reports (a hook tests use to act at a moment)."""
         return RunReporter(self, run, asyncio.get_running_loop())
 
-    def _state_of(self, run: RunView) -> str:
+    def state_of(self, run: RunView) -> str:
+        """The run's state as the log shows it now (cancelled once it is gone)."""
         current = self.state.runs.get(run.run_id)
         return current.state if current is not None else "cancelled"
 
@@ -291,7 +314,7 @@ class Runner:
                              warning_samples=warning_samples(result.warnings))
         if not storable(event):  # never retried forever: keep the figures, drop the samples
             event = dataclasses.replace(event, warning_samples=[])
-        outcome = await self._record_success(active, event)
+        outcome = await record_success(self, active, event)
         if outcome == "succeeded":
             self.logs.write(run.run_id, f"succeeded: snapshot {result.snapshot_id}, "
                                         f"{result.files} files, {result.bytes} bytes, "
@@ -312,62 +335,6 @@ class Runner:
                                             f"{error_text(str(err))}")
         return outcome
 
-    async def _record_success(self, active: ActiveRun, event: RunSucceeded) -> str:
-        """Append RunSucceeded only onto a log that shows the run running, not paused.
-
-        A pause that lands after the engine's last safe point holds the run here, with
-        its complete snapshot, until it is resumed; a cancel then removes the snapshot,
-        a shutdown leaves it interrupted for a person to resume. The append names the
-        stream version it checked, so a pause committed in between is seen, not
-        overwritten. Returns the outcome: succeeded, cancelled, interrupted, unrecorded.
-        """
-        run = active.run
-        delay, failures, held = RETRY_FIRST, 0, False
-        while True:
-            state = self._state_of(run)
-            if state == "paused":
-                if not held:
-                    held = True
-                    # Named in the checkpoint: a resume after a crash adopts the snapshot.
-                    await self._record(run.job_id, [RunCheckpointed(
-                        job_id=run.job_id, run_id=run.run_id,
-                        checkpoint={**self._checkpoint(run),
-                                    "snapshot_id": event.snapshot_id})])
-                    self.logs.write(run.run_id, f"paused with snapshot {event.snapshot_id} "
-                                                "complete; success is recorded on resume")
-                state = await self._state_when_not_paused(active)
-            if state == "cancelled":
-                await self.pruning.remove_held(run, event.snapshot_id)
-                return "cancelled"
-            if state == "paused":  # the app is stopping while the run is held
-                recorded = await self._record(run.job_id, [RunInterrupted(
-                    job_id=run.job_id, run_id=run.run_id, reason="shutdown_while_paused")])
-                self.logs.write(run.run_id, "interrupted by shutdown while paused; it waits "
-                                            "for a resume")
-                return "interrupted" if recorded else "unrecorded"
-            try:
-                await self.store.append(run.job_id, self.store.stream_version(run.job_id),
-                                        [event])
-                return "succeeded"
-            except ConcurrencyError:
-                continue  # something (a pause, a cancel) landed since the check: look again
-            except ChainBroken as err:  # no retry mends it; the banner says what to do
-                log.error("could not record RunSucceeded of run %s: %s", run.run_id, err)
-                return "unrecorded"
-            except StoreClosed as err:  # a full disk: retried until space is back
-                failures += 1
-                if failures == 1 or failures % 50 == 0:
-                    log.error("could not record RunSucceeded of run %s (attempt %d; "
-                              "retrying until it can be written): %s", run.run_id,
-                              failures, err)
-            except StoreError as err:  # refused as it is: a retry would loop for ever
-                log.error("could not record RunSucceeded of run %s: %s", run.run_id, err)
-                return "unrecorded"
-            if self._stopping:
-                return "unrecorded"  # the next start resumes it and adopts the snapshot
-            await wait_a_while(self._stop_wake, delay)
-            delay = min(delay * 2, RETRY_MAX)
-
     async def _refuse_shared_destination(self, job_id: str, spec: Mapping[str, Any]) -> None:
         """Refuse to run a job whose destination overlaps another job's.
 
@@ -387,15 +354,7 @@ class Runner:
         return [Owner(j.job_id, str(j.spec.get("name")), str(j.spec.get("destination")))
                 for j in self.state.jobs.values() if j.job_id != job_id]
 
-    async def _state_when_not_paused(self, active: ActiveRun) -> str:
-        """The run's state as the log shows it, waiting while it is paused (until stop)."""
-        while True:
-            active.changed.clear()
-            state = self._state_of(active.run)
-            if state != "paused" or self._stopping:
-                return state
-            await active.changed.wait()
-
-    def _checkpoint(self, run: RunView) -> dict[str, Any]:
+    def checkpoint_of(self, run: RunView) -> dict[str, Any]:
+        """The run's latest checkpoint as the log holds it."""
         current = self.state.runs.get(run.run_id)
         return dict(current.checkpoint or {}) if current is not None else {}

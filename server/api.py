@@ -8,11 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from core import operations
-from core.errors import Conflict
 from core.pathcheck import path_warnings_off_loop
-from core.state import JobView
+from core.state import JobView, RunView
 from server.errors import BadRequest
-from server.keys import COMMANDS, RUNNER, SCHEDULER, STATE, STORE
+from server.keys import COMMANDS, RUNNER, SCHEDULER, STATE
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -51,7 +50,8 @@ def _has_lone_surrogate(value: Any, depth: int = 0) -> bool:
 def job_json(request: web.Request, job: JobView) -> dict[str, Any]:
     """A job as the API shows it: id, spec, and its latest runs."""
     state = request.app[STATE]
-    runs = state.job_runs(job.job_id)
+    # Backups only: a restore, verify or prune is a run too, but not the job's last run.
+    runs = [r for r in state.job_runs(job.job_id) if r.kind == "backup"]
     last_success = next((r for r in runs if r.state == "succeeded"), None)
     next_run = request.app[SCHEDULER].next_run(job)
     return {"id": job.job_id, **job.spec, "created": job.created, "updated": job.updated,
@@ -93,15 +93,9 @@ async def update_job(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     """Delete a job; refused while a run is going unless `?cancel=true` stops it first."""
     job_id = request.match_info["job_id"]
-    commands = request.app[COMMANDS]
-    if request.query.get("cancel", "").lower() in ("1", "true", "yes"):
-        await commands.stop_runs(job_id)
-        try:
-            await request.app[RUNNER].wait_stopped(job_id)
-        except TimeoutError as err:
-            raise Conflict("the job's run did not stop within a minute; try again") from err
-    await commands.delete_job(job_id)
-    return web.json_response({"deleted": request.match_info["job_id"]})
+    stop = request.query.get("cancel", "").lower() in ("1", "true", "yes")
+    await request.app[COMMANDS].delete_job(job_id, stop_runs=stop, runner=request.app[RUNNER])
+    return web.json_response({"deleted": job_id})
 
 
 async def set_enabled(request: web.Request) -> web.Response:
@@ -141,23 +135,32 @@ async def list_snapshots(request: web.Request) -> web.Response:
         for s in snaps]})
 
 
+def _queued(request: web.Request, run: RunView) -> web.Response:
+    """202 with the queued run's id, state and API URL."""
+    url = request.app.router["api-run"].url_for(run_id=run.run_id)
+    return web.json_response({"run_id": run.run_id, "state": run.state, "url": str(url)},
+                             status=202)
+
+
 async def restore_snapshot(request: web.Request) -> web.Response:
-    """Restore a snapshot into a target directory."""
-    commands = request.app[COMMANDS]
-    job = commands.job(request.match_info["job_id"])
-    result = await operations.restore_snapshot(request.app[STORE], job,
-                                               request.match_info["snapshot_id"],
-                                               await _json_body(request),
-                                               commands.other_owners(job.job_id),
-                                               commands.protected())
-    return web.json_response(result)
+    """Queue a restore of a snapshot into a target directory (checked before queueing)."""
+    run = await request.app[COMMANDS].queue_restore(request.match_info["job_id"],
+                                                    request.match_info["snapshot_id"],
+                                                    await _json_body(request))
+    return _queued(request, run)
 
 
 async def verify_snapshot(request: web.Request) -> web.Response:
-    """Verify a snapshot."""
-    job = request.app[COMMANDS].job(request.match_info["job_id"])
-    return web.json_response(await operations.verify_snapshot(
-        request.app[STORE], job, request.match_info["snapshot_id"]))
+    """Queue a verify of a snapshot."""
+    run = await request.app[COMMANDS].queue_verify(request.match_info["job_id"],
+                                                   request.match_info["snapshot_id"])
+    return _queued(request, run)
+
+
+async def prune_job(request: web.Request) -> web.Response:
+    """Queue a prune: the job's retention applied now."""
+    return _queued(request, await request.app[COMMANDS].queue_prune(
+        request.match_info["job_id"]))
 
 
 async def get_settings(request: web.Request) -> web.Response:
@@ -186,6 +189,7 @@ def setup_api_routes(app: web.Application) -> None:
                name="api-restore")
     r.add_post("/api/jobs/{job_id}/snapshots/{snapshot_id}/verify", verify_snapshot,
                name="api-verify")
+    r.add_post("/api/jobs/{job_id}/prune", prune_job, name="api-prune")
     r.add_get("/api/runs/{run_id}", get_run, name="api-run")
     r.add_post("/api/runs/{run_id}/{action:pause|resume|cancel|discard}", run_action,
                name="api-run-action")

@@ -7,7 +7,6 @@ faster and live.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -33,7 +32,7 @@ from server.forms import (
     job_input,
     read_fields,
 )
-from server.keys import COMMANDS, OPERATIONS, QUERIES, RUNNER, STATE, STORE
+from server.keys import COMMANDS, QUERIES, RUNNER, STATE
 from server.page_support import form_of as _form
 from server.page_support import redirect, render, safe_next
 from server.page_support import url_of as _url
@@ -256,12 +255,10 @@ async def job_delete(request: web.Request) -> web.StreamResponse:
     if form.get("confirm") != "delete":
         return redirect(page, ("error", "Deleting needs the confirmation."))
     try:
-        if form.get("cancel_runs") == "on":
-            await commands.stop_runs(job.job_id)
-            await request.app[RUNNER].wait_stopped(job.job_id)
-        await commands.delete_job(job.job_id)
-    except (*FLASH_ERROR_TYPES, TimeoutError) as err:
-        return redirect(page, ("error", str(err) or "the run did not stop in time"))
+        await commands.delete_job(job.job_id, stop_runs=form.get("cancel_runs") == "on",
+                                  runner=request.app[RUNNER])
+    except FLASH_ERROR_TYPES as err:
+        return redirect(page, ("error", str(err)))
     return redirect(_url(request, "jobs"), ("ok", f"Job “{job.spec['name']}” deleted. Its "
                                                   "backups were left in place."))
 
@@ -282,42 +279,13 @@ async def run_action(request: web.Request) -> web.StreamResponse:
     return await _act(request, _url(request, "job", job_id=run.job_id), act)
 
 
-# How long a form waits for a restore or verify to refuse or finish before it answers
-# "started": a bad path is then said on the page, not only in the log.
-FIRST_OUTCOME_WAIT = 1.5
-
-
-async def _background(request: web.Request, coro: Awaitable[Any], what: str
-                      ) -> tuple[bool, BaseException | None, Any]:
-    """Run a restore or verify past the response; (finished, its error, its result)."""
-    async def runner() -> Any:
-        try:
-            return await coro
-        except (CommandError, EngineError, OSError) as err:
-            log.warning("%s failed: %s", what, err)
-            raise
-        except Exception:
-            log.exception("%s failed", what)
-            raise
-    task = asyncio.create_task(runner(), name=what)
-    tasks = request.app[OPERATIONS]
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    await asyncio.wait({task}, timeout=FIRST_OUTCOME_WAIT)
-    if not task.done():
-        return False, None, None
-    if task.exception() is not None:
-        return True, task.exception(), None
-    return True, None, task.result()
-
-
 async def snapshot_restore(request: web.Request) -> web.StreamResponse:
-    """Start a restore of a snapshot (or a path in it) into a target directory."""
+    """Queue a restore of a snapshot (or a path in it) into a target directory."""
     commands = request.app[COMMANDS]
     job = commands.job(request.match_info["job_id"])
     snapshot_id = request.match_info["snapshot_id"]
     form = await _form(request)
-    page = _url(request, "job", job_id=job.job_id) + "#activity"
+    page = _url(request, "job", job_id=job.job_id)
     path = str(form.get("path", "")).strip() or None
     try:
         target = clean_path(form.get("target"), "target")
@@ -327,40 +295,39 @@ async def snapshot_restore(request: web.Request) -> web.StreamResponse:
                  "overwrite": form.get("overwrite") == "on"}
         return await job_page(request, {snapshot_id: str(err)}, {snapshot_id: typed}, 422)
     data = {"target": target, "path": path, "overwrite": form.get("overwrite") == "on"}
-    finished, error, result = await _background(
-        request, operations.restore_snapshot(request.app[STORE], job, snapshot_id, data,
-                                             commands.other_owners(job.job_id),
-                                             commands.protected()),
-        f"restore of {snapshot_id}")
-    if error is not None:
-        return redirect(page, ("error", f"Restore of {snapshot_id} failed: {error}"))
-    if finished:
-        return redirect(page, ("ok", f"Restored {result['files']} files from {snapshot_id} "
-                                     f"into {target}."))
-    return redirect(page, ("ok", f"Restore of {snapshot_id} into {target} started; its result "
-                                 "shows under Activity."))
+    try:
+        run = await commands.queue_restore(job.job_id, snapshot_id, data)
+    except FLASH_ERROR_TYPES as err:  # refused before anything was recorded or written
+        return redirect(page + "#activity", ("error", f"Restore of {snapshot_id} failed: {err}"))
+    return redirect(page + "#running", ("ok", f"Restore of {snapshot_id} into {target} queued "
+                                              f"(run {run.run_id}); it shows under Current "
+                                              "run, its result under Activity."))
 
 
 async def snapshot_verify(request: web.Request) -> web.StreamResponse:
-    """Start verifying a snapshot against its manifest."""
-    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    """Queue a verify of a snapshot against its manifest."""
+    commands = request.app[COMMANDS]
+    job = commands.job(request.match_info["job_id"])
     snapshot_id = request.match_info["snapshot_id"]
-    page = _url(request, "job", job_id=job.job_id) + "#activity"
+    page = _url(request, "job", job_id=job.job_id)
+    await _form(request)  # the CSRF token is checked on reading it
     try:
-        await operations.require_snapshot(job, snapshot_id)
-    except CommandError as err:
-        return redirect(page, ("error", f"Verify not started: {err}."))
-    finished, error, result = await _background(
-        request, operations.verify_snapshot(request.app[STORE], job, snapshot_id),
-        f"verify of {snapshot_id}")
-    if error is not None:
-        return redirect(page, ("error", f"Verify of {snapshot_id} failed: {error}"))
-    if finished:
-        return redirect(page, ("ok" if result["ok"] else "error",
-                               f"Verify of {snapshot_id}: " + ("intact." if result["ok"] else
-                                                               "problems found, see Activity.")))
-    return redirect(page, ("ok", f"Verify of {snapshot_id} started; its result shows under "
-                                 "Activity."))
+        run = await commands.queue_verify(job.job_id, snapshot_id)
+    except FLASH_ERROR_TYPES as err:
+        return redirect(page + "#activity", ("error", f"Verify not started: {err}."))
+    return redirect(page + "#running", ("ok", f"Verify of {snapshot_id} queued (run "
+                                              f"{run.run_id}); its result shows under "
+                                              "Activity."))
+
+
+async def job_prune(request: web.Request) -> web.StreamResponse:
+    """Queue a prune: the job's retention applied now."""
+    job_id = request.match_info["job_id"]
+
+    async def prune() -> str:
+        run = await request.app[COMMANDS].queue_prune(job_id)
+        return f"Prune queued (run {run.run_id})."
+    return await _act(request, _url(request, "job", job_id=job_id), prune)
 
 
 # --- settings and theme ---------------------------------------------------------------
@@ -378,6 +345,7 @@ def setup_page_routes(app: web.Application) -> None:
     r.add_post("/jobs/{job_id}/start", job_start, name="job-start")
     r.add_post("/jobs/{job_id}/{switch:enable|disable}", job_switch, name="job-switch")
     r.add_post("/jobs/{job_id}/delete", job_delete, name="job-delete")
+    r.add_post("/jobs/{job_id}/prune", job_prune, name="job-prune")
     r.add_post("/jobs/{job_id}/snapshots/{snapshot_id}/restore", snapshot_restore,
                name="job-restore")
     r.add_post("/jobs/{job_id}/snapshots/{snapshot_id}/verify", snapshot_verify,

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from server.keys import STORE
 from tests.api_helpers import wait_run
 from tests.engine_helpers import make_tree, tree_signature, write
+from tests.operation_helpers import operation
 
 Client = TestClient[web.Request, web.Application]
 
@@ -43,16 +44,20 @@ async def test_full_lifecycle_with_the_mirror_engine(app_client: Client, tmp_pat
     snaps = (await (await app_client.get(f"/api/jobs/{job_id}/snapshots")).json())["snapshots"]
     assert [s["id"] for s in snaps] == [run["snapshot_id"]]
     target = tmp_path / "restored"
-    restored = await app_client.post(
-        f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore", json={"target": str(target)})
-    assert restored.status == 200, await restored.text()
+    restored = await operation(
+        app_client, f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore",
+        {"target": str(target)})
+    assert restored["state"] == "succeeded" and restored["kind"] == "restore", restored
+    assert restored["snapshot_id"] == run["snapshot_id"] and restored["files"] > 100
     assert tree_signature(target / "src") == tree_signature(src)
+    before = app_client.app[STORE].last_seq
     again = await app_client.post(
         f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore", json={"target": str(target)})
     assert again.status == 409 and "already exist" in (await again.json())["error"]
-    verified = await app_client.post(
-        f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/verify", json={})
-    assert (await verified.json())["ok"] is True
+    assert app_client.app[STORE].last_seq == before  # refused before queueing: no record
+    verified = await operation(
+        app_client, f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/verify")
+    assert verified["state"] == "succeeded" and verified["kind"] == "verify", verified
 
     detail = await (await app_client.get(f"/api/jobs/{job_id}")).json()
     assert detail["last_success"]["run_id"] == run_id

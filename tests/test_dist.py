@@ -17,6 +17,7 @@ import pytest
 
 from tests.cli_helpers import REPO, Api, running_server
 from tests.engine_helpers import big_source, tree_signature, write
+from tests.operation_helpers import api_operation
 
 # Building takes a minute on a cold machine; the module's tests share one build.
 pytestmark = pytest.mark.timeout(600)
@@ -125,8 +126,10 @@ async def test_the_executable_backs_up_stops_cleanly_and_resumes_without_python(
         page = await session.get(f"http://127.0.0.1:{port}/jobs")
         assert page.status == 200 and "/static/" in await page.text()  # templates and CSS
         job, run = await backed_up(api, "mirror", small, dest / "docs")
-        await api.call("POST", f"/api/jobs/{job['id']}/snapshots/{run['snapshot_id']}/restore",
-                       {"target": str(tmp_path / "restored")})
+        restored = await api_operation(
+            api, f"/api/jobs/{job['id']}/snapshots/{run['snapshot_id']}/restore",
+            {"target": str(tmp_path / "restored")})
+        assert restored["state"] == "succeeded", restored
         assert tree_signature(tmp_path / "restored" / "small") == tree_signature(small)
         # The system rsync, started from the bundle, loads its own libraries.
         await backed_up(api, "rsync", small, dest / "rsync")
@@ -157,8 +160,10 @@ async def test_the_executable_backs_up_stops_cleanly_and_resumes_without_python(
         assert [e["type"] for e in events if e["data"].get("run_id") == big_run
                 and e["type"] in ("RunInterrupted", "RunResumed", "RunSucceeded")] == [
             "RunInterrupted", "RunResumed", "RunSucceeded"]
-        await api.call("POST", f"/api/jobs/{bigjob['id']}/snapshots/{run['snapshot_id']}"
-                               "/restore", {"target": str(tmp_path / "big-restored")})
+        restored = await api_operation(
+            api, f"/api/jobs/{bigjob['id']}/snapshots/{run['snapshot_id']}/restore",
+            {"target": str(tmp_path / "big-restored")})
+        assert restored["state"] == "succeeded", restored
         assert tree_signature(tmp_path / "big-restored" / "big") == tree_signature(big)
         # Ctrl-C in a terminal: the whole process group gets SIGINT, so the server gets
         # one from the terminal and one forwarded by the launcher; it stops once, cleanly.

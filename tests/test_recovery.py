@@ -22,6 +22,7 @@ from tests.cli_helpers import (
     wait_healthy,
 )
 from tests.engine_helpers import big_source, tree_signature
+from tests.operation_helpers import api_operation
 from tests.projection_helpers import projection_files
 
 
@@ -60,8 +61,9 @@ async def check_after(api: Api, job_id: str, run_id: str, src: Path, data: Path,
     run = await api.wait_state(run_id, {"succeeded", "failed"}, within=120)
     assert run["state"] == "succeeded", run
     target = tmp_path / "restored"
-    await api.call("POST", f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore",
-                   {"target": str(target)})
+    restored = await api_operation(api, f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}"
+                                         "/restore", {"target": str(target)})
+    assert restored["state"] == "succeeded", restored
     assert tree_signature(target / src.name) == tree_signature(src)
     snaps = (await api.call("GET", f"/api/jobs/{job_id}/snapshots"))["snapshots"]
     assert [s["id"] for s in snaps] == [run["snapshot_id"]]

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from server.keys import STORE
 from tests.api_helpers import wait_run
 from tests.engine_helpers import write
+from tests.operation_helpers import operation
 
 Client = TestClient[web.Request, web.Application]
 
@@ -89,9 +90,9 @@ async def test_a_restore_beside_the_data_directory_still_works(
     job_id, snap = await _backed_up(app_client, src, tmp_path / "backups")
     target = tmp_path / "restored"
     target.mkdir()
-    resp = await app_client.post(f"/api/jobs/{job_id}/snapshots/{snap}/restore",
-                                 json={"target": str(target)})
-    assert resp.status == 200, await resp.text()
+    run = await operation(app_client, f"/api/jobs/{job_id}/snapshots/{snap}/restore",
+                          {"target": str(target)})
+    assert run["state"] == "succeeded", run
     assert (target / "docs" / "a.txt").read_bytes() == b"hello"
 
 

@@ -17,6 +17,7 @@ from core.ownership import overlap
 from server.keys import STATE, STORE
 from tests.api_helpers import wait_run
 from tests.engine_helpers import write
+from tests.operation_helpers import operation
 
 Client = TestClient[web.Request, web.Application]
 
@@ -149,13 +150,12 @@ async def test_restoring_into_or_around_the_destination_is_refused_and_records_n
                                                          "overwrite": True})
         assert "restore target" in answer["error"] and "choose a folder outside" in \
             answer["error"], answer
-    verify = await (await app_client.post(f"/api/jobs/{job['id']}/snapshots/{snap}/verify",
-                                          json={})).json()
-    assert verify["ok"] is True, verify  # the snapshot is untouched
+    verify = await operation(app_client, f"/api/jobs/{job['id']}/snapshots/{snap}/verify")
+    assert verify["state"] == "succeeded", verify  # the snapshot is untouched
     # Back into the original place: writes home/docs, next to home/backups: allowed.
     (src / "a.txt").unlink()
-    resp = await app_client.post(url, json={"target": str(src.parent), "overwrite": True})
-    assert resp.status == 200, await resp.text()
+    run = await operation(app_client, url, {"target": str(src.parent), "overwrite": True})
+    assert run["state"] == "succeeded", run
     assert (src / "a.txt").read_bytes() == b"first\n"
 
 

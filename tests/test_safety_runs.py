@@ -47,6 +47,7 @@ from tests.cli_helpers import (
 )
 from tests.engine_helpers import big_source, tree_signature, write
 from tests.fs_helpers import IS_ROOT, fill_up, small_tmpfs
+from tests.operation_helpers import api_operation
 
 Client = TestClient[web.Request, web.Application]
 AppClient = Callable[..., Any]
@@ -319,8 +320,10 @@ async def test_a_paused_run_cut_off_by_a_crash_stays_paused_until_resumed(
         run = await api.wait_state(run_id, {"succeeded", "failed"}, within=120)
         assert run["state"] == "succeeded", run
         target = tmp_path / "restored"
-        await api.call("POST", f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore",
-                       {"target": str(target)})
+        restored = await api_operation(
+            api, f"/api/jobs/{job_id}/snapshots/{run['snapshot_id']}/restore",
+            {"target": str(target)})
+        assert restored["state"] == "succeeded", restored
         assert tree_signature(target / src.name) == tree_signature(src)
     assert cli("events", "verify", "--data", str(data)).returncode == 0
 

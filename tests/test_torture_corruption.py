@@ -315,12 +315,23 @@ async def mirror_snapshot(client: Client, tmp_path: Path) -> tuple[str, str, Pat
 
 
 async def verify(client: Client, job_id: str, snap: str) -> tuple[int, dict[str, Any]]:
-    """POST .../verify; every answer must be JSON and never a 5xx."""
+    """POST .../verify; every answer must be JSON and never a 5xx. A verify is a run: once
+    it ended, its verdict ({"ok", "problems"}) is read from the VerifyFinished it wrote
+    (a run that failed without one, from its error)."""
     FIGURES["requests"] += 1
+    before = client.app[STORE].last_seq
     resp = await client.post(f"/api/jobs/{job_id}/snapshots/{snap}/verify", json={})
     text = await resp.text()
     assert resp.status < 500, f"verify -> {resp.status}: {text[:300]}"
-    return resp.status, json.loads(text)
+    if resp.status != 202:
+        return resp.status, json.loads(text)
+    run = await wait_run(client, json.loads(text)["run_id"], {"succeeded", "failed"})
+    events = (await (await client.get(f"/api/events?since={before}")).json())["events"]
+    verdicts = [e["data"] for e in events if e["type"] == "VerifyFinished"]
+    if verdicts:
+        return 200, {"ok": verdicts[-1]["ok"], "problems": verdicts[-1]["problems"]}
+    assert run["state"] == "failed" and run["error"], run
+    return 200, {"ok": False, "problems": [run["error"]]}
 
 
 def flip(path: Path, offset: int) -> bytes:

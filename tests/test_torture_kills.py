@@ -25,7 +25,6 @@ file of the cut-off restore sits under its final name unless it is complete.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import random
@@ -40,6 +39,7 @@ import yaml
 
 from tests.engine_contract_helpers import RESTIC_PASSWORD
 from tests.engine_helpers import BASE_MTIME, make_tree, tree_signature, write
+from tests.operation_helpers import api_operation
 from tests.torture_helpers import (
     HTTP_TIMEOUT,
     Figures,
@@ -185,8 +185,10 @@ async def snapshot_ids(server: Server, job_id: str) -> list[str]:
 
 async def verify_snapshot(server: Server, job_id: str, sid: str) -> None:
     """The server's verify finds the snapshot complete and intact."""
-    result = await server.api.call("POST", f"/api/jobs/{job_id}/snapshots/{sid}/verify", {})
-    assert result["ok"], f"snapshot {sid} is listed but does not verify: {json_dump(result)}"
+    run = await api_operation(server.api, f"/api/jobs/{job_id}/snapshots/{sid}/verify",
+                              within=RUN_WITHIN)
+    assert run["state"] == "succeeded", \
+        f"snapshot {sid} is listed but does not verify: {json_dump(run)}"
 
 
 @pytest.mark.timeout(300)  # about 15 to 60 s each; restic's calls can be slow on a busy host
@@ -237,9 +239,10 @@ async def test_kill_9_at_random_moments_during_backups(
                 if sid != run["snapshot_id"]:
                     strays[sid] = f"run {run_id}, listed after a kill {first_seen[sid]}"
             target = tmp_path / f"restored-{len(known)}"
-            await server.api.call("POST", f"/api/jobs/{job_id}/snapshots/"
-                                          f"{run['snapshot_id']}/restore",
-                                  {"target": str(target)})
+            restored = await api_operation(server.api, f"/api/jobs/{job_id}/snapshots/"
+                                                       f"{run['snapshot_id']}/restore",
+                                           {"target": str(target)}, within=RUN_WITHIN)
+            assert restored["state"] == "succeeded", json_dump(restored)
             assert tree_signature(target / src.name) == sig, \
                 f"run {run_id} (resumed {run['resumes']} times) restored something else"
             known[run["snapshot_id"]] = sig
@@ -430,25 +433,32 @@ async def test_kill_9_during_a_prune_and_during_a_restore(
     target = tmp_path / "restored"
     watcher = Watcher(target / src.name, lambda name: name == "m", server.kill9,
                       within=RUN_WITHIN)
-    restore = asyncio.create_task(server.api.call(
+    queued = await server.api.call(
         "POST", f"/api/jobs/{job_id}/snapshots/{latest['snapshot_id']}/restore",
-        {"target": str(target)}))
+        {"target": str(target)})
     assert await watcher.wait(_never) is not None, "the restore never reached m/"
-    with contextlib.suppress(aiohttp.ClientError, AssertionError):
-        await restore
-    await server.start()
-    await checks_after_restart(server, tmp_path, job_id)
-    doc = yaml.safe_load((server.data / "jobs" / f"{job_id}.yaml").read_text())
-    assert doc["last_restore"]["state"] == "failed", json_dump(doc["last_restore"])
-    assert "cut off" in doc["last_restore"]["error"]
     source_files = settled_files(src)
     for rel, content in settled_files(target / src.name).items():
         assert content == source_files.get(rel), f"{rel} is under its final name but " \
                                                  "not complete"
-    # Restoring again completes it, with nothing of the killed attempt left over.
-    await server.api.call("POST", f"/api/jobs/{job_id}/snapshots/"
-                                  f"{latest['snapshot_id']}/restore",
-                          {"target": str(target), "overwrite": True})
+    await server.start()
+    # The restore run was cut off while writing: it starts again and writes over what
+    # its first attempt left, to the end, with nothing of that attempt left over.
+    run = await server.api.wait_state(queued["run_id"], {"succeeded", "failed"},
+                                      within=RUN_WITHIN)
+    assert run["state"] == "succeeded" and run["resumes"] == 1, json_dump(run)
+    assert tree_signature(target / src.name) == sig
+    await checks_after_restart(server, tmp_path, job_id)
+    events = (await server.api.call("GET", "/api/events?since=0&limit=1000"))["events"]
+    ends = [e["data"].get("error") for e in events if e["type"] == "RestoreFinished"]
+    assert len(ends) == 2 and "cut off" in ends[0] and ends[1] is None, ends
+    doc = yaml.safe_load((server.data / "jobs" / f"{job_id}.yaml").read_text())
+    assert doc["last_restore"]["state"] == "succeeded", json_dump(doc["last_restore"])
+    # Restoring again over it works too.
+    again = await api_operation(server.api, f"/api/jobs/{job_id}/snapshots/"
+                                            f"{latest['snapshot_id']}/restore",
+                                {"target": str(target), "overwrite": True}, within=RUN_WITHIN)
+    assert again["state"] == "succeeded", json_dump(again)
     assert tree_signature(target / src.name) == sig
     assert not server.leftovers(), server.leftovers()
 
