@@ -13,6 +13,9 @@ leaves the program running, or stopped for good if it was paused. Two ways find 
   start, or the next use of the repository, stops it (stop_orphans, stop_orphans_on).
   A program someone runs by hand on the same repository has no mark and is never
   touched.
+
+A GroupGuard (below) covers the one gap PDEATHSIG leaves: the forked helpers of a program
+paused when the server died.
 """
 
 from __future__ import annotations
