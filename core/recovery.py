@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from core.state import State
-from engines.procs import stop_orphans_on
+from engines.child import stop_orphans_on
 from events.store import EventStore
 from events.types import Event, RestoreFinished, RunInterrupted, RunResumed
 
