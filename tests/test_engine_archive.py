@@ -22,7 +22,7 @@ import blake3
 import pytest
 import zstandard
 
-import engines.archive as archive_module
+import engines.archive.engine as archive_module
 from engines.archive import ArchiveEngine
 from engines.base import (
     BackupResult,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from engines.archive import ArchiveEngine
-from engines.archive_restore import TargetWriter, temp_name
+from engines.archive.target import TargetWriter, temp_name
 from engines.base import (
     BackupResult,
     BackupSpec,
@@ -357,7 +357,7 @@ _CHILD = r"""
 import sys, time
 from pathlib import Path
 from engines.archive import ArchiveEngine
-from engines.archive_restore import temp_name
+from engines.archive.target import temp_name
 from engines.base import BackupSpec, NullReporter, RunControl
 
 src, dest, target = (Path(a) for a in sys.argv[1:4])

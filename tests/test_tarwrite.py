@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engines.archive import ArchiveEngine
+from engines.archive.tarheader import TYPES as _TYPES
+from engines.archive.tarheader import tar_header
 from engines.base import BackupSpec, NullReporter, RunControl
-from engines.tarwrite import _TYPES, tar_header
 from tests.engine_helpers import make_tree, tree_signature
 
 NAME_CHARS = st.sampled_from(list("abcxyz/._-0123 'é日✓\\"))

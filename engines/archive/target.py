@@ -32,7 +32,6 @@ from typing import Any
 from engines.errors import EngineError, RestoreConflict
 from engines.filecopy import TMP_PREFIX
 from engines.fsmeta import kept_xattr, refused_message, shown
-from engines.manifest import ManifestError
 
 # Without its owner restored, a file never gets setuid/setgid back: under an app running
 # as root a user's harmless setuid-to-themselves file would come back setuid-root.
@@ -367,22 +366,3 @@ def _set_xattrs(fd: int, xattrs: Mapping[str, Any]) -> list[str]:
                 raise
             refused.append(name)
     return refused
-
-
-def expected_kind(entry: Mapping[str, Any]) -> str:
-    """The tar member kind a manifest entry is written as: a later name of a hard-linked
-    file is a hard-link member."""
-    return "hardlink" if entry["type"] == "file" and entry.get("link") else str(entry["type"])
-
-
-def check_links(index: Mapping[str, Mapping[str, Any]]) -> None:
-    """Refuse a manifest whose hard links name something other than a file it lists."""
-    for path, entry in index.items():
-        link = entry.get("link")
-        if link is None:
-            continue
-        first = index.get(link) if isinstance(link, str) else None
-        if entry["type"] != "file" or first is None or first["type"] != "file" \
-                or first.get("link"):
-            raise ManifestError(f"the manifest gives {shown(path)!r} a hard link to "
-                                f"{link!r}, which is not a file it lists")

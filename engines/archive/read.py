@@ -1,0 +1,133 @@
+"""Reading an archive back: the decompressed tar stream, its members, their content hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import zstandard
+
+from engines.archive.errors import ArchiveDamaged
+from engines.control import RunControl
+from engines.manifest import CONTENT_HASHES, content_hash
+from engines.progress import ProgressMeter
+
+CHUNK = 1 << 20
+
+
+class Pacer:
+    """Counts bytes into the progress meter and stops at a safe point every `every` bytes."""
+
+    def __init__(self, meter: ProgressMeter, control: RunControl, every: int) -> None:
+        self.meter = meter
+        self.control = control
+        self.every = every
+        self._since_safe_point = 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.meter.add(nbytes=nbytes)
+        self._since_safe_point += nbytes
+        if self._since_safe_point >= self.every:
+            self._since_safe_point = 0
+            self.control.safe_point()
+
+
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+class CountingReader:
+    """The decompressed tar stream as tarfile reads it: counts bytes, names damage."""
+
+    def __init__(self, inner: _Readable) -> None:
+        self._inner = inner
+        self.total = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Read decompressed bytes; a broken stream becomes ArchiveDamaged."""
+        try:
+            data = self._inner.read(size)
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as err:
+            raise ArchiveDamaged(str(err) or type(err).__name__) from err
+        self.total += len(data)
+        return data
+
+    def write(self, data: bytes, /) -> int:
+        """Not writable (tarfile's file protocol asks for the method)."""
+        raise OSError("the archive is open for reading")
+
+    def tell(self) -> int:
+        """How many decompressed bytes were read."""
+        return self.total
+
+    def seek(self, pos: int, /) -> int:
+        """Not seekable (tarfile's stream mode never seeks)."""
+        raise OSError("the archive stream cannot seek")
+
+    def close(self) -> None:
+        """Nothing to do: the raw file is closed by its owner."""
+
+
+@contextlib.contextmanager
+def read_archive(path: Path, compression: str
+                 ) -> Iterator[tuple[tarfile.TarFile, CountingReader]]:
+    """Open an archive as a tar stream, decompressing as it is read (never all in memory)."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        raise ArchiveDamaged(f"cannot open it: {err.strerror or err}") from err
+    with raw:
+        inner: _Readable
+        if compression == "zstd":
+            inner = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK,
+                                                               read_across_frames=True)
+        else:
+            inner = gzip.GzipFile(filename="", mode="rb", fileobj=raw)
+        counter = CountingReader(inner)
+        with tarfile.open(fileobj=counter, mode="r|", bufsize=CHUNK) as tar:
+            yield tar, counter
+
+
+def member_kind(member: tarfile.TarInfo) -> str:
+    if member.islnk():
+        return "hardlink"
+    if member.isreg():
+        return "file"
+    if member.isdir():
+        return "dir"
+    if member.issym():
+        return "symlink"
+    return "special file"
+
+
+def member_data(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    data = tar.extractfile(member)
+    if data is None:  # only for non-files, which callers never pass
+        raise ArchiveDamaged(f"{member.name!r} has no data")
+    return data
+
+
+def hash_stream(data: IO[bytes], entry: Mapping[str, Any], pacer: Pacer,
+                sink: Callable[[bytes], object] | None = None) -> tuple[int, str]:
+    """Read a member to its end: its size and hash, by the entry's algorithm (and each
+    chunk to sink)."""
+    digest = CONTENT_HASHES[algorithm(entry)]()
+    size = 0
+    while chunk := data.read(CHUNK):
+        digest.update(chunk)
+        if sink is not None:
+            sink(chunk)
+        size += len(chunk)
+        pacer(len(chunk))
+    return size, digest.hexdigest()
+
+
+def algorithm(entry: Mapping[str, Any]) -> str:
+    """The hash a (shape-checked) file entry was made with."""
+    found = content_hash(entry)
+    return "sha256" if found is None else found[0]
