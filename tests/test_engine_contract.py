@@ -186,7 +186,7 @@ def test_killed_worker_resumes_to_the_same_result(engine_name: str, tmp_path: Pa
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps({"engine": engine_name, "sources": [str(src)],
                                      "destination": str(dest), "options": dict(spec.options)}))
-    cmd = [sys.executable, "-m", "engines.worker", "backup", str(spec_file)]
+    cmd = [sys.executable, "-m", "tests.engine_worker", "backup", str(spec_file)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None

@@ -432,7 +432,7 @@ def test_a_paused_rsync_dies_with_its_killed_worker_and_the_resume_completes(
     spec_file.write_text(json.dumps({"engine": "rsync", "sources": [str(src)],
                                      "destination": str(dest),
                                      "options": {"bwlimit": 512}}))
-    cmd = [sys.executable, "-m", "engines.worker", "backup", str(spec_file)]
+    cmd = [sys.executable, "-m", "tests.engine_worker", "backup", str(spec_file)]
     worker = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     assert worker.stdin is not None and worker.stdout is not None

@@ -1,12 +1,16 @@
-"""Run one engine operation in its own process, speaking JSON lines.
+"""A test and debug harness: run one engine backup in a process of its own, speaking JSON lines.
 
-    python -m engines.worker backup SPEC.json [--resume CHECKPOINT.json]
+    python -m tests.engine_worker backup SPEC.json [--resume CHECKPOINT.json]
+
+Nothing in the product uses it: the runner runs engines in worker threads of the server
+process. Tests use it for a process they can kill outright in the middle of a backup
+(SIGKILL, no clean-up), then check that the engine resumes or cleans up after it
+(tests/test_engine_contract.py, tests/test_engine_rsync.py).
 
 SPEC.json holds {"engine", "sources", "destination", "include", "exclude", "options"}.
 Stdout gets one JSON object per line: progress, checkpoint, warning, then result or
 error. Stdin takes "pause", "resume", "cancel" and "interrupt" lines. SIGTERM interrupts
-(stop at a safe point, keep the partial output for resume). A separate process can be
-killed outright, which is what crash-recovery tests and the runner's isolation need.
+(stop at a safe point, keep the partial output for resume).
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def _read_commands(control: RunControl) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a backup and report it on stdout; exit 0 on success, 1 on a reported error."""
-    parser = argparse.ArgumentParser(prog="python -m engines.worker")
+    parser = argparse.ArgumentParser(prog="python -m tests.engine_worker")
     parser.add_argument("operation", choices=["backup"])
     parser.add_argument("spec", type=Path)
     parser.add_argument("--resume", type=Path, default=None)
