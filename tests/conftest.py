@@ -28,13 +28,23 @@ SLOW_MODULES = frozenset({
     "test_safety_children", "test_cli", "test_leftover_programs", "test_web_build",
 })
 # Single tests of several seconds in otherwise quick modules (gigabytes of sparse zeros
-# hashed, a browser, a worker killed and resumed).
+# hashed, a browser, a worker killed and resumed, hundreds of generated inputs, a client
+# made slow on purpose, a flood timed over two seconds, command-line processes). The
+# fast subset keeps a quicker test of each behaviour; `--durations=30` finds new ones.
 SLOW_TESTS = frozenset({
     "test_a_10_gib_sparse_file_backs_up_and_restores_with_its_holes",
     "test_a_sparse_file_larger_than_the_destination_keeps_its_holes",
     "test_a_paused_rsync_dies_with_its_killed_worker_and_the_resume_completes",
     "test_in_a_browser_search_narrows_as_you_type_and_run_lines_arrive_live",
     "test_a_sparse_file_restores_sparse_onto_a_small_filesystem",
+    "test_any_input_is_a_valid_spec_or_field_errors",
+    "test_headers_match_tarfile_byte_for_byte",
+    "test_api_answers_any_body_with_4xx_or_201_and_appends_only_on_201",
+    "test_slow_ws_client_is_closed_and_does_not_delay_others",
+    "test_token_command_makes_a_private_token_once_and_rotates",
+    "test_a_snapshot_names_its_job_and_links_only_to_its_own_jobs_snapshots",
+    "test_a_flood_of_log_records_is_cut_not_queued",
+    "test_pause_resume_and_cancel_through_the_api",
 })
 
 

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
+from tests.conftest import SLOW_MODULES, SLOW_TESTS
+
 TESTS = Path(__file__).resolve().parent
+
+
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    """A file's syntax tree (each file is parsed once for all the checks here)."""
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
 
 
 def imported_modules(path: Path) -> set[str]:
     """Every module a file imports (absolute names; `from . import x` as `tests.x`)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -45,3 +54,14 @@ def test_the_layout_check_sees_a_test_module_import(tmp_path: Path) -> None:
                       "from .test_runner import start\nfrom tests.api_helpers import start\n")
     assert modules_of_tests(imported_modules(sample)) == [
         "tests.test_api", "tests.test_pages", "tests.test_runner"]
+
+
+def test_every_test_marked_slow_by_name_exists() -> None:
+    # A renamed test or module would silently drop back into the fast subset.
+    modules = {path.stem for path in TESTS.glob("test_*.py")}
+    tests = {node.name for path in TESTS.glob("test_*.py")
+             for node in ast.walk(parsed(path))
+             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+             and node.name.startswith("test_")}
+    assert sorted(SLOW_MODULES - modules) == []
+    assert sorted(SLOW_TESTS - tests) == []
