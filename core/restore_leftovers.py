@@ -19,7 +19,7 @@ from engines.filecopy import is_tmp_name
 from engines.fsutil import remove_tree
 
 RESTIC_STAGING = ".restic-restore-"  # engines/restic's mkdtemp prefix in the target
-MARGIN = 2.0  # seconds of clock granularity allowed when comparing with the start
+MARGIN = 1.0  # seconds of clock granularity allowed when comparing with the start
 
 
 def written_names(spec: Mapping[str, Any], path: str | None) -> set[str]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.cli_helpers import (
     Api,
@@ -21,9 +22,10 @@ from tests.cli_helpers import (
     start_paused_run,
     wait_healthy,
 )
-from tests.engine_helpers import big_source, tree_signature
+from tests.engine_helpers import big_source, tree_signature, write
 from tests.operation_helpers import api_operation
 from tests.projection_helpers import projection_files
+from tests.torture_helpers import Watcher
 
 
 @pytest.fixture
@@ -148,3 +150,63 @@ async def test_without_auto_resume_a_cut_off_run_waits_and_discard_cleans_up(
                 if not any(n.endswith(".partial") for n in os.listdir(dest)):
                     break
                 await asyncio.sleep(0.05)
+
+
+def restore_source(root: Path) -> Path:
+    """A source whose restore passes a landmark half-way: many small files under a/, then
+    the folder m/, then a larger file under z/ (the order a restore writes them in)."""
+    for i in range(800):
+        write(root / "a" / f"f{i:04d}.txt", os.urandom(512))
+    write(root / "m" / "landmark.txt", b"half-way\n")
+    write(root / "z" / "big.bin", os.urandom(8 * 1024 * 1024))
+    return root
+
+
+async def _never() -> bool:
+    """A watch that only ends with its name or its time limit."""
+    return False
+
+
+@pytest.mark.timeout(180)
+async def test_sigkill_mid_restore_then_restart_restores_it_again(
+        session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    src, dest, data = restore_source(tmp_path / "src"), tmp_path / "dest", tmp_path / "data"
+    target = tmp_path / "restored"
+    port = free_port()
+    proc = spawn_server(data, port)  # killed by the watcher, stopped by the test otherwise
+    try:
+        await wait_healthy(session, port)
+        api = Api(session, port)
+        job = await api.call("POST", "/api/jobs", {"name": "Restore me", "engine": "mirror",
+                                                   "sources": [str(src)],
+                                                   "destination": str(dest)})
+        backup = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
+        snap = (await api.wait_state(backup, {"succeeded"}, within=120))["snapshot_id"]
+        watcher = Watcher(target / src.name, lambda name: name == "m",
+                          lambda: proc.send_signal(signal.SIGKILL), within=60)
+        queued = await api.call("POST", f"/api/jobs/{job['id']}/snapshots/{snap}/restore",
+                                {"target": str(target)})
+        assert await watcher.wait(_never) == "m", "the restore never reached m/"
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (target / src.name / "z" / "big.bin").exists()  # cut off half-way
+    with running_server(data, port):
+        api = Api(session, port)
+        run = await api.wait_state(queued["run_id"], {"succeeded", "failed"}, within=120)
+        assert run["state"] == "succeeded" and run["resumes"] == 1, run
+        # Started again over what the first attempt wrote: whole, no temporary names.
+        assert tree_signature(target / src.name) == tree_signature(src)
+        events = (await api.call("GET", "/api/events?since=0&limit=1000"))["events"]
+    mine = [f"{e['type']}:{e['data'].get('reason', '')}".rstrip(":") for e in events
+            if e["data"].get("run_id") == queued["run_id"] and e["type"] != "RunCheckpointed"]
+    assert mine == ["RunQueued", "RunStarted", "RunInterrupted:crash", "RunResumed",
+                    "RunStarted", "RunSucceeded"], mine
+    ends = [e["data"].get("error") for e in events if e["type"] == "RestoreFinished"]
+    assert len(ends) == 2 and "cut off" in ends[0] and ends[1] is None, ends
+    log = (data / "logs" / "runs" / f"{queued['run_id']}.log").read_text()
+    assert "a first attempt was cut off; restoring again" in log
+    doc = yaml.safe_load((data / "jobs" / f"{job['id']}.yaml").read_text())
+    assert doc["last_restore"]["state"] == "succeeded", doc["last_restore"]
+    assert cli("events", "verify", "--data", str(data)).returncode == 0
