@@ -30,7 +30,8 @@ from engines.base import (
 )
 from engines.filecopy import TMP_LEN, restore_tmp
 from engines.manifest import Manifest, sha256_file
-from engines.mirror import MirrorEngine, _Journal
+from engines.mirror import MirrorEngine
+from engines.mirror.journal import Journal as _Journal
 from engines.rsync import RsyncEngine
 from engines.treestore import manifest_path
 from models.retention import Retention

@@ -1,7 +1,7 @@
 """The mirror engine: dated snapshot directories of plain files, unchanged files hard-linked.
 
 Like `rsync --link-dest`: a file the quick check finds unchanged since the previous
-snapshot of the same job (engines.mirrorcopy) is a hard link to it, so every snapshot is
+snapshot of the same job (copier.py) is a hard link to it, so every snapshot is
 complete and browsable while only changes take space. Hard links inside the sources stay
 hard links, sparse files keep their holes, and owner, group, `user.*` attributes and
 ACLs are kept where the server may set them (engines.fsmeta). Files are written under a
@@ -10,20 +10,19 @@ manifest is durable, then renamed to `<id>`.
 
 Resume after a crash: the checkpoint names the partial directory; files already in it
 with the source's size and mtime, copied after the source last changed, are kept (their
-hashes come from the journal written beside it), so only unfinished files are copied
-again.
+hashes come from the journal written beside it, journal.py), so only unfinished files
+are copied again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from engines.contract import BackupSpec
 from engines.control import RunControl
@@ -32,7 +31,8 @@ from engines.filecopy import link_into, symlink_into
 from engines.fsmeta import refused_message, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest import Manifest
-from engines.mirrorcopy import FileCopier, tree_record
+from engines.mirror.copier import FileCopier, tree_record
+from engines.mirror.journal import Journal
 from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.ratelimit import RateLimiter
 from engines.results import BackupResult
@@ -50,41 +50,6 @@ CHECKPOINT_EVERY = 2.0  # seconds
 # that pause and cancel take effect quickly.
 CHUNK_FILES = 64
 CHUNK_BYTES = 32 << 20
-
-
-class _Journal:
-    """Hashes of files already complete in a partial snapshot, for resume."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.done: dict[str, tuple[int, int, str]] = {}
-        with contextlib.suppress(FileNotFoundError):
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
-            # Only whole lines: a kill mid-write leaves a torn last line whose cut-off
-            # path could name another file. Not splitlines: names may hold \u2028.
-            for line in text.split("\n")[:-1]:
-                parts = line.split("\t", 3)
-                if len(parts) == 4 and parts[0].isdigit() and parts[1].isdigit():
-                    self.done[parts[3]] = (int(parts[0]), int(parts[1]), parts[2])
-        # surrogateescape: a file name that is not UTF-8 is recorded as its bytes.
-        self._fh: IO[str] = open(path, "a", encoding="utf-8",  # noqa: SIM115
-                                 errors="surrogateescape")
-
-    def record(self, record: Mapping[str, Any]) -> None:
-        """Note a finished file (the write is made durable at the next sync)."""
-        rel = record["path"]
-        if "\n" not in rel:
-            self._fh.write(f"{record['size']}\t{record['mtime_ns']}\t{record['sha256']}"
-                           f"\t{rel}\n")
-
-    def sync(self) -> None:
-        """Flush the journal to disk (before a checkpoint refers to it)."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        """Close the journal file."""
-        self._fh.close()
 
 
 class MirrorEngine(TreeSnapshots):
@@ -120,7 +85,7 @@ class MirrorEngine(TreeSnapshots):
             previous = self.latest(spec)  # this job's own: never another job's files
             prev_root = dest / previous[0] if previous else None
             prev_files = previous[1].by_path() if previous else {}
-            journal = _Journal(journal_path)
+            journal = Journal(journal_path)
             copier = FileCopier(str(partial), str(prev_root) if prev_root else None,
                                 prev_files, journal.done, control, meter, warn, limiter,
                                 resuming, bool(spec.options.get("checksum")))
@@ -162,7 +127,7 @@ class MirrorEngine(TreeSnapshots):
                             time.monotonic() - started, tuple(warn.warnings))
 
     def _copy_all(self, entries: list[Entry], partial: Path, copier: FileCopier,
-                  journal: _Journal, checkpoint: dict[str, Any],
+                  journal: Journal, checkpoint: dict[str, Any],
                   threads: int) -> dict[str, dict[str, Any]]:
         """Create directories and symlinks, copy or link files on worker threads, then
         make the other names of files hard-linked in the source links again."""
