@@ -10,10 +10,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from core.commands import Commands
-from core.livelog import Feed, install_log_broadcast
+from core.live import LiveFeed
+from core.livelog import install_log_broadcast
 from core.queries import Queries
 from core.recovery import recover_runs, stop_leftover_programs
 from core.runlog import RunLogs
@@ -39,24 +39,9 @@ class CoreConfig:
         return self.data_dir / "logs"
 
 
-class _NotifierFeed:
-    """Live lines through the event notifier, until core/live.py's LiveFeed replaces it."""
-
-    def __init__(self, store: EventStore) -> None:
-        self._notifier = store.notifier
-
-    @property
-    def subscriber_count(self) -> int:
-        """How many subscribers there are now."""
-        return self._notifier.subscriber_count
-
-    def publish(self, message: dict[str, Any]) -> None:
-        """Hand a message to every subscriber."""
-        self._notifier.broadcast(message)
-
-
 class Core:
-    """The state, commands, queries, runner, scheduler, projector, run logs and webhooks."""
+    """The state, commands, queries, runner, scheduler, projector, run logs, webhooks and
+    the live feed."""
 
     def __init__(self, store: EventStore, config: CoreConfig) -> None:
         self.store, self.config = store, config
@@ -64,9 +49,10 @@ class Core:
         self.commands = Commands(store, self.state, str(config.data_dir))
         self.projector = Projector(store, config.data_dir)
         self.logs = RunLogs(config.logs_dir)
-        self.live: Feed = _NotifierFeed(store)
+        # Progress ticks and log lines, shown live and never stored.
+        self.live = LiveFeed()
         self.webhooks = WebhookSender(self.state)
-        self.runner = Runner(store, self.state, self.logs, self.webhooks)
+        self.runner = Runner(store, self.state, self.logs, self.webhooks, self.live)
         self.scheduler = Scheduler(self.state, self.commands)
         self.queries = Queries(self.state, self.scheduler)
         self._projecting = self._loaded = self._started = False
@@ -112,6 +98,7 @@ class Core:
             self._stop_log_broadcast()
             self._stop_log_broadcast = None
         self.logs.close()
+        self.live.close_all()
         if self._projecting:
             await self.projector.stop()
         self._projecting = self._loaded = self._started = False

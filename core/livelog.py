@@ -14,8 +14,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
+from core.live import LiveFeed
 from core.logformat import app_formatter, iso_millis, level_name, parse_run_head
 from core.runlog import RunLogs
 from core.state import State
@@ -31,21 +32,10 @@ QUIET_LOGGERS = ("aiohttp.access", "aiohttp.websocket", "events.notifier", "core
                  "server.ws", __name__)
 
 
-class Feed(Protocol):
-    """Where live lines go (core/live.py LiveFeed): publish on the loop, never blocking."""
-
-    @property
-    def subscriber_count(self) -> int:
-        """How many subscribers there are now."""
-
-    def publish(self, message: dict[str, Any]) -> None:
-        """Hand a message to every subscriber."""
-
-
 class LogBroadcast:
     """Hands new log lines to the live feed on the event loop, from any thread, bounded."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, feed: Feed, state: State) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, feed: LiveFeed, state: State) -> None:
         self._loop, self._feed, self._state = loop, feed, state
         self._pending: deque[dict[str, Any]] = deque(maxlen=MAX_LIVE_PENDING)
         self._lock = threading.Lock()
@@ -136,7 +126,7 @@ class AppLogHandler(logging.Handler):
             self._local.busy = False
 
 
-def install_log_broadcast(feed: Feed, state: State, run_logs: RunLogs) -> Callable[[], None]:
+def install_log_broadcast(feed: LiveFeed, state: State, run_logs: RunLogs) -> Callable[[], None]:
     """Send new application-log records and run-log lines to the live feed's subscribers.
 
     Call it on the event loop once the state is set up; it returns the function that

@@ -125,7 +125,7 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     core = build_core(app[STORE], CoreConfig(app[CONFIG].data_dir))
     app[PROJECTOR], app[STATE], app[COMMANDS] = core.projector, core.state, core.commands
     app[RUNNER], app[SCHEDULER], app[QUERIES] = core.runner, core.scheduler, core.queries
-    app[LIVE] = core.runner.live
+    app[LIVE] = core.live
     try:
         await core.load()
         # The level is applied before recovery and the runner start, so what they log
