@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -151,16 +150,6 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         await core.stop()
 
 
-async def operations_ctx(app: web.Application) -> AsyncIterator[None]:
-    """On shutdown, let restores and verifies started from pages finish and record it."""
-    yield
-    tasks = app[OPERATIONS].copy()
-    if tasks:
-        log.info("waiting for %d restore/verify operation(s) to finish", len(tasks))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 600)
-
-
 def setup_routes(app: web.Application) -> None:
     """Declare every route once, by name."""
     app.router.add_get("/", handlers.index, name="index")
@@ -186,12 +175,12 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_security_headers)
     app[CONFIG] = config
     app[WEBSOCKETS] = set()
-    app[OPERATIONS] = set()
+    app[OPERATIONS] = set()  # no longer filled: restores and verifies are runs now
     app[ASSETS] = StaticAssets(WEB_DIR / "static")
     setup_templates(app, WEB_DIR / "templates")
     app[aiohttp_jinja2.APP_CONTEXT_PROCESSORS_KEY] = [aiohttp_jinja2.request_processor,
                                                       page_context, log_banner]
-    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, core_ctx, operations_ctx])
+    app.cleanup_ctx.extend([data_dir_ctx, store_ctx, core_ctx])
     app.on_shutdown.append(close_websockets)
     setup_routes(app)
     return app
