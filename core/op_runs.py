@@ -89,7 +89,7 @@ async def execute_operation(runner: Runner, active: ActiveRun) -> None:
         runner.logs.write(run.run_id, f"started: {run_label(run).lower()} "
                                       f"({spec['engine']}"
                                       f"{', resumed' if run.resumes else ''})")
-        done = await OPERATIONS[run.kind](runner, active, spec)
+        done = await BY_KIND[run.kind](runner, active, spec)
         await runner.record(run.job_id, [*done.events, RunSucceeded(
             job_id=run.job_id, run_id=run.run_id, snapshot_id=done.snapshot_id,
             files=done.files, bytes=done.bytes,
@@ -243,7 +243,7 @@ async def prune(runner: Runner, active: ActiveRun, spec: Mapping[str, Any]) -> D
     return Done("", len(removed), 0, f"pruned {len(removed)} snapshot(s)")
 
 
-OPERATIONS: dict[str, Operation] = {"restore": restore, "verify": verify, "prune": prune}
+BY_KIND: dict[str, Operation] = {"restore": restore, "verify": verify, "prune": prune}
 
 
 async def discard_operation(runner: Runner, run: RunView, spec: Mapping[str, Any]) -> None:

@@ -102,8 +102,12 @@ async def test_new_user_journey(live_server: LiveServer, page: Page,
         "finished", timeout=30000)
     assert tree_signature(target / "src") == tree_signature(src)
 
-    # Read the run's log from its history row.
-    await page.locator("#job-runs").get_by_role("link", name=re.compile("^Log")).first.click()
+    # Read the backup run's log from its history row (the restore is a run of its own,
+    # listed above it with its kind).
+    await expect(page.locator('#job-runs [data-run-kind="restore"]')).to_contain_text(
+        "Restore of", timeout=30000)
+    backup_row = page.locator("#job-runs tr[data-run-row]:not(:has([data-run-kind]))")
+    await backup_row.get_by_role("link", name=re.compile("^Log")).first.click()
     await expect(page).to_have_url(re.compile(r"/logs\?"))
     tail = page.locator("#log-tail")
     await expect(tail).to_contain_text("started (mirror")
