@@ -39,7 +39,7 @@ from engines.base import (
     Interrupted,
     Reporter,
 )
-from engines.registry import get_engine
+from engines.registry import destination_key, get_engine
 from events.record import StoredEvent
 from events.store import EventStore, StoreError
 from events.types import (
@@ -191,7 +191,8 @@ class Runner:
             job = self.state.jobs.get(run.job_id)
             if job is None:
                 continue
-            destination = str(job.spec.get("destination"))
+            spec = job.spec  # the engine's key: one destination written two ways is one
+            destination = destination_key(str(spec.get("engine")), str(spec.get("destination")))
             busy = {a.destination for a in self.active.values()}
             if destination in busy or any(a.run.job_id == run.job_id
                                           for a in self.active.values()):
