@@ -129,6 +129,8 @@ async def test_a_restore_run_shows_pauses_resumes_and_logs_like_a_backup(
     log = (tmp_path / "data" / "logs" / "runs" / f"{run_id}.log").read_text()
     assert "started: restore of" in log and "paused" in log and "resumed" in log
     assert f"restored {files} files" in log
+    dashboard = await (await app_client.get("/dashboard")).text()
+    assert 'data-run-kind="restore"' in dashboard  # recent runs say what each run was
     # Not the job's last backup: the job still shows its backup as its last run.
     job = await (await app_client.get(f"/api/jobs/{job_id}")).json()
     assert job["last_run"]["kind"] == "backup" and job["last_success"]["snapshot_id"] == snap
