@@ -90,10 +90,10 @@ async def execute_operation(runner: Runner, active: ActiveRun) -> None:
                                       f"({spec['engine']}"
                                       f"{', resumed' if run.resumes else ''})")
         done = await BY_KIND[run.kind](runner, active, spec)
-        await runner.record(run.job_id, [*done.events, RunSucceeded(
+        await _end(runner, run, list(done.events), RunSucceeded(
             job_id=run.job_id, run_id=run.run_id, snapshot_id=done.snapshot_id,
             files=done.files, bytes=done.bytes,
-            duration=round(time.monotonic() - began, 3))])
+            duration=round(time.monotonic() - began, 3)))
         runner.logs.write(run.run_id, f"succeeded: {done.summary}")
     except Cancelled:
         runner.logs.write(run.run_id, "cancelled")
@@ -114,9 +114,21 @@ async def execute_operation(runner: Runner, active: ActiveRun) -> None:
 
 
 async def _fail(runner: Runner, run: RunView, error: str, events: list[Event]) -> None:
-    await runner.record(run.job_id, [*events, RunFailed(job_id=run.job_id,
-                                                        run_id=run.run_id, error=error)])
+    await _end(runner, run, events, RunFailed(job_id=run.job_id, run_id=run.run_id,
+                                             error=error))
     runner.logs.write(run.run_id, f"FAILED {error}")
+
+
+async def _end(runner: Runner, run: RunView, events: list[Event], outcome: Event) -> None:
+    """Record the operation's own events and how the run ended, unless a cancel that
+    landed after the engine's last safe point already ended it."""
+    if runner.state_of(run) == "cancelled":
+        outcome_events = events
+        runner.logs.write(run.run_id, "cancelled as it ended")
+    else:
+        outcome_events = [*events, outcome]
+    if outcome_events:
+        await runner.record(run.job_id, outcome_events)
 
 
 # --- restore ------------------------------------------------------------------------------
