@@ -336,3 +336,35 @@ async def test_restore_with_a_bad_target_keeps_the_form_and_says_why(app_client:
     assert "must be an absolute path" in html and 'value="relative/dir"' in html
     assert 'value="docs"' in html and "<details class=\"mt-2\" open>" in html
     assert store.last_seq == before  # no RestoreStarted
+
+
+async def test_verify_and_prune_buttons_queue_runs_the_job_page_shows(app_client: Client,
+                                                                     tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", small_files=3, large_bytes=100)
+    job = await (await app_client.post("/api/jobs", json={
+        "name": "V", "engine": "mirror", "sources": [str(src)],
+        "destination": str(tmp_path / "dest")})).json()
+    backup = (await (await app_client.post(f"/api/jobs/{job['id']}/start", json={})).json()
+              )["run_id"]
+    snap = (await wait_run(app_client, backup, {"succeeded"}))["snapshot_id"]
+    csrf, job_url = await token(app_client), f"/jobs/{job['id']}"
+    verify = await app_client.post(f"{job_url}/snapshots/{snap}/verify",
+                                   data={"_csrf": csrf}, allow_redirects=False)
+    assert verify.status == 303 and verify.headers["Location"] == f"{job_url}#running"
+    run_id = app_client.app[STATE].jobs[job["id"]].run_ids[-1]
+    run = await wait_run(app_client, run_id, {"succeeded", "failed"})
+    assert run["state"] == "succeeded" and run["kind"] == "verify", run
+    page = await page_until(app_client, job_url, 'data-activity="VerifyFinished"')
+    assert 'data-run-kind="verify"' in page and "Verify of <code" in page
+    prune = await app_client.post(f"{job_url}/prune", data={"_csrf": csrf},
+                                  allow_redirects=False)
+    assert prune.status == 303
+    run_id = app_client.app[STATE].jobs[job["id"]].run_ids[-1]
+    run = await wait_run(app_client, run_id, {"succeeded", "failed"})
+    assert run["state"] == "succeeded" and run["kind"] == "prune", run
+    # A snapshot that is not there: said on the page, nothing queued.
+    before = app_client.app[STORE].last_seq
+    missing = await app_client.post(f"{job_url}/snapshots/2020-01-01T000000Z/verify",
+                                    data={"_csrf": csrf})
+    assert "Verify not started" in await missing.text()
+    assert app_client.app[STORE].last_seq == before
