@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.active import ActiveRun
-from core.outcome import error_text
+from core.outcome import error_text, warning_samples
 from core.pruning import backup_spec
 from core.restore_leftovers import sweep_restore_leftovers, written_names
 from core.state import RunView
@@ -56,6 +56,7 @@ class Done:
     bytes: int
     summary: str
     events: tuple[Event, ...] = ()  # appended with RunSucceeded, in one batch
+    warnings: tuple[str, ...] = ()  # what could not be kept as it was (a file's owner)
 
 
 class OperationFailed(EngineError):
@@ -93,7 +94,8 @@ async def execute_operation(runner: Runner, active: ActiveRun) -> None:
         await _end(runner, run, list(done.events), RunSucceeded(
             job_id=run.job_id, run_id=run.run_id, snapshot_id=done.snapshot_id,
             files=done.files, bytes=done.bytes,
-            duration=round(time.monotonic() - began, 3)))
+            duration=round(time.monotonic() - began, 3), warnings=len(done.warnings),
+            warning_samples=warning_samples(done.warnings)))
         runner.logs.write(run.run_id, f"succeeded: {done.summary}")
     except Cancelled:
         runner.logs.write(run.run_id, "cancelled")
@@ -149,6 +151,7 @@ class _RestoreReporter:
         self.since = since
         self.loop = asyncio.get_running_loop()
         self.recorded = False
+        self.warnings: list[str] = []
 
     def progress(self, progress: Progress) -> None:
         """Pass progress on; on the first "restoring" report, record the start first."""
@@ -165,7 +168,8 @@ class _RestoreReporter:
         """Restores keep no checkpoint of their own."""
 
     def warning(self, message: str) -> None:
-        """Keep a warning in the run's log."""
+        """Keep a warning in the run's log and its result."""
+        self.warnings.append(message)
         self.inner.warning(message)
 
 
@@ -213,7 +217,8 @@ async def restore(runner: Runner, active: ActiveRun, spec: Mapping[str, Any]) ->
     return Done(snapshot_id, result.files, result.bytes,
                 f"restored {result.files} files ({result.bytes} bytes) from {snapshot_id} "
                 f"into {target}",
-                (finished,) if reporter.recorded else (started, finished))
+                (finished,) if reporter.recorded else (started, finished),
+                tuple(reporter.warnings))
 
 
 # --- verify -------------------------------------------------------------------------------
