@@ -9,7 +9,7 @@ import logging
 from core.state import State
 from engines.child import stop_orphans_on
 from events.store import EventStore
-from events.types import Event, RestoreFinished, RunInterrupted, RunResumed
+from events.types import Event, RestoreFinished, RestoreStarted, RunInterrupted, RunResumed
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ async def recover_restores(store: EventStore, state: State) -> int:
         open_restores: dict[tuple[str, str], None] = {}
         for item in job.activity:
             key = (str(item.get("snapshot_id")), str(item.get("target")))
-            if item["type"] == "RestoreStarted":
+            if item["type"] == RestoreStarted.type_name:
                 open_restores[key] = None
-            elif item["type"] == "RestoreFinished":
+            elif item["type"] == RestoreFinished.type_name:
                 open_restores.pop(key, None)
         # A restore run that starts again says so (its next attempt is recorded anew).
         again = {(str(r.params.get("snapshot_id")), str(r.params.get("target")))
