@@ -44,8 +44,13 @@ from events.record import StoredEvent
 from events.store import EventStore, StoreError
 from events.types import (
     Event,
+    RunCancelled,
+    RunDiscarded,
+    RunEvent,
     RunFailed,
     RunInterrupted,
+    RunPaused,
+    RunResumed,
     RunStarted,
     RunSucceeded,
 )
@@ -117,23 +122,23 @@ class Runner:
 
     def _on_events(self, events: Sequence[StoredEvent]) -> None:
         for ev in events:
-            run_id = ev.payload.get("run_id") if ev.type.startswith("Run") else None
-            active = self.active.get(run_id) if isinstance(run_id, str) else None
+            e = ev.event
+            active = self.active.get(e.run_id) if isinstance(e, RunEvent) else None
             if active is not None:
                 active.changed.set()
-                if ev.type == "RunPaused":
-                    active.control.pause()
-                    self.logs.write(active.run.run_id, "paused")
-                elif ev.type == "RunResumed":
-                    active.control.resume()
-                    self.logs.write(active.run.run_id, "resumed")
-                elif ev.type == "RunCancelled":
-                    active.control.cancel()
-                    self.logs.write(active.run.run_id, "cancel asked for")
-            if ev.type == "RunDiscarded":
+                match e:
+                    case RunPaused():
+                        active.control.pause()
+                        self.logs.write(active.run.run_id, "paused")
+                    case RunResumed():
+                        active.control.resume()
+                        self.logs.write(active.run.run_id, "resumed")
+                    case RunCancelled():
+                        active.control.cancel()
+                        self.logs.write(active.run.run_id, "cancel asked for")
+            if isinstance(e, RunDiscarded):
                 self._discard_soon(ev)
-            if ev.type in ("RunQueued", "RunResumed", "RunSucceeded", "RunFailed",
-                           "RunCancelled", "RunInterrupted", "SettingsChanged", "JobUpdated"):
+            if e.wakes_runner:  # a run may start now (see Event.wakes_runner)
                 self._wake.set()
 
     def _discard_soon(self, ev: StoredEvent) -> None:

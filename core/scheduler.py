@@ -22,6 +22,7 @@ from core.errors import Conflict
 from core.state import JobView, State
 from events.record import StoredEvent
 from events.store import ConcurrencyError
+from events.types import Event, event_classes
 from models.job import interval_seconds
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,11 @@ MAX_SLEEP = 30.0  # seconds; bounds how late a wall-clock jump (suspend, NTP) is
 MIN_SLEEP = 0.05  # seconds; a floor so a due job that cannot start never spins the loop
 MIN_INTERVAL = 60  # seconds; what models.job accepts, checked again for state read as is
 
-# Events that can move a job's next time or unblock it: the sleeping loop re-plans.
-# Run endings matter because a job with a run going is left out of the plan.
-WAKE_EVENTS = frozenset({
-    "JobCreated", "JobUpdated", "JobEnabled", "JobDisabled", "JobDeleted", "RunQueued",
-    "RunSucceeded", "RunFailed", "RunCancelled", "RunDiscarded",
-})
+# Events that can move a job's next time or unblock it (Event.wakes_scheduler): the
+# sleeping loop re-plans. Run endings matter because a job with a run going is left out
+# of the plan.
+WAKE_EVENTS: frozenset[type[Event]] = frozenset(
+    cls for cls in event_classes() if cls.wakes_scheduler)
 
 
 def _utc_now() -> datetime:
@@ -171,7 +171,7 @@ class Scheduler:
 
     def on_events(self, events: Sequence[StoredEvent]) -> None:
         """Wake the loop when a committed batch can change what runs when (a listener)."""
-        if any(ev.type in WAKE_EVENTS for ev in events):
+        if any(ev.event.wakes_scheduler for ev in events):
             self._wake.set()
 
     def start(self) -> None:

@@ -10,15 +10,48 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from events.record import StoredEvent
+from events.types import (
+    AnyRunEvent,
+    Event,
+    JobCreated,
+    JobDeleted,
+    JobDisabled,
+    JobEnabled,
+    JobUpdated,
+    RestoreFinished,
+    RestoreStarted,
+    RunCancelled,
+    RunCheckpointed,
+    RunDiscarded,
+    RunEvent,
+    RunFailed,
+    RunInterrupted,
+    RunPaused,
+    RunQueued,
+    RunResumed,
+    RunStarted,
+    RunSucceeded,
+    SettingsChanged,
+    SnapshotPruned,
+    UnknownEvent,
+    VerifyFinished,
+)
 from models.ids import SETTINGS_STREAM
-from models.runs import ACTIVE_STATES, TERMINAL_STATES, next_run_state
+from models.runs import ACTIVE_STATES, TERMINAL_STATES
 from models.settings import DEFAULT_SETTINGS
 
-ACTIVITY_TYPES = ("RestoreStarted", "RestoreFinished", "VerifyFinished", "SnapshotPruned")
 MAX_ACTIVITY = 20
+
+# What State.apply does with each event type (tests/test_event_dispatch.py holds it to it).
+HANDLED: frozenset[type[Event]] = frozenset({
+    JobCreated, JobUpdated, JobEnabled, JobDisabled, JobDeleted, RunQueued, RunStarted,
+    RunCheckpointed, RunPaused, RunResumed, RunSucceeded, RunFailed, RunCancelled,
+    RunInterrupted, RunDiscarded, SnapshotPruned, RestoreStarted, RestoreFinished,
+    VerifyFinished, SettingsChanged})
+IGNORED: frozenset[type[Event]] = frozenset({UnknownEvent})
 
 
 @dataclass
@@ -92,40 +125,43 @@ class State:
         if ev.seq <= self.seq:
             return
         self.seq = ev.seq
-        p = ev.payload
+        e = ev.event
         if ev.stream == SETTINGS_STREAM:
-            if ev.type == "SettingsChanged":
-                self.settings.update(p.get("changes", {}))
+            if isinstance(e, SettingsChanged):
+                self.settings.update(e.changes)
             return
-        job = self.jobs.get(ev.stream)
-        if ev.type == "JobCreated":
-            self.jobs[ev.stream] = JobView(ev.stream, dict(p["spec"]), ev.version, ev.time,
+        if isinstance(e, JobCreated):
+            self.jobs[ev.stream] = JobView(ev.stream, dict(e.spec), ev.version, ev.time,
                                            ev.time)
             return
+        job = self.jobs.get(ev.stream)
         if job is None:
             return
         job.version = ev.version
-        if ev.type == "JobUpdated":
-            job.spec, job.updated = dict(p["spec"]), ev.time
-        elif ev.type in ("JobEnabled", "JobDisabled"):
-            job.spec = {**job.spec, "enabled": ev.type == "JobEnabled"}
-            job.updated = ev.time
-        elif ev.type == "JobDeleted":
-            del self.jobs[ev.stream]
-            self.finished_seq = ev.seq
-        elif ev.type == "RunQueued":
-            run = RunView(p["run_id"], ev.stream, "queued", p.get("trigger", "manual"),
-                          ev.time, ev.seq, kind=p.get("kind", "backup"),
-                          params=dict(p.get("params") or {}))
-            self.runs[run.run_id] = run
-            self._active[run.run_id] = run
-            job.run_ids.append(run.run_id)
-        elif ev.type.startswith("Run"):
-            self._apply_run(ev)
-        elif ev.type in ACTIVITY_TYPES:
-            if ev.type == "SnapshotPruned" and p.get("snapshot_id") in job.snapshots:
-                job.snapshots.remove(p["snapshot_id"])
-            job.activity.append({"seq": ev.seq, "time": ev.time, "type": ev.type, **p})
+        # Run events first: they are nearly all of a long log.
+        match e:
+            case RunEvent():
+                self._apply_run(ev, e, job)
+            case JobUpdated(spec=spec):
+                job.spec, job.updated = dict(spec), ev.time
+            case JobEnabled() | JobDisabled():
+                job.spec = {**job.spec, "enabled": isinstance(e, JobEnabled)}
+                job.updated = ev.time
+            case JobDeleted():
+                del self.jobs[ev.stream]
+                self.finished_seq = ev.seq
+            case SnapshotPruned(snapshot_id=snapshot_id):
+                if snapshot_id in job.snapshots:
+                    job.snapshots.remove(snapshot_id)
+            case RestoreStarted() | RestoreFinished() | VerifyFinished():
+                pass  # activity only, below
+            case JobCreated() | SettingsChanged() | UnknownEvent():
+                pass  # created above; settings live on their own stream; unknown: skipped
+            case _:
+                assert_never(e)
+        if e.activity:
+            job.activity.append({"seq": ev.seq, "time": ev.time, "type": ev.type,
+                                 **ev.payload})
             del job.activity[:-MAX_ACTIVITY]
 
     def apply_all(self, events: Iterable[StoredEvent]) -> None:
@@ -133,35 +169,45 @@ class State:
         for ev in events:
             self.apply(ev)
 
-    def _apply_run(self, ev: StoredEvent) -> None:
-        p = ev.payload
-        run = self.runs.get(p.get("run_id", ""))
+    def _apply_run(self, ev: StoredEvent, e: AnyRunEvent, job: JobView) -> None:
+        if isinstance(e, RunQueued):
+            queued = RunView(e.run_id, ev.stream, "queued", e.trigger, ev.time, ev.seq,
+                             kind=e.kind, params=dict(e.params or {}))
+            self.runs[e.run_id] = self._active[e.run_id] = queued
+            job.run_ids.append(e.run_id)
+            return
+        run = self.runs.get(e.run_id)
         if run is None:
             return
-        if ev.type == "RunCheckpointed":
-            run.checkpoint = dict(p.get("checkpoint", {}))
+        if isinstance(e, RunCheckpointed):
+            run.checkpoint = dict(e.checkpoint)
             return
         previous = run.state
-        run.state = next_run_state(previous, ev.type)
-        if ev.type == "RunStarted":
-            run.started = run.started or ev.time
-        elif ev.type == "RunResumed" and previous == "interrupted":
-            run.resumes += 1
-            run.queued_seq = ev.seq  # back in the queue, behind what is already waiting
-        elif ev.type == "RunInterrupted":
-            run.interrupted_reason = p.get("reason", "crash")
-        elif ev.type == "RunSucceeded":
-            run.snapshot_id = p.get("snapshot_id")
-            job = self.jobs.get(ev.stream)
-            # Only a backup makes a snapshot; a restore or verify names the one it read.
-            if job is not None and run.snapshot_id and run.kind == "backup":
-                job.snapshots.append(run.snapshot_id)
-            run.files, run.bytes = int(p.get("files", 0)), int(p.get("bytes", 0))
-            run.duration = float(p.get("duration", 0.0))
-            run.warnings = int(p.get("warnings", 0))
-            run.warning_samples = [str(w) for w in p.get("warning_samples", [])]
-        elif ev.type == "RunFailed":
-            run.error = p.get("error")
+        run.state = e.next_run_state(previous)
+        match e:
+            case RunStarted():
+                run.started = run.started or ev.time
+            case RunResumed():
+                if previous == "interrupted":
+                    run.resumes += 1
+                    run.queued_seq = ev.seq  # back in the queue, behind what is waiting
+            case RunInterrupted(reason=reason):
+                run.interrupted_reason = reason
+            case RunSucceeded():
+                run.snapshot_id = e.snapshot_id
+                # Only a backup makes a snapshot; a restore or verify names the one it read.
+                if run.snapshot_id and run.kind == "backup":
+                    job.snapshots.append(run.snapshot_id)
+                run.files, run.bytes = int(e.files), int(e.bytes)
+                run.duration = float(e.duration)
+                run.warnings = int(e.warnings)
+                run.warning_samples = [str(w) for w in e.warning_samples]
+            case RunFailed(error=error):
+                run.error = error
+            case RunPaused() | RunCancelled() | RunDiscarded():
+                pass  # the state is all they change
+            case _:
+                assert_never(e)
         if run.state in TERMINAL_STATES:
             run.finished = ev.time
             self.finished_seq = ev.seq

@@ -15,6 +15,7 @@ from aiohttp import web
 from core.build import CoreConfig, build_core
 from events.record import StoredEvent
 from events.store import FOREGROUND_CHECK_MAX, EventStore
+from events.types import SettingsChanged
 from server import handlers
 from server.api import setup_api_routes
 from server.assets import StaticAssets
@@ -135,8 +136,8 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         def on_settings(events: Sequence[StoredEvent]) -> None:
             # Only a change of the level itself: saving the theme must not undo a level
             # given at start or by a reload.
-            if any(ev.type == "SettingsChanged"
-                   and "log_level" in ev.payload.get("changes", {}) for ev in events):
+            if any(isinstance(e := ev.event, SettingsChanged) and "log_level" in e.changes
+                   for ev in events):
                 levels.settings_changed()
 
         app[STORE].notifier.add_listener(on_settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from core.queries import parse_time
+from events.types import topic_map
 from models.runs import INTERRUPT_REASONS
 from models.settings import THEMES
 from server.errors import Handler
@@ -24,6 +26,8 @@ FLASH_COOKIE = "bm_flash"
 FLASH_KINDS = ("ok", "error", "warn")
 YEAR = 365 * 24 * 3600
 SAFE_PATH = re.compile(r"/(?![/\\])[\x21-\x5b\x5d-\x7e]*")  # one leading slash, no backslash
+# Which page topics each event type refreshes, for web/static/app.js (from the classes).
+EVENT_TOPICS = json.dumps(topic_map(), separators=(",", ":"), sort_keys=True)
 
 
 def theme_of(request: web.Request) -> str:
@@ -69,6 +73,7 @@ async def page_context(request: web.Request) -> dict[str, Any]:
         "csrf_token": request.app[CSRF_TOKEN],
         "flash": _flash(request),
         "last_seq": request.app[STORE].last_seq,
+        "event_topics": EVENT_TOPICS,
         "interrupted": interrupted,
         "interrupt_reasons": INTERRUPT_REASONS,
         "job_names": {r.job_id: state.jobs[r.job_id].spec.get("name", r.job_id)

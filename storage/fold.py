@@ -10,13 +10,49 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from typing import Any, assert_never
 
 from events.record import StoredEvent
-from models.runs import RUN_STATE_EVENTS, TERMINAL_STATES, next_run_state
+from events.types import (
+    AnyRunEvent,
+    Event,
+    JobCreated,
+    JobDeleted,
+    JobDisabled,
+    JobEnabled,
+    JobUpdated,
+    RestoreFinished,
+    RestoreStarted,
+    RunCancelled,
+    RunCheckpointed,
+    RunDiscarded,
+    RunEvent,
+    RunFailed,
+    RunInterrupted,
+    RunPaused,
+    RunQueued,
+    RunResumed,
+    RunStarted,
+    RunSucceeded,
+    SettingsChanged,
+    SnapshotPruned,
+    UnknownEvent,
+    VerifyFinished,
+)
+from models.runs import TERMINAL_STATES
 from models.settings import DEFAULT_SETTINGS
 
 Doc = dict[str, Any]
+
+# What each fold does with each event type (tests/test_event_dispatch.py holds them to it).
+JOB_HANDLED: frozenset[type[Event]] = frozenset({
+    JobCreated, JobUpdated, JobEnabled, JobDisabled, JobDeleted, RunQueued, RunStarted,
+    RunCheckpointed, RunPaused, RunResumed, RunSucceeded, RunFailed, RunCancelled,
+    RunInterrupted, RunDiscarded, SnapshotPruned, RestoreStarted, RestoreFinished,
+    VerifyFinished})
+JOB_IGNORED: frozenset[type[Event]] = frozenset({SettingsChanged, UnknownEvent})
+SETTINGS_HANDLED: frozenset[type[Event]] = frozenset({SettingsChanged})
+SETTINGS_IGNORED: frozenset[type[Event]] = JOB_HANDLED | {UnknownEvent}
 
 # Terminal runs beyond this many are dropped from the YAML file (the log keeps them all);
 # runs that are still active are never dropped.
@@ -35,15 +71,16 @@ def initial_settings() -> Doc:
 
 def fold_settings(doc: Doc, ev: StoredEvent) -> Doc:
     """Apply one settings-stream event to the settings document."""
-    if ev.type == "SettingsChanged":
-        doc["settings"].update(ev.payload.get("changes", {}))
+    e = ev.event
+    if isinstance(e, SettingsChanged):  # nothing else belongs on the settings stream
+        doc["settings"].update(e.changes)
         doc["updated"] = ev.time
     doc["version"], doc["last_seq"] = ev.version, ev.seq
     return doc
 
 
-def _new_job(ev: StoredEvent) -> Doc:
-    spec = dict(ev.payload.get("spec", {}))
+def _new_job(ev: StoredEvent, e: JobCreated) -> Doc:
+    spec = dict(e.spec)
     return {
         "id": ev.stream,
         "name": spec.pop("name", ev.stream),
@@ -79,109 +116,118 @@ def _trim_runs(doc: Doc) -> None:
     doc["runs"] = kept
 
 
-def _fold_run(doc: Doc, ev: StoredEvent) -> None:
-    p = ev.payload
-    run_id = p.get("run_id", "")
-    if ev.type == "RunQueued":
-        entry: Doc = {"run_id": run_id, "state": "queued",
-                      "trigger": p.get("trigger", "manual"), "queued": ev.time}
-        kind = p.get("kind", "backup")
-        if kind != "backup":  # only then: files of backup runs stay as they were
-            entry["kind"] = kind
-            params = {k: v for k, v in (p.get("params") or {}).items()
-                      if not _SECRET_KEY.search(k)}
+def _fold_run(doc: Doc, ev: StoredEvent, e: AnyRunEvent) -> None:
+    if isinstance(e, RunQueued):
+        entry: Doc = {"run_id": e.run_id, "state": "queued", "trigger": e.trigger,
+                      "queued": ev.time}
+        if e.kind != "backup":  # only then: files of backup runs stay as they were
+            entry["kind"] = e.kind
+            params = {k: v for k, v in (e.params or {}).items() if not _SECRET_KEY.search(k)}
             if params:
                 entry["params"] = params
         doc["runs"].insert(0, entry)
         doc["totals"]["runs"] += 1
         _trim_runs(doc)
         return
-    run = _find_run(doc, run_id)
+    run = _find_run(doc, e.run_id)
     if run is None:  # a run older than the kept window: the log still has it
         return
-    if ev.type == "RunCheckpointed":
-        run["checkpoint"] = p.get("checkpoint", {})
+    if isinstance(e, RunCheckpointed):
+        run["checkpoint"] = e.checkpoint
         run["checkpointed"] = ev.time
         return
-    run["state"] = next_run_state(run["state"], ev.type)
-    if ev.type == "RunStarted":
-        run.setdefault("started", ev.time)
-    elif ev.type == "RunInterrupted":
-        run["interrupted"] = {"time": ev.time, "reason": p.get("reason", "crash")}
-    elif ev.type == "RunResumed":
-        run.pop("interrupted", None)
+    run["state"] = e.next_run_state(run["state"])
+    match e:
+        case RunStarted():
+            run.setdefault("started", ev.time)
+        case RunInterrupted(reason=reason):
+            run["interrupted"] = {"time": ev.time, "reason": reason}
+        case RunResumed():
+            run.pop("interrupted", None)
+        case RunSucceeded() | RunFailed() | RunCancelled() | RunPaused() | RunDiscarded():
+            pass  # endings below, once the entry is tidied
+        case _:
+            assert_never(e)
     if run["state"] in TERMINAL_STATES:
         run["finished"] = ev.time
         run.pop("checkpoint", None)
         run.pop("checkpointed", None)
         run.pop("interrupted", None)
-    if ev.type == "RunSucceeded":
-        stats = {"snapshot_id": p.get("snapshot_id"), "files": p.get("files", 0),
-                 "bytes": p.get("bytes", 0), "duration": p.get("duration", 0.0)}
-        run.update(stats)
-        if p.get("warnings"):  # only then: files of runs without warnings stay as they were
-            run["warnings"] = p["warnings"]
-            run["warning_samples"] = list(p.get("warning_samples", []))
-        if run.get("kind", "backup") != "backup":
-            return  # a restore, verify or prune makes no snapshot and no backup totals
-        doc["totals"]["succeeded"] += 1
-        doc["totals"]["bytes"] += int(stats["bytes"] or 0)
-        doc["last_success"] = {"run_id": run_id, "finished": ev.time,
-                               "snapshot_id": stats["snapshot_id"]}
-        doc["snapshots"].append({"id": stats["snapshot_id"], "run_id": run_id,
-                                 "created": ev.time, "files": stats["files"],
-                                 "bytes": stats["bytes"]})
-    elif ev.type == "RunFailed":
-        run["error"] = p.get("error", "")
-        doc["totals"]["failed"] += 1
-    elif ev.type == "RunCancelled":
-        doc["totals"]["cancelled"] += 1
+    match e:
+        case RunSucceeded():
+            _succeeded(doc, run, ev, e)
+        case RunFailed(error=error):
+            run["error"] = error
+            doc["totals"]["failed"] += 1
+        case RunCancelled():
+            doc["totals"]["cancelled"] += 1
+        case _:
+            pass
     _trim_runs(doc)
 
 
-def _fold_snapshot(doc: Doc, ev: StoredEvent) -> None:
-    p = ev.payload
-    snapshot_id = p.get("snapshot_id")
-    if ev.type == "SnapshotPruned":
-        doc["snapshots"] = [s for s in doc["snapshots"] if s["id"] != snapshot_id]
-        return
-    snap = next((s for s in doc["snapshots"] if s["id"] == snapshot_id), None)
-    if ev.type == "VerifyFinished":
-        if snap is not None:
-            snap["verified"] = {"time": ev.time, "ok": bool(p.get("ok")),
-                                "problems": list(p.get("problems", []))[:20]}
-    elif ev.type == "RestoreStarted":
-        doc["last_restore"] = {"snapshot_id": snapshot_id, "target": p.get("target"),
-                               "path": p.get("path"), "started": ev.time, "state": "running"}
-    elif ev.type == "RestoreFinished":
-        restore = doc.get("last_restore") or {"snapshot_id": snapshot_id}
-        restore.update({"target": p.get("target"), "finished": ev.time,
-                        "files": p.get("files", 0), "bytes": p.get("bytes", 0),
-                        "state": "failed" if p.get("error") else "succeeded",
-                        "error": p.get("error")})
-        doc["last_restore"] = restore
+def _succeeded(doc: Doc, run: Doc, ev: StoredEvent, e: RunSucceeded) -> None:
+    stats = {"snapshot_id": e.snapshot_id, "files": e.files, "bytes": e.bytes,
+             "duration": e.duration}
+    run.update(stats)
+    if e.warnings:  # only then: files of runs without warnings stay as they were
+        run["warnings"] = e.warnings
+        run["warning_samples"] = list(e.warning_samples)
+    if run.get("kind", "backup") != "backup":
+        return  # a restore, verify or prune makes no snapshot and no backup totals
+    doc["totals"]["succeeded"] += 1
+    doc["totals"]["bytes"] += int(e.bytes or 0)
+    doc["last_success"] = {"run_id": e.run_id, "finished": ev.time,
+                           "snapshot_id": e.snapshot_id}
+    doc["snapshots"].append({"id": e.snapshot_id, "run_id": e.run_id, "created": ev.time,
+                             "files": e.files, "bytes": e.bytes})
+
+
+def _snapshot(doc: Doc, snapshot_id: str) -> Doc | None:
+    return next((s for s in doc["snapshots"] if s["id"] == snapshot_id), None)
 
 
 def fold_job(doc: Doc | None, ev: StoredEvent) -> Doc | None:
     """Apply one job-stream event to a job document; None means the job does not exist."""
-    if ev.type == "JobCreated":
-        return _new_job(ev)
+    e = ev.event
+    if isinstance(e, JobCreated):
+        return _new_job(ev, e)
     if doc is None:  # events of a deleted (or never created) job change nothing
         return None
-    if ev.type == "JobDeleted":
-        return None
-    if ev.type == "JobUpdated":
-        spec = dict(ev.payload.get("spec", {}))
-        doc["name"] = spec.pop("name", doc["name"])
-        doc["enabled"] = bool(spec.pop("enabled", doc["enabled"]))
-        doc["spec"] = spec
-        doc["updated"] = ev.time
-    elif ev.type in ("JobEnabled", "JobDisabled"):
-        doc["enabled"] = ev.type == "JobEnabled"
-        doc["updated"] = ev.time
-    elif ev.type in RUN_STATE_EVENTS or ev.type == "RunCheckpointed":
-        _fold_run(doc, ev)
-    elif ev.type in ("SnapshotPruned", "VerifyFinished", "RestoreStarted", "RestoreFinished"):
-        _fold_snapshot(doc, ev)
+    # Run events first: they are nearly all of a long log.
+    match e:
+        case RunEvent():
+            _fold_run(doc, ev, e)
+        case JobDeleted():
+            return None
+        case JobUpdated(spec=spec):
+            spec = dict(spec)
+            doc["name"] = spec.pop("name", doc["name"])
+            doc["enabled"] = bool(spec.pop("enabled", doc["enabled"]))
+            doc["spec"] = spec
+            doc["updated"] = ev.time
+        case JobEnabled() | JobDisabled():
+            doc["enabled"] = isinstance(e, JobEnabled)
+            doc["updated"] = ev.time
+        case SnapshotPruned(snapshot_id=snapshot_id):
+            doc["snapshots"] = [s for s in doc["snapshots"] if s["id"] != snapshot_id]
+        case VerifyFinished(snapshot_id=snapshot_id):
+            snap = _snapshot(doc, snapshot_id)
+            if snap is not None:
+                snap["verified"] = {"time": ev.time, "ok": bool(e.ok),
+                                    "problems": list(e.problems)[:20]}
+        case RestoreStarted(snapshot_id=snapshot_id):
+            doc["last_restore"] = {"snapshot_id": snapshot_id, "target": e.target,
+                                   "path": e.path, "started": ev.time, "state": "running"}
+        case RestoreFinished(snapshot_id=snapshot_id):
+            restore = doc.get("last_restore") or {"snapshot_id": snapshot_id}
+            restore.update({"target": e.target, "finished": ev.time, "files": e.files,
+                            "bytes": e.bytes, "state": "failed" if e.error else "succeeded",
+                            "error": e.error})
+            doc["last_restore"] = restore
+        case JobCreated() | SettingsChanged() | UnknownEvent():
+            pass  # created above; settings have their own stream; unknown: skipped
+        case _:
+            assert_never(e)
     doc["version"], doc["last_seq"] = ev.version, ev.seq
     return doc

@@ -18,17 +18,16 @@
   var MAX_LOG_LINES = 1000;
   var LEVELS = { DEBUG: 10, INFO: 20, WARNING: 30, ERROR: 40, CRITICAL: 50 };
 
-  // Which htmx triggers (listened to by fragments as `bm-... from:body`) an event touches.
-  // Checkpoints touch nothing shown (progress comes on its own), so they refresh nothing:
-  // refreshing every few seconds would also take keyboard focus away from the buttons.
+  // Which htmx triggers (listened to by fragments as `bm-... from:body`) an event touches:
+  // the server renders the map from the event classes (events/types.py `topics`) into
+  // <body data-topics>. Checkpoints touch nothing shown (progress comes on its own), so
+  // they refresh nothing: refreshing every few seconds would also take keyboard focus
+  // away from the buttons. A type this page does not know refreshes nothing either.
+  var TOPICS = (function () {
+    try { return JSON.parse(body.dataset.topics || "{}"); } catch (e) { return {}; }
+  })();
   function topicsOf(type) {
-    if (type === "RunCheckpointed") return [];
-    if (type.indexOf("Job") === 0) return ["bm-jobs"];
-    if (type === "RunSucceeded" || type === "SnapshotPruned") return ["bm-runs", "bm-snapshots"];
-    if (type.indexOf("Run") === 0) return ["bm-runs"];
-    if (type.indexOf("Restore") === 0 || type.indexOf("Verify") === 0) return ["bm-snapshots"];
-    if (type === "SettingsChanged") return ["bm-settings"];
-    return [];
+    return Object.prototype.hasOwnProperty.call(TOPICS, type) ? TOPICS[type] : [];
   }
 
   var connection = ["connecting", "Connecting…"];
