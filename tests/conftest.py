@@ -26,6 +26,8 @@ SLOW_MODULES = frozenset({
     "test_deploy", "test_browser_journey", "test_browser_a11y", "test_browser_smoke",
     "test_safety_restic", "test_safety_runs", "test_safety_eventlog", "test_recovery",
     "test_safety_children", "test_cli", "test_leftover_programs", "test_web_build",
+    # rsync run for real on each odd case (a second apiece); test_engine_rsync stays fast.
+    "test_safety_rsync",
 })
 # Single tests of several seconds in otherwise quick modules (gigabytes of sparse zeros
 # hashed, a browser, a worker killed and resumed, hundreds of generated inputs, a client
@@ -45,6 +47,8 @@ SLOW_TESTS = frozenset({
     "test_a_snapshot_names_its_job_and_links_only_to_its_own_jobs_snapshots",
     "test_a_flood_of_log_records_is_cut_not_queued",
     "test_pause_resume_and_cancel_through_the_api",
+    "test_retention_prunes_after_success_and_records_it",
+    "test_pause_stops_rsync_resume_continues_cancel_cleans_up",
 })
 
 
