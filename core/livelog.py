@@ -29,7 +29,7 @@ MAX_LIVE_PENDING = 1000
 # fetches included), and loggers a WebSocket send itself may write to, which would
 # feed back (send -> log -> broadcast -> send).
 QUIET_LOGGERS = ("aiohttp.access", "aiohttp.websocket", "events.notifier", "core.live",
-                 "server.ws", __name__)
+                 __name__)
 
 
 class LogBroadcast:
