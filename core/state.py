@@ -142,6 +142,7 @@ class State:
         match e:
             case RunEvent():
                 self._apply_run(ev, e, job)
+                return
             case JobUpdated(spec=spec):
                 job.spec, job.updated = dict(spec), ev.time
             case JobEnabled() | JobDisabled():

@@ -70,10 +70,13 @@ class StoredEvent:
     def event(self) -> AnyEvent:
         """The event as the class it was written as, decoded once (UnknownEvent if this
         version has no such type)."""
-        decoded: AnyEvent | None = self._cache.get("event")
+        cache = self._cache
+        decoded: AnyEvent | None = cache.get("event")
         if decoded is None:
-            decoded = event_from_payload(self.type, self.payload)
-            self._cache["event"] = decoded
+            payload = cache.get("payload")
+            if payload is None:
+                payload = cache["payload"] = _decode(self.payload_json)[0]
+            decoded = cache["event"] = event_from_payload(self.type, payload)
         return decoded
 
     def to_json(self) -> str:

@@ -51,8 +51,8 @@ class Event:
 
 _REGISTRY: dict[str, type[Event]] = {}
 _FIELDS: dict[type[Event], frozenset[str]] = {}
-# Classes whose instances may be filled field by field without __init__ (no __post_init__).
-_DIRECT: set[type[Event]] = set()
+# Classes whose instances may be filled without __init__ (no __post_init__), by name.
+_DIRECT: dict[str, tuple[type[Event], frozenset[str]]] = {}
 
 
 def event_type(cls: type[Event]) -> type[Event]:
@@ -63,7 +63,7 @@ def event_type(cls: type[Event]) -> type[Event]:
     _REGISTRY[cls.__name__] = cls
     _FIELDS[cls] = frozenset(f.name for f in dataclasses.fields(cls))
     if not hasattr(cls, "__post_init__"):
-        _DIRECT.add(cls)
+        _DIRECT[cls.__name__] = (cls, _FIELDS[cls])
     return cls
 
 
@@ -90,17 +90,18 @@ UnknownEvent.type_name = "UnknownEvent"
 
 def event_from_payload(type_name: str, payload: dict[str, Any]) -> AnyEvent:
     """Rebuild an event object from its stored name and payload (UnknownEvent if unreadable)."""
+    direct = _DIRECT.get(type_name)
+    if direct is not None and payload.keys() == direct[1]:
+        # Every field there, as this version writes them: fill the frozen instance at once.
+        # The generated __init__ sets each field through object.__setattr__, which made
+        # a replay of a long log a fifth slower.
+        event = object.__new__(direct[0])
+        event.__dict__.update(payload)
+        return event  # type: ignore[return-value]
     cls = _REGISTRY.get(type_name)
     if cls is None:
         return UnknownEvent(type_name, payload)
     names = _FIELDS[cls]
-    if payload.keys() == names and cls in _DIRECT:
-        # Every field there, as this version writes them: fill the frozen instance at once.
-        # The generated __init__ sets each field through object.__setattr__, which made
-        # a replay of a long log a fifth slower.
-        event = object.__new__(cls)
-        event.__dict__.update(payload)
-        return event  # type: ignore[return-value]
     try:  # fields an older version did not write take their defaults; newer ones are dropped
         return cls(**{k: v for k, v in payload.items() if k in names})  # type: ignore[return-value]
     except TypeError:  # a field this version needs is missing

@@ -105,6 +105,7 @@ def _find_run(doc: Doc, run_id: str) -> Doc | None:
 
 
 def _trim_runs(doc: Doc) -> None:
+    """Drop ended runs beyond the RUNS_KEPT most recent (the document never holds more)."""
     kept: list[Doc] = []
     terminal = 0
     for run in doc["runs"]:  # most recent first
@@ -127,7 +128,6 @@ def _fold_run(doc: Doc, ev: StoredEvent, e: AnyRunEvent) -> None:
                 entry["params"] = params
         doc["runs"].insert(0, entry)
         doc["totals"]["runs"] += 1
-        _trim_runs(doc)
         return
     run = _find_run(doc, e.run_id)
     if run is None:  # a run older than the kept window: the log still has it
@@ -148,7 +148,8 @@ def _fold_run(doc: Doc, ev: StoredEvent, e: AnyRunEvent) -> None:
             pass  # endings below, once the entry is tidied
         case _:
             assert_never(e)
-    if run["state"] in TERMINAL_STATES:
+    ended = run["state"] in TERMINAL_STATES
+    if ended:
         run["finished"] = ev.time
         run.pop("checkpoint", None)
         run.pop("checkpointed", None)
@@ -163,7 +164,8 @@ def _fold_run(doc: Doc, ev: StoredEvent, e: AnyRunEvent) -> None:
             doc["totals"]["cancelled"] += 1
         case _:
             pass
-    _trim_runs(doc)
+    if ended:  # only an ending can leave more than RUNS_KEPT ended runs to drop
+        _trim_runs(doc)
 
 
 def _succeeded(doc: Doc, run: Doc, ev: StoredEvent, e: RunSucceeded) -> None:
