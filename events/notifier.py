@@ -1,4 +1,8 @@
-"""In-process notifier: wakes subscribers after each commit, with bounded queues."""
+"""In-process notifier: hands each committed batch to listeners and bounded subscriber queues.
+
+It carries committed events only; progress ticks and log lines, which may be lost, go
+through their own feed (core/live.py).
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,24 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from events.record import StoredEvent
 
 log = logging.getLogger(__name__)
 
-# What a subscriber receives: a committed event, or a transient message (progress ticks)
-# that is broadcast but never stored.
-Item = StoredEvent | dict[str, Any]
-
 
 class Subscription:
     """One subscriber's bounded queue; it overflows rather than slowing the publisher."""
 
-    def __init__(self, notifier: Notifier, limit: int, transient: bool) -> None:
+    def __init__(self, notifier: Notifier, limit: int) -> None:
         self._notifier = notifier
-        self.transient = transient
-        self._items: deque[Item] = deque()
+        self._items: deque[StoredEvent] = deque()
         self._wake = asyncio.Event()
         self.limit = limit
         self.overflowed = False
         self.closed = False
 
-    def offer(self, items: Sequence[Item]) -> None:
+    def offer(self, items: Sequence[StoredEvent]) -> None:
         """Queue items without waiting; mark the subscription overflowed when full."""
         if self.overflowed or self.closed:
             return
@@ -48,13 +46,13 @@ class Subscription:
             self._wake.clear()
             await self._wake.wait()
 
-    def take(self) -> list[Item]:
+    def take(self) -> list[StoredEvent]:
         """Return and forget what is queued (empty once overflowed or closed)."""
         items = list(self._items)
         self._items.clear()
         return items
 
-    async def get(self) -> list[Item]:
+    async def get(self) -> list[StoredEvent]:
         """Wait for and return everything queued so far (empty once overflowed or closed)."""
         await self.wait()
         return self.take()
@@ -81,7 +79,7 @@ class Subscription:
 
 
 class Notifier:
-    """Fans committed events and transient messages out to every subscriber."""
+    """Fans committed events out to every listener and subscriber."""
 
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
@@ -93,9 +91,9 @@ class Notifier:
         wakes: in-memory state is current by the time an append returns to its caller."""
         self._listeners.append(listener)
 
-    def subscribe(self, limit: int = 10_000, transient: bool = True) -> Subscription:
-        """Start receiving what is published from now on (transient messages too if asked)."""
-        sub = Subscription(self, limit, transient)
+    def subscribe(self, limit: int = 10_000) -> Subscription:
+        """Start receiving what is committed from now on."""
+        sub = Subscription(self, limit)
         self._subscriptions.add(sub)
         return sub
 
@@ -120,12 +118,6 @@ class Notifier:
                 log.exception("event listener %r failed", listener)
         for sub in list(self._subscriptions):
             sub.offer(events)
-
-    def broadcast(self, message: dict[str, Any]) -> None:
-        """Deliver a transient message (not stored) to every subscriber."""
-        for sub in list(self._subscriptions):
-            if sub.transient:
-                sub.offer((message,))
 
     def close_all(self) -> None:
         """Close every subscription, waking their readers."""

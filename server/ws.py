@@ -12,7 +12,6 @@ from aiohttp import WSCloseCode, web
 
 from core.live import LiveSubscription
 from events.notifier import Subscription
-from events.record import StoredEvent
 from events.store import EventStore, StoreUnavailable
 from server.errors import BadRequest
 from server.keys import CONFIG, LIVE, STORE, WEBSOCKETS
@@ -62,7 +61,7 @@ async def _tail(ws: web.WebSocketResponse, store: EventStore, sub: Subscription,
             live_ready = None if live_ready.done() else live_ready
             # Both taken at once: a live message stamped with seq s came after event s, and
             # event s is already in hand (it was queued before the message was published).
-            items, messages = sub.take(), live.take()
+            events, messages = sub.take(), live.take()
             if sub.overflowed:
                 await ws.close(code=CLOSE_TOO_SLOW,
                                message=f"client fell behind; reconnect with since={last}".encode())
@@ -71,19 +70,16 @@ async def _tail(ws: web.WebSocketResponse, store: EventStore, sub: Subscription,
                 return
             queued = iter(messages)
             pending = next(queued, None)
-            for item in items:
-                if isinstance(item, StoredEvent):
-                    while pending is not None and pending[0] < item.seq:
-                        await ws.send_str(json.dumps(pending[1]))
-                        pending = next(queued, None)
-                    if item.seq <= last:
-                        continue  # already sent during the replay
-                    if item.seq > last + 1:
-                        last = await _send_stored(ws, store, last, item.seq - 1)
-                    await ws.send_str(item.to_json())
-                    last = item.seq
-                else:  # a transient message still sent through the notifier
-                    await ws.send_str(json.dumps(item))
+            for ev in events:
+                while pending is not None and pending[0] < ev.seq:
+                    await ws.send_str(json.dumps(pending[1]))
+                    pending = next(queued, None)
+                if ev.seq <= last:
+                    continue  # already sent during the replay
+                if ev.seq > last + 1:
+                    last = await _send_stored(ws, store, last, ev.seq - 1)
+                await ws.send_str(ev.to_json())
+                last = ev.seq
             while pending is not None:
                 await ws.send_str(json.dumps(pending[1]))
                 pending = next(queued, None)

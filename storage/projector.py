@@ -65,7 +65,7 @@ class Projector:
             for ev in events:
                 projection.apply_to_stream(ev)
         # Subscribe before catching up so nothing committed meanwhile is missed.
-        self._sub = self.store.notifier.subscribe(limit=1, transient=False)
+        self._sub = self.store.notifier.subscribe(limit=1)
         try:
             await self._catch_up()
         except OSError as err:
