@@ -53,6 +53,7 @@ class Core:
         self.live = LiveFeed()
         self.webhooks = WebhookSender(self.state)
         self.runner = Runner(store, self.state, self.logs, self.webhooks, self.live)
+        self.commands.runner = self.runner  # delete_job(stop_runs=True) waits through it
         self.scheduler = Scheduler(self.state, self.commands)
         self.queries = Queries(self.state, self.scheduler)
         self._projecting = self._loaded = self._started = False

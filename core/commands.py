@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from core import operations
 from core.errors import Conflict, Invalid, NotFound
 from core.fs_threads import run_path_check
-from core.ownership import Owner
+from core.ownership import Owner, owners_except
 from core.pathcheck import PathReport, check_paths
 from core.protected import destination_refusal
 from core.state import JobView, RunView, State
@@ -120,8 +120,7 @@ class Commands:
 
     def other_owners(self, job_id: str | None) -> list[Owner]:
         """Every job's destination but this job's: where a save or restore may not go."""
-        return [Owner(j.job_id, str(j.spec.get("name")), str(j.spec.get("destination")))
-                for j in self.state.jobs.values() if j.job_id != job_id]
+        return owners_except(((j.job_id, j.spec) for j in self.state.jobs.values()), job_id)
 
     def protected(self) -> list[str]:
         """Folders no destination and no restore may write into (the data directory)."""
@@ -206,8 +205,7 @@ class Commands:
         await self._decide_and_append(job_id, switch)
         return self.state.jobs[job_id]
 
-    async def delete_job(self, job_id: str, stop_runs: bool = False,
-                         runner: RunWaiter | None = None) -> None:
+    async def delete_job(self, job_id: str, stop_runs: bool = False) -> None:
         """Delete a job; refused while it has a run that is not finished.
 
         With `stop_runs`, its runs are cancelled (interrupted ones discarded) first and
@@ -215,10 +213,9 @@ class Commands:
         """
         if stop_runs:
             await self.stop_runs(job_id)
-            waiter = runner or self.runner
-            if waiter is not None:
+            if self.runner is not None:
                 try:
-                    await waiter.wait_stopped(job_id)
+                    await self.runner.wait_stopped(job_id)
                 except TimeoutError as err:
                     raise Conflict("the job's run did not stop within a minute; try "
                                    "again") from err

@@ -34,6 +34,12 @@ class Owner:
                    str(spec.get("engine") or ""))
 
 
+def owners_except(jobs: Iterable[tuple[str, Mapping[str, Any]]], job_id: str | None
+                  ) -> list[Owner]:
+    """The owners of every job's destination but `job_id`'s (jobs as (id, spec) pairs)."""
+    return [Owner.of(other, spec) for other, spec in jobs if other != job_id]
+
+
 def local_path(destination: str, engine: str = "") -> str | None:
     """The local path a destination names (restic's "local:/x" too), or None for a URL."""
     path = local_destination(engine, destination)

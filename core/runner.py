@@ -26,7 +26,7 @@ from core.outcome import (
     storable,
     warning_samples,
 )
-from core.ownership import Owner, owner_conflict
+from core.ownership import Owner, owner_conflict, owners_except
 from core.pruning import Pruning
 from core.pruning import backup_spec as backup_spec  # where core.operations finds it
 from core.runlog import RunLogs
@@ -357,8 +357,7 @@ class Runner:
 
     def other_owners(self, job_id: str) -> list[Owner]:
         """Every other job's destination."""
-        return [Owner(j.job_id, str(j.spec.get("name")), str(j.spec.get("destination")))
-                for j in self.state.jobs.values() if j.job_id != job_id]
+        return owners_except(((j.job_id, j.spec) for j in self.state.jobs.values()), job_id)
 
     def checkpoint_of(self, run: RunView) -> dict[str, Any]:
         """The run's latest checkpoint as the log holds it."""

@@ -76,8 +76,8 @@ ENGINES: tuple[EngineInfo, ...] = (
                LocalFolder(), combined=_gzip_level),
     EngineInfo("rsync", "snapshot folders made by rsync", "engines.rsync:RsyncEngine",
                (_BWLIMIT, _CHECKSUM), LocalFolder()),
-    # The restic engine works on a local repository today (engines/restic_proc.py opens
-    # its folder); ResticRepository(remote=True) lets URLs through once it can use them.
+    # The restic engine works on a local repository today (engines/restic/cli.py repo_for
+    # opens its folder); ResticRepository(remote=True) lets URLs through once it can.
     EngineInfo("restic", "a restic repository", "engines.restic:ResticEngine",
                (Option("password_file", "absolute path", "the file whose first line is the "
                        "repository password; it must exist and be readable", abs_path,

@@ -11,7 +11,7 @@ from core import operations
 from core.pathcheck import path_warnings_off_loop
 from core.state import JobView, RunView
 from server.errors import BadRequest
-from server.keys import COMMANDS, RUNNER, SCHEDULER, STATE
+from server.keys import COMMANDS, SCHEDULER, STATE
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -94,7 +94,7 @@ async def delete_job(request: web.Request) -> web.Response:
     """Delete a job; refused while a run is going unless `?cancel=true` stops it first."""
     job_id = request.match_info["job_id"]
     stop = request.query.get("cancel", "").lower() in ("1", "true", "yes")
-    await request.app[COMMANDS].delete_job(job_id, stop_runs=stop, runner=request.app[RUNNER])
+    await request.app[COMMANDS].delete_job(job_id, stop_runs=stop)
     return web.json_response({"deleted": job_id})
 
 

@@ -32,7 +32,6 @@ from server.keys import (
     CONFIG,
     CSRF_TOKEN,
     LIVE,
-    OPERATIONS,
     PROJECTOR,
     QUERIES,
     RUNNER,
@@ -176,7 +175,6 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_security_headers)
     app[CONFIG] = config
     app[WEBSOCKETS] = set()
-    app[OPERATIONS] = set()  # no longer filled: restores and verifies are runs now
     app[ASSETS] = StaticAssets(WEB_DIR / "static")
     setup_templates(app, WEB_DIR / "templates")
     app[aiohttp_jinja2.APP_CONTEXT_PROCESSORS_KEY] = [aiohttp_jinja2.request_processor,

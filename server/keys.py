@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from aiohttp import web
 
 from core.commands import Commands
@@ -32,7 +29,6 @@ QUERIES = web.AppKey("queries", Queries)
 ASSETS = web.AppKey("assets", StaticAssets)
 CSRF_TOKEN = web.AppKey("csrf_token", str)
 # Restores and verifies started from a page run in the background; shutdown waits for them.
-OPERATIONS = web.AppKey("operations", set[asyncio.Task[Any]])
 # The access token when one is set (server/auth.py), else None: loopback needs no sign-in.
 AUTH_TOKEN: web.AppKey[str | None] = web.AppKey("auth_token")
 SESSION_KEY = web.AppKey("session_key", str)

@@ -106,7 +106,8 @@ def fold_runs(runs: Iterable[RunView], version: int) -> JobFigures:
     figures = JobFigures(version)
     last_success: RunView | None = None
     for run in runs:
-        if run.state not in TERMINAL_STATES:
+        # Restores, verifies and prunes are runs too, but back nothing up.
+        if run.state not in TERMINAL_STATES or run.kind != "backup":
             continue
         figures.outcomes[run.state] += 1
         if run.state == "succeeded":

@@ -255,8 +255,7 @@ async def job_delete(request: web.Request) -> web.StreamResponse:
     if form.get("confirm") != "delete":
         return redirect(page, ("error", "Deleting needs the confirmation."))
     try:
-        await commands.delete_job(job.job_id, stop_runs=form.get("cancel_runs") == "on",
-                                  runner=request.app[RUNNER])
+        await commands.delete_job(job.job_id, stop_runs=form.get("cancel_runs") == "on")
     except FLASH_ERROR_TYPES as err:
         return redirect(page, ("error", str(err)))
     return redirect(_url(request, "jobs"), ("ok", f"Job “{job.spec['name']}” deleted. Its "

@@ -24,6 +24,7 @@ from server.keys import STORE
 from tests.api_helpers import wait_run
 from tests.conftest import AppClient, job_spec
 from tests.engine_helpers import make_tree
+from tests.operation_helpers import operation
 
 Client = TestClient[web.Request, web.Application]
 # What Prometheus 2.x sends when it scrapes.
@@ -147,6 +148,18 @@ async def test_a_real_backup_shows_in_every_run_figure(app_client: Client,
         pytest.approx(seconds(second["finished"]))
     assert m.value("backup_manager_run_duration_seconds_count", outcome="succeeded") == 2
     assert not m.find("backup_manager_runs_total", job_name="Home docs")
+
+    # A restore is a run too, but nothing was backed up by it: the backup figures stay.
+    restored = await operation(app_client, f"/api/jobs/{job_id}/snapshots/"
+                               f"{second['snapshot_id']}/restore",
+                               {"target": str(tmp_path / "restored")})
+    assert restored["state"] == "succeeded" and restored["bytes"] > 0, restored
+    m = await scrape(app_client)
+    assert m.value("backup_manager_runs_total", **labels, outcome="succeeded") == 2
+    assert m.value("backup_manager_backed_up_bytes_total", **labels) == \
+        run["bytes"] + second["bytes"]
+    assert m.value("backup_manager_last_success_timestamp_seconds", **labels) == \
+        pytest.approx(seconds(second["finished"]))
 
     # A deleted job's series end; the histogram (no job label) does not go backwards.
     assert (await app_client.delete(f"/api/jobs/{job_id}")).status == 200

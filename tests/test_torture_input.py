@@ -45,7 +45,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from server.keys import CONFIG, OPERATIONS, STATE, STORE
+from server.keys import CONFIG, RUNNER, STATE, STORE
 from tests.api_helpers import wait_run
 from tests.engine_helpers import write
 from tests.page_helpers import csrf_of, field_errors
@@ -187,11 +187,18 @@ def short(value: Any) -> str:
     return text if len(text) <= 300 else f"{text[:300]}... ({len(text)} chars)"
 
 
+def busy(client: Client) -> bool:
+    """Whether a run (a backup, or a restore or verify a form queued) waits or runs."""
+    return bool(client.app[RUNNER].active) or any(
+        r.state in ("queued", "running") for r in client.app[STATE].active_runs())
+
+
 async def settle(client: Client) -> None:
-    """Let restores and verifies started in the background by a form finish."""
-    ops = set(client.app[OPERATIONS])
-    if ops:
-        await asyncio.wait(ops, timeout=15)
+    """Let runs a form queued (restores, verifies, backups) finish, for up to 15 s."""
+    for _ in range(300):  # polled: runs end on the runner's tasks, not on an event here
+        if not busy(client):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def quiet(client: Client, within: float = 30) -> None:
@@ -202,7 +209,7 @@ async def quiet(client: Client, within: float = 30) -> None:
             await settle(client)
             seq = store.last_seq
             await asyncio.sleep(0.3)
-            if store.last_seq == seq and not client.app[OPERATIONS]:
+            if store.last_seq == seq and not busy(client):
                 return
 
 
