@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from core.live import LiveFeed
+from events.types import JobDisabled, JobEnabled
+from server.keys import LIVE, STORE
+from tests.conftest import created
 
 
 async def test_messages_reach_every_subscriber_in_order() -> None:
@@ -37,3 +41,20 @@ async def test_close_all_wakes_a_waiting_reader() -> None:
     assert await asyncio.wait_for(reader, 1) == []
     feed.publish({"n": 1})  # nobody left: nothing queued, nothing raised
     assert sub.closed and feed.subscriber_count == 0
+
+
+async def test_the_websocket_sends_live_messages_in_their_place_among_events(
+        app_client: Any) -> None:
+    store, live = app_client.app[STORE], app_client.app[LIVE]
+    async with app_client.ws_connect("/ws") as ws:
+        assert (await ws.receive_json(timeout=5))["kind"] == "hello"
+        for _ in range(3):
+            # Published between two commits, with nothing read in between: still between.
+            await store.append("docs-1", None, [created("docs-1")] if store.last_seq == 0
+                               else [JobEnabled(job_id="docs-1")])
+            live.publish({"kind": "progress", "run_id": "r-1", "after": store.last_seq})
+        await store.append("docs-1", None, [JobDisabled(job_id="docs-1")])
+        got = [await ws.receive_json(timeout=5) for _ in range(7)]
+    order = [m.get("seq", m.get("after")) for m in got]
+    assert order == [1, 1, 2, 2, 3, 3, 4]
+    assert [m.get("kind") for m in got[1::2]] == ["progress"] * 3
