@@ -105,7 +105,8 @@ class Scheduler:
         base = max(_parse_time(job.created), _parse_time(job.updated))
         for run_id in reversed(job.run_ids):  # newest last, so the first found is the latest
             run = self.state.runs.get(run_id)
-            if run is not None:
+            # Only backups: a restore or verify of the job must not push its schedule back.
+            if run is not None and run.kind == "backup":
                 return max(base, _parse_time(run.queued))
         return base
 
@@ -157,7 +158,9 @@ class Scheduler:
 
     def _blocked(self, job: JobView) -> bool:
         """Whether a due job must wait for its unfinished run (logged once per run)."""
-        active = self.state.active_runs(job.job_id)
+        # A restore or verify in the way does not hold the backup back: the runner queues
+        # it behind them (one run per destination).
+        active = [r for r in self.state.active_runs(job.job_id) if r.kind == "backup"]
         if not active:
             self._reported_blocked.pop(job.job_id, None)
             return False
@@ -204,8 +207,8 @@ class Scheduler:
         try:
             now = self.clock()
             # A job with a run going is left out, or a due one would spin the loop;
-            # the run's end wakes us (WAKE_EVENTS).
-            busy = {run.job_id for run in self.state.active_runs()}
+            # the run's end wakes us (its event's wakes_scheduler).
+            busy = {run.job_id for run in self.state.active_runs() if run.kind == "backup"}
             times = [when for job_id, when in self.due_soon() if job_id not in busy]
         except Exception:
             log.exception("scheduler could not plan its next tick")

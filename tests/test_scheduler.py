@@ -22,7 +22,7 @@ from core.commands import Commands
 from core.scheduler import Scheduler
 from core.state import JobView, RunView, State
 from events.store import EventStore
-from events.types import JobUpdated, RunStarted, RunSucceeded
+from events.types import JobUpdated, RunQueued, RunStarted, RunSucceeded
 
 T0 = datetime(2025, 3, 10, 9, 17, tzinfo=UTC)  # a Monday morning, not on any slot
 
@@ -170,6 +170,22 @@ async def test_due_job_with_an_unfinished_run_waits_for_it(
     await env.finish(manual)
     assert len(await env.scheduler.tick()) == 1
     assert [r.trigger for r in env.runs(job)] == ["manual", "schedule"]
+
+
+async def test_a_restore_run_neither_pushes_the_schedule_back_nor_holds_it(env: Env) -> None:
+    """Restores and verifies are runs of the job, but only backups count for its schedule."""
+    job = await env.job("often", "every 2 hours")
+    env.clock.set(T0 + timedelta(hours=1))
+    await env.store.append(job.job_id, None, [RunQueued(
+        job_id=job.job_id, run_id="r-restore", trigger="manual", kind="restore",
+        params={"snapshot_id": "s-1", "target": str(env.tmp / "back")})])
+    assert env.scheduler.next_run(job) == T0 + timedelta(hours=2)
+
+    env.clock.set(T0 + timedelta(hours=2))  # the restore still waits: the backup queues
+    started = await env.scheduler.tick()
+    assert len(started) == 1
+    assert [(r.kind, r.trigger) for r in env.runs(job)] == [("restore", "manual"),
+                                                             ("backup", "schedule")]
 
 
 async def test_disabled_job_never_runs_and_counts_from_being_enabled(env: Env) -> None:
