@@ -252,3 +252,12 @@ async def test_pages_carry_the_topic_map_of_the_event_classes(app_client: Any) -
     assert served["RunResumed"] == ["bm-runs"] and served["JobDeleted"] == ["bm-jobs"]
     assert served["VerifyFinished"] == ["bm-snapshots"]
     assert served["SettingsChanged"] == ["bm-settings"]
+
+
+def test_every_activity_event_has_its_own_markup_on_the_job_page() -> None:
+    """The job page includes partials/activity/<type>.html: one for each activity type."""
+    folder = Path(__file__).resolve().parent.parent / "web/templates/partials/activity"
+    activity = {cls.type_name for cls in event_classes() if cls.activity}
+    assert activity == {"RestoreStarted", "RestoreFinished", "VerifyFinished",
+                        "SnapshotPruned"}
+    assert {p.stem for p in folder.glob("*.html")} == activity
