@@ -15,7 +15,7 @@ from typing import Any
 from core.runlog import RunLogs
 from core.state import RunView, State
 from engines.base import BackupSpec, EngineError
-from engines.registry import get_engine
+from engines.registry import destination_kind, get_engine
 from events.types import Event, SnapshotPruned
 from models.retention import Retention
 
@@ -25,7 +25,8 @@ Record = Callable[[str, list[Event]], Awaitable[bool]]
 def backup_spec(spec: Mapping[str, Any], job_id: str) -> BackupSpec:
     """The engine-facing spec of a job's spec."""
     return BackupSpec.build(spec["sources"], spec["destination"], spec.get("include", ()),
-                            spec.get("exclude", ()), spec.get("options", {}), job_id)
+                            spec.get("exclude", ()), spec.get("options", {}), job_id,
+                            destination_kind(str(spec.get("engine", ""))))
 
 
 class Pruning:

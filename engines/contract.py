@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from engines.control import RunControl
+from engines.destinations import DestinationKind, LocalFolder
 from engines.errors import (
     DestinationInsideSource,
     DestinationNotWritable,
@@ -35,7 +36,7 @@ class BackupSpec:
     """What to back up and where: the engine-facing part of a job."""
 
     sources: tuple[Path, ...]
-    destination: Path
+    destination: Path  # the local folder the engine writes (for a local destination)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -43,14 +44,25 @@ class BackupSpec:
     # and restore only ever see their own job's snapshots (issue 12, item 1). Empty for
     # callers outside a job (benchmarks), which then see every snapshot.
     job_id: str = ""
+    # The destination exactly as the job gives it, and how its engine reads it (from
+    # engines.registry): a remote one (a repository URL) is not a local folder to check.
+    location: str = ""
+    kind: DestinationKind = field(default_factory=LocalFolder)
 
     @classmethod
     def build(cls, sources: Sequence[str | Path], destination: str | Path,
               include: Sequence[str] = (), exclude: Sequence[str] = (),
-              options: Mapping[str, Any] | None = None, job_id: str = "") -> BackupSpec:
+              options: Mapping[str, Any] | None = None, job_id: str = "",
+              kind: DestinationKind | None = None) -> BackupSpec:
         """Make a spec from plain values (paths as strings are fine)."""
         return cls(tuple(Path(s) for s in sources), Path(destination), tuple(include),
-                   tuple(exclude), dict(options or {}), job_id)
+                   tuple(exclude), dict(options or {}), job_id, str(destination),
+                   kind or LocalFolder())
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the destination is a folder on this machine (not a remote repository)."""
+        return not self.kind.is_remote(self.location or str(self.destination))
 
     def source_names(self) -> dict[str, Path]:
         """Map each source's top-level name in a snapshot to its path."""
@@ -81,7 +93,12 @@ class BackupSpec:
         self.source_names()
 
     def check_destination(self) -> None:
-        """Raise a clear error if the destination is inside a source or not writable."""
+        """Raise a clear error if a local destination is inside a source or not writable.
+
+        A remote destination is checked by the engine when it opens it.
+        """
+        if not self.is_local:
+            return
         dest = self.destination
         if not dest.is_absolute():
             raise DestinationNotWritable(f"destination {dest} is not an absolute path")

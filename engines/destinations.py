@@ -42,6 +42,10 @@ class DestinationKind(ABC):
     def local_path(self, text: str) -> Path | None:
         """The local folder the destination writes, or None for a remote one."""
 
+    def is_remote(self, text: str) -> bool:
+        """Whether the destination is reached over the network (opened by the engine)."""
+        return False
+
     def key(self, text: str) -> str:
         """Its identity: the local path normalised, or the normalised text otherwise."""
         local = self.local_path(text)
@@ -106,6 +110,10 @@ class ResticRepository(DestinationKind):
         if not value.partition(":")[2].strip("/"):
             raise ValueError(f"destination {value!r} names no repository after {scheme}:")
         return value
+
+    def is_remote(self, text: str) -> bool:
+        """Whether it is a repository URL (sftp:, s3:, ...), not a local path."""
+        return _scheme(text) in RESTIC_SCHEMES
 
     def local_path(self, text: str) -> Path | None:
         """The path of a local repository ("/x" or "local:/x"), or None for a URL."""

@@ -161,3 +161,31 @@ def test_every_destination_kind_cleans_any_text_to_a_stable_destination_or_a_mes
         assert kind.key(clean) == kind.key(clean + "/") or not clean.startswith("/")
         local = kind.local_path(clean)
         assert local is None or (local.is_absolute() and ".." not in local.parts)
+
+
+def test_the_engine_spec_reads_its_destination_the_way_its_engine_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local folder is checked (made, refused inside a source); a URL is left to restic."""
+    from core.pruning import backup_spec
+    from engines.base import BackupSpec, DestinationInsideSource, DestinationNotWritable
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    local = backup_spec({"engine": "mirror", "sources": [str(src)],
+                         "destination": str(tmp_path / "b")}, "j1")
+    assert local.is_local and local.location == str(tmp_path / "b")
+    local.check_destination()
+    assert (tmp_path / "b").is_dir()
+    with pytest.raises(DestinationInsideSource):
+        backup_spec({"engine": "rsync", "sources": [str(src)],
+                     "destination": str(src / "in")}, "j1").check_destination()
+    with pytest.raises(DestinationNotWritable, match="not an absolute path"):
+        BackupSpec.build([src], "relative/b").check_destination()
+    # A repository URL is not a folder here: nothing named after it is made.
+    url = "sftp:backup@host:/srv/repo"
+    remote = BackupSpec.build([src], url, kind=ResticRepository(remote=True))
+    assert not remote.is_local and remote.location == url
+    remote.check_destination()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "src"]
+    assert backup_spec({"engine": "restic", "sources": [str(src)],
+                        "destination": "/srv/repo"}, "j1").is_local
