@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -174,7 +175,19 @@ class _RestoreReporter:
 
 
 async def restore(runner: Runner, active: ActiveRun, spec: Mapping[str, Any]) -> Done:
-    """Restore a snapshot (or a path in it) into the target the run was queued with."""
+    """Restore a snapshot (or a path in it) into the target the run was queued with,
+    unless another restore is writing the same folders now (see _WRITING)."""
+    run = active.run
+    target = Path(str(run.params["target"]))
+    real = await asyncio.to_thread(os.path.realpath, target)  # a hung mount: off the loop
+    _claim_target(run.run_id, target, real, spec, run.params.get("path") or None)
+    try:
+        return await _restore(runner, active, spec)
+    finally:
+        del _WRITING[run.run_id]
+
+
+async def _restore(runner: Runner, active: ActiveRun, spec: Mapping[str, Any]) -> Done:
     run = active.run
     params = run.params
     snapshot_id, target = str(params["snapshot_id"]), Path(str(params["target"]))
@@ -219,6 +232,36 @@ async def restore(runner: Runner, active: ActiveRun, spec: Mapping[str, Any]) ->
                 f"into {target}",
                 (finished,) if reporter.recorded else (started, finished),
                 tuple(reporter.warnings))
+
+
+# Restores writing now, in this process: run id -> the real paths each writes
+# (target/<source name>, or target/<path>). Two jobs have two destinations, so their
+# restores may run at once; each checks its target before writing, so two writing the
+# same folder name into one target would both pass and the later one would silently
+# replace the other's files though neither allowed overwriting.
+_WRITING: dict[str, frozenset[str]] = {}
+
+
+def _claim_target(run_id: str, target: Path, real: str, spec: Mapping[str, Any],
+                  path: str | None) -> None:
+    """Record what this restore writes (under `real`, the target's real path), or raise
+    EngineError naming the restore already writing there (checked and recorded with no
+    await between, so of two starting at once one wins)."""
+    mine = (frozenset({os.path.normpath(os.path.join(real, path.lstrip("/")))}) if path
+            else frozenset(os.path.join(real, name) for name in written_names(spec, None)))
+    for other, theirs in _WRITING.items():
+        clash = next((a for a in mine for b in theirs if _overlap(a, b)), None)
+        if clash is not None:
+            raise EngineError(f"restore target {target} is being written by another "
+                              f"restore (run {other}), which restores into {clash} too; "
+                              "wait for it to end, then restore again (with overwrite if "
+                              "this one should replace what it wrote)")
+    _WRITING[run_id] = mine
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one path is the other or inside it."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
 # --- verify -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from core.errors import Invalid, NotFound
 from core.ownership import Owner, local_path
 from core.protected import restore_refusal, written_relation
 from core.pruning import backup_spec
-from core.restore_leftovers import written_names
+from core.restore_leftovers import RESTIC_STAGING, written_names
 from core.state import JobView
 from engines.base import (
     BackupSpec,
@@ -90,7 +90,10 @@ async def restore_params(job: JobView, snapshot_id: str, data: dict[str, Any],
         raise Invalid("path must be a path inside the snapshot", {"path": "not a path"})
     if path is not None:
         try:
-            check_rel_path(path)
+            # Kept as the engines read it: "/src/docs", "./src/docs" and "src/docs/" are
+            # "src/docs", so the checks below (and a crashed run's sweep) take the
+            # folder it writes, target/src, and not target itself.
+            path = check_rel_path(path)
         except EngineError as err:
             raise Invalid(str(err), {"path": str(err)}) from err
     refusal = await asyncio.to_thread(target_refusal, str(target), job, path,
@@ -130,7 +133,7 @@ def preflight_restore(engine: Any, spec: BackupSpec, snapshot_id: str, target: P
     """Run the engine's restore checks only; raise what it refuses (in a worker thread).
 
     The engine creates the target (and restic a staging folder in it) before its first
-    "restoring" report; what this created is removed again, empty folders only.
+    "restoring" report; those are removed again, when empty.
     """
     missing = _missing_parents(target)
     before = set(_listing(target))
@@ -140,9 +143,14 @@ def preflight_restore(engine: Any, spec: BackupSpec, snapshot_id: str, target: P
     except _Checked:
         pass
     finally:
+        # Only restic's staging folder is made in the target before the first
+        # "restoring" report; any other new name is someone else's (another job's
+        # restore into the same target made its folder meanwhile, empty until its files
+        # come) and stays, even empty.
         for name in set(_listing(target)) - before:
-            with contextlib.suppress(OSError):
-                os.rmdir(target / name)  # empty only: nothing of anyone's is lost
+            if name.startswith(RESTIC_STAGING):
+                with contextlib.suppress(OSError):
+                    os.rmdir(target / name)  # empty only: nothing of anyone's is lost
         for folder in missing:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)

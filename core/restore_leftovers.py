@@ -24,6 +24,8 @@ MARGIN = 1.0  # seconds of clock granularity allowed when comparing with the sta
 
 def written_names(spec: Mapping[str, Any], path: str | None) -> set[str]:
     """The names a restore writes directly under its target."""
+    if path:  # as the engines read it ("/src/x", "./src/x"): not '' or '.', the target
+        path = posixpath.normpath("/" + path).lstrip("/") or None
     return ({path.split("/", 1)[0]} if path else
             {posixpath.basename(str(s).rstrip("/")) or "root"
              for s in spec.get("sources") or ()})
