@@ -67,8 +67,16 @@ class Pruning:
         policy = self.policy(spec)
         if policy.keeps_everything:
             return []
+        # A restore or verify accepted (queued, maybe behind this very backup) was told
+        # its snapshot is there: retention must not take it away before it runs.
+        held = {str(r.params.get("snapshot_id")) for r in self.state.active_runs(run.job_id)
+                if r.kind in ("restore", "verify") and r.params.get("snapshot_id")}
         removed: list[str] = await asyncio.to_thread(get_engine(spec["engine"]).prune,
-                                                     backup_spec(spec, run.job_id), policy)
+                                                     backup_spec(spec, run.job_id), policy,
+                                                     held)
+        if held:
+            self.logs.write(run.run_id, "kept for a restore or verify waiting for it: "
+                                        f"{', '.join(sorted(held))}")
         if removed:
             await self.record(run.job_id, [SnapshotPruned(job_id=run.job_id, snapshot_id=s)
                                            for s in removed])

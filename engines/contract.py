@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -157,11 +157,15 @@ class Engine(ABC):
     def tidy(self, spec: BackupSpec) -> None:  # noqa: B027 - optional: most have nothing
         """Remove leftovers of killed attempts that cannot belong to a run still going."""
 
-    def prune(self, spec: BackupSpec, policy: Retention) -> list[str]:
-        """Remove the snapshots a retention policy does not keep; return their ids."""
+    def prune(self, spec: BackupSpec, policy: Retention, hold: Collection[str] = ()
+              ) -> list[str]:
+        """Remove the snapshots a retention policy does not keep; return their ids.
+
+        Snapshots in `hold` stay whatever the policy says (a restore waits for them).
+        """
         snaps = self.snapshots(spec)
         keep = snapshots_to_keep(((s.id, s.time) for s in snaps), policy)
-        doomed = [s.id for s in snaps if s.id not in keep]
+        doomed = [s.id for s in snaps if s.id not in keep and s.id not in hold]
         if doomed:
             self.delete_snapshots(spec, doomed)
         return doomed

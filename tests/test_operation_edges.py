@@ -504,9 +504,6 @@ def test_the_queue_time_check_keeps_a_folder_made_meanwhile_by_someone_else(
 # --- retention and a restore waiting for its snapshot -----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="retention after a backup prunes a snapshot a queued "
-                   "restore was accepted for; the engines' prune takes no snapshots to "
-                   "keep, and core/pruning.py is outside this change")
 @pytest.mark.timeout(60)
 async def test_a_backups_retention_keeps_the_snapshot_a_queued_restore_waits_for(
         app_client: Client, tmp_path: Path) -> None:
@@ -524,6 +521,12 @@ async def test_a_backups_retention_keeps_the_snapshot_a_queued_restore_waits_for
     run = await wait_run(app_client, run_id, {"succeeded", "failed", "cancelled"})
     assert run["state"] == "succeeded", run  # accepted with a 202, then its snapshot went
     assert (target / "src" / "a.txt").read_bytes() == b"yesterday"
+    # Held only while the restore waited: the next backup's retention prunes it.
+    again = await app_client.post(f"/api/jobs/{job_id}/start", json={})
+    assert (await wait_run(app_client, (await again.json())["run_id"],
+                           {"succeeded"}))["state"] == "succeeded"
+    listed = (await (await app_client.get(f"/api/jobs/{job_id}/snapshots")).json())["snapshots"]
+    assert snap not in {s["id"] for s in listed} and len(listed) == 1, listed
 
 
 # --- paths as a person types them -------------------------------------------------------------
