@@ -28,6 +28,8 @@ SLOW_MODULES = frozenset({
     "test_safety_children", "test_cli", "test_leftover_programs", "test_web_build",
     # rsync run for real on each odd case (a second apiece); test_engine_rsync stays fast.
     "test_safety_rsync",
+    # Restore, verify and prune runs at the edges, on every engine (restic's take seconds).
+    "test_operation_edges",
 })
 # Single tests of several seconds in otherwise quick modules (gigabytes of sparse zeros
 # hashed, a browser, a worker killed and resumed, hundreds of generated inputs, a client
