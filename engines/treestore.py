@@ -160,6 +160,10 @@ class TreeSnapshots(Engine):
                 control.safe_point()
                 out = safe_output_path(real_target, entry["path"])
                 if entry["type"] == "dir":
+                    if overwrite and os.path.lexists(out) and not out.is_dir():
+                        # Asked to overwrite: a file (or link) where the snapshot has a
+                        # folder is replaced like any file, not left to fail half-way.
+                        os.unlink(out)
                     out.mkdir(parents=True, exist_ok=True)
                     continue
                 leader = restored.get(entry.get("link") or "")

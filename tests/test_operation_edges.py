@@ -555,17 +555,8 @@ async def test_a_path_typed_with_a_trailing_slash_or_a_leading_one_is_answered_i
             assert not target.exists(), path
 
 
-FILE_FOR_FOLDER = pytest.mark.xfail(
-    strict=True, reason="mirror and rsync (engines/treestore.py) accept overwrite where a "
-    "file stands in place of a snapshot's folder, queue it, and fail part way through "
-    "writing (File exists); archive refuses it before queueing, restic replaces the file: "
-    "the fix is in the engine's check, outside core")
-
-
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("engine", [
-    pytest.param("mirror", marks=FILE_FOR_FOLDER), "archive",
-    pytest.param("rsync", marks=FILE_FOR_FOLDER), "restic"])
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_overwrite_where_a_file_stands_in_place_of_a_folder_ends_clearly(
         app_client: Client, tmp_path: Path, engine: str,
         request: pytest.FixtureRequest) -> None:
