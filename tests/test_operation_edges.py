@@ -9,20 +9,17 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.active import RunReporter
-from core.state import RunView
-from engines.base import Progress, Reporter
+from engines.base import Progress
 from engines.restic import restic_command, restic_env
 from server.keys import RUNNER, STORE
 from tests.api_helpers import Client, start, wait_run
 from tests.engine_helpers import make_tree, tree_signature, write
-from tests.operation_helpers import operation
+from tests.operation_helpers import HoldAt, hold_at, operation
 
 ENGINES = ["mirror", "archive", "rsync", "restic"]
 RESTIC = shutil.which("restic")
@@ -78,43 +75,7 @@ def restore_url(job_id: str, snap: str) -> str:
     return f"/api/jobs/{job_id}/snapshots/{snap}/restore"
 
 
-# --- holding a run at a moment (as tests/test_operation_runs.py does; test modules do not
-# import each other) ----------------------------------------------------------------------
-
-
-class HoldAt:
-    """A run's reporter that holds the engine's thread at a phase until released."""
-
-    def __init__(self, inner: Reporter, phase: str) -> None:
-        self.inner, self.phase = inner, phase
-        self.reached, self.release = threading.Event(), threading.Event()
-
-    def progress(self, progress: Progress) -> None:
-        """Hold once at the phase (30 s at most), then pass the report on."""
-        if progress.phase == self.phase and not self.reached.is_set():
-            self.reached.set()
-            self.release.wait(30)
-        self.inner.progress(progress)
-
-    def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Pass a checkpoint on."""
-        self.inner.checkpoint(state)
-
-    def warning(self, message: str) -> None:
-        """Pass a warning on."""
-        self.inner.warning(message)
-
-
-def hold_at(client: Client, phase: str) -> list[HoldAt]:
-    """Give every run the app starts from now on a HoldAt reporter; return them as made."""
-    runner = client.app[RUNNER]
-    made: list[HoldAt] = []
-
-    def reporter(run: RunView) -> Reporter:
-        made.append(HoldAt(RunReporter(runner, run, asyncio.get_running_loop()), phase))
-        return made[-1]
-    setattr(runner, "_reporter", reporter)  # noqa: B010 - the runner's hook for a moment
-    return made
+# --- holding a run at a moment (tests/operation_helpers.py hold_at) ----------------------
 
 
 async def held(holds: list[HoldAt]) -> HoldAt:
@@ -486,7 +447,6 @@ def test_the_queue_time_check_keeps_a_folder_made_meanwhile_by_someone_else(
     """The preflight removes what the engine made before its first "restoring" report;
     a folder another restore (or a person) made in the target meanwhile is not its own."""
     from core.operations import preflight_restore
-    from engines.base import Progress
 
     class Meanwhile:
         def restore(self, spec: Any, snapshot_id: str, target: Path, control: Any,

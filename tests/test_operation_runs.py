@@ -6,7 +6,6 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,51 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from core.active import RunReporter
 from core.restore_leftovers import MARGIN
-from core.state import RunView
-from engines.base import Progress, Reporter
 from server.keys import RUNNER, STATE, STORE
 from tests.api_helpers import start, wait_run
 from tests.engine_helpers import make_tree, tree_signature, write
-from tests.operation_helpers import operation
+from tests.operation_helpers import HoldAt, hold_at, operation
 
 Client = TestClient[web.Request, web.Application]
-
-
-class HoldAt:
-    """A run's reporter that holds the engine's thread at a phase until released."""
-
-    def __init__(self, inner: Reporter, phase: str) -> None:
-        self.inner, self.phase = inner, phase
-        self.reached, self.release = threading.Event(), threading.Event()
-
-    def progress(self, progress: Progress) -> None:
-        """Hold once at the phase (a few seconds at most), then pass the report on."""
-        if progress.phase == self.phase and not self.reached.is_set():
-            self.reached.set()
-            self.release.wait(30)
-        self.inner.progress(progress)
-
-    def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Pass a checkpoint on."""
-        self.inner.checkpoint(state)
-
-    def warning(self, message: str) -> None:
-        """Pass a warning on."""
-        self.inner.warning(message)
-
-
-def hold_at(client: Client, phase: str) -> list[HoldAt]:
-    """Give every run the app starts from now on a HoldAt reporter; return them as made."""
-    runner = client.app[RUNNER]
-    made: list[HoldAt] = []
-
-    def reporter(run: RunView) -> Reporter:
-        made.append(HoldAt(RunReporter(runner, run, asyncio.get_running_loop()), phase))
-        return made[-1]
-    setattr(runner, "_reporter", reporter)  # noqa: B010 - the runner's hook for a moment
-    return made
 
 
 async def backed_up(client: Client, src: Path, dest: Path,
