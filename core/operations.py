@@ -53,10 +53,9 @@ def target_refusal(target: str, job: JobView, path: str | None = None,
     `protected` (the server's data directory), by the same rule.
     """
     written = written_names(job.spec, path)
-    owners = [Owner(job.job_id, str(job.spec.get("name")), str(job.spec.get("destination"))),
-              *others]
+    owners = [Owner.of(job.job_id, job.spec), *others]
     for owner in owners:
-        dest = local_path(owner.destination)
+        dest = local_path(owner.destination, owner.engine)  # as the owner's engine reads it
         if dest is None:
             continue  # a remote repository: a local target cannot touch it
         # What the restore writes (target/<name>, symlinks followed) decides.
