@@ -107,8 +107,7 @@ async def set_enabled(request: web.Request) -> web.Response:
 
 async def start_job(request: web.Request) -> web.Response:
     """Queue a run of a job now."""
-    run = await request.app[COMMANDS].start_run(request.match_info["job_id"])
-    return web.json_response({"run_id": run.run_id, "state": run.state}, status=202)
+    return _queued(request, await request.app[COMMANDS].start_run(request.match_info["job_id"]))
 
 
 async def get_run(request: web.Request) -> web.Response:

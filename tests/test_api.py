@@ -37,6 +37,8 @@ async def test_full_lifecycle_with_the_mirror_engine(app_client: Client, tmp_pat
     start = await app_client.post(f"/api/jobs/{job_id}/start", json={})
     assert start.status == 202
     run_id = (await start.json())["run_id"]
+    # The same answer as a queued restore's: where to follow the run.
+    assert (await start.json())["url"] == f"/api/runs/{run_id}"
     run = await wait_run(app_client, run_id, {"succeeded", "failed"})
     assert run["state"] == "succeeded", run
     assert run["files"] > 100 and run["snapshot_id"]
