@@ -1,32 +1,61 @@
-"""Run the benchmarks: `python -m bench [--only append,replay,ws,engines,runtime,pages]`
-(`make bench`).
+"""Run the benchmarks: `python -m bench [--only append,replay,chain,ws,startup,engines,
+runtime,pages]` (`make bench`).
+
+Every speed figure is ours against a peer run interleaved in the same invocation (see
+bench/compare.py), printed with its ratio and spread and merged into bench/results.json.
 
 Knobs (environment): BENCH_APPEND_SECONDS (3), BENCH_REPLAY_EVENTS (1000000),
 BENCH_WS_CLIENTS (500), BENCH_WS_EVENTS (200), BENCH_WS_SPACING_MS (10),
-BENCH_WS_CLIENT_PROCS (2, for the aiohttp-client run); engines: BENCH_ENGINE_REPEATS (3),
-BENCH_SMALL_FILES (20000), BENCH_LARGE_MB (200, four such files), BENCH_NOCHANGE_FILES
+BENCH_WS_CLIENT_PROCS (2, for the aiohttp-client run); engines: BENCH_ENGINE_REPEATS (5),
+BENCH_SMALL_FILES (20000), BENCH_LARGE_MB (50, three such files), BENCH_NOCHANGE_FILES
 (100000), BENCH_DATA (/tmp/bm-bench-data, where generated data is kept between runs);
 runtime: BENCH_RUNTIME_RUNS (50), BENCH_RUNTIME_JOBS (1000), BENCH_RUNTIME_STARTS (200);
-pages: BENCH_PAGES_JOBS (1000), BENCH_PAGES_EVENTS (100000), BENCH_PAGES_REQUESTS (200).
+pages: BENCH_PAGES_JOBS (1000), BENCH_PAGES_EVENTS (100000), BENCH_PAGES_REQUESTS (200);
+startup: see bench/startup.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import inspect
 import platform
 import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from bench import engines, eventlog, pages, runtime
+from bench import eventlog
+from bench.compare import Comparison, format_comparisons, record
 
-BENCHMARKS = ("append", "replay", "chain", "ws", "engines", "runtime", "pages")
+LOG_BENCHMARKS = ("append", "replay", "chain", "ws")
+# name -> (module, function): each returns (or, if async, resolves to) a list of
+# Comparison and/or older Figure lines.
+OTHER_BENCHMARKS = {
+    "startup": ("bench.startup", "run_startup"),
+    "engines": ("bench.engines", "run_engines"),
+    "runtime": ("bench.runtime", "run_runtime"),
+    "pages": ("bench.pages", "run_pages"),
+}
+BENCHMARKS = LOG_BENCHMARKS + tuple(OTHER_BENCHMARKS)
+
+
+def _run_one(module_name: str, function: str) -> list[Any]:
+    """Import a benchmark module and run its entry point, awaiting it when async."""
+    result = getattr(importlib.import_module(module_name), function)()
+    if inspect.isawaitable(result):
+        result = asyncio.run(_await(result))
+    return list(result)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the selected benchmarks and print every figure next to its target."""
+    """Run the selected benchmarks, print every figure and record the comparisons."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(BENCHMARKS),
@@ -40,17 +69,23 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"SQLite {sqlite3.sqlite_version}, {platform.machine()}, "
           f"temp data under {eventlog.TMP_ROOT}")
     started = time.perf_counter()
-    log_benchmarks = [name for name in selected if name not in ("engines", "runtime", "pages")]
-    figures = asyncio.run(eventlog.run(log_benchmarks)) if log_benchmarks else []
-    if "engines" in selected:
-        figures += engines.run_engines()
-    if "runtime" in selected:
-        figures += asyncio.run(runtime.run_runtime())
-    if "pages" in selected:
-        figures += asyncio.run(pages.run_pages())
+    log_benchmarks = [name for name in selected if name in LOG_BENCHMARKS]
+    results: list[Any] = asyncio.run(eventlog.run(log_benchmarks)) if log_benchmarks else []
+    for name in selected:
+        if name in OTHER_BENCHMARKS:
+            results += _run_one(*OTHER_BENCHMARKS[name])
+    comparisons = [r for r in results if isinstance(r, Comparison)]
+    figures = [r for r in results if isinstance(r, eventlog.Figure)]
+    record(comparisons)
     print(f"\n== summary ({time.perf_counter() - started:.0f} s in all; figures are "
           f"printed, never asserted) ==")
-    print(eventlog.format_table(figures))
+    if comparisons:
+        print("ours against the peer run interleaved beside it (ratio = ours/peer, "
+              "median of the pairwise ratios):")
+        print(format_comparisons(comparisons))
+    if figures:
+        print("other figures:")
+        print(eventlog.format_table(figures))
     return 0
 
 
