@@ -8,19 +8,19 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar, cast
 
 import aiosqlite
 
 from events import sql
+from events.batch import build_rows, commit_rows
 from events.chain import (
     ChainCheck,
     ChainFault,
     readonly_connection,
-    row_hash,
 )
 from events.errors import (
     ChainBroken,
@@ -37,7 +37,7 @@ from events.errors import (
 from events.notifier import Notifier
 from events.reading import LogReading
 from events.record import GENESIS_HASH, Row, StoredEvent, utc_now_iso
-from events.types import Event, canonical_json
+from events.types import Event
 from events.watermark import MarkWriter, mark_path, missing_events, read_mark
 
 __all__ = ["ChainBroken", "ConcurrencyError", "EventStore", "EventsMissing", "LogTooNew",
@@ -45,6 +45,8 @@ __all__ = ["ChainBroken", "ConcurrencyError", "EventStore", "EventsMissing", "Lo
            "WriteFailed"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How many append calls one transaction may carry. Large enough that 100 concurrent
 # appenders share one fsync, small enough that one commit stays short.
@@ -306,48 +308,47 @@ class EventStore(LogReading):
         accepted: list[tuple[_AppendCall, list[StoredEvent]]] = []
         seq, prev_hash = self._last_seq, self._last_hash
         versions: dict[str, int] = {}
+        # One clock reading per transaction: every event of it is committed at once.
+        now = utc_now_iso()
         for call in batch:
-            current = versions.get(call.stream, self._versions.get(call.stream, 0))
+            current = versions.get(call.stream)
+            if current is None:
+                current = self._versions.get(call.stream, 0)
             if call.expected_version is not None and call.expected_version != current:
                 call.future.set_exception(ConcurrencyError(
                     f"stream {call.stream!r} is at version {current}, "
                     f"expected {call.expected_version}; nothing was written"))
                 continue
             try:
-                payloads = [canonical_json(ev.payload()) for ev in call.events]
-                # Lone surrogates survive json.dumps but not UTF-8; refuse them here so
+                # Lone surrogates survive json but not UTF-8; build_rows refuses them so
                 # one bad call fails alone instead of failing the whole group.
-                for text in (call.stream, *payloads):
-                    text.encode("utf-8")
+                call_rows = build_rows(call.stream, call.events, seq, current, now, prev_hash)
             except (TypeError, ValueError) as err:
                 call.future.set_exception(StoreError(f"event cannot be stored: {err}"))
                 continue
-            stored: list[StoredEvent] = []
-            now = utc_now_iso()
-            for offset, (ev, payload_json) in enumerate(zip(call.events, payloads, strict=True)):
-                row_seq, version = seq + 1 + offset, current + 1 + offset
-                prev_hash = row_hash(prev_hash, row_seq, call.stream, version, now,
-                                     ev.type_name, payload_json)
-                row: Row = (row_seq, call.stream, version, now, ev.type_name, payload_json,
-                            prev_hash)
-                rows.append(row)
-                stored.append(StoredEvent.from_row(row))
-            seq += len(stored)
-            versions[call.stream] = current + len(stored)
+            rows += call_rows
+            stored = [StoredEvent.from_row(row) for row in call_rows]
+            seq, prev_hash = call_rows[-1][0], call_rows[-1][6]
+            versions[call.stream] = current + len(call_rows)
             accepted.append((call, stored))
         return rows, accepted
+
+    def _on_writer_thread(self, work: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
+        """Run `work` with the writer's connection on its own thread: one round trip."""
+        # aiosqlite queues functions to its thread through _execute (what its every public
+        # method uses); it has no public way to run several statements in one trip.
+        run = cast(Callable[[Callable[[], T]], Awaitable[T]], self._writer._execute)
+        conn = self._writer._conn
+        return run(lambda: work(conn))
 
     async def _write_batch(self, batch: list[_AppendCall]) -> None:
         rows, accepted = self._prepare(batch)
         if not rows:
             return
         try:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            await self._writer.executemany(sql.INSERT_EVENT, rows)
-            await self._writer.execute("COMMIT")
+            mark_error = await self._on_writer_thread(
+                functools.partial(commit_rows, rows=rows, mark=self._mark))
         except sqlite3.Error as err:
-            with contextlib.suppress(sqlite3.Error):
-                await self._writer.execute("ROLLBACK")
             # Someone else wrote to the file (another process), or the disk failed: our
             # cached heads may be stale. Reload them, then give each call its own
             # transaction so one bad call cannot take the others down with it.
@@ -370,13 +371,8 @@ class EventStore(LogReading):
                      self.write_error_since)
             self.write_error = self.write_error_since = None
         committed = [ev for _, stored in accepted for ev in stored]
-        if self._mark is not None:
-            # Before any caller hears of these events: the mark never trails an ack.
-            try:
-                await asyncio.to_thread(self._mark.write, committed[-1].seq,
-                                        committed[-1].hash)
-            except OSError as err:  # the events are committed; only the check is weaker
-                log.warning("cannot record the acknowledged seq: %s", err)
+        if mark_error is not None:  # the events are committed; only the check is weaker
+            log.warning("cannot record the acknowledged seq: %s", mark_error)
         for call, stored in accepted:
             self._versions[call.stream] = stored[-1].version
             if not call.future.done():
