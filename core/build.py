@@ -19,6 +19,8 @@ from core.recovery import recover_runs, stop_leftover_programs
 from core.runlog import RunLogs
 from core.runner import Runner
 from core.scheduler import Scheduler
+from core.snapshot import SNAPSHOT_FILE
+from core.snapshots import StateSnapshots
 from core.state import State
 from core.webhooks import WebhookSender
 from events.store import EventStore
@@ -56,6 +58,7 @@ class Core:
         self.commands.runner = self.runner  # delete_job(stop_runs=True) waits through it
         self.scheduler = Scheduler(self.state, self.commands)
         self.queries = Queries(self.state, self.scheduler)
+        self.snapshots = StateSnapshots(store, self.state, config.data_dir / SNAPSHOT_FILE)
         self._projecting = self._loaded = self._started = False
         self._stop_log_broadcast: Callable[[], None] | None = None
 
@@ -69,12 +72,13 @@ class Core:
             return
         await self.projector.start()
         self._projecting = True
-        # Nothing appends before start (no command is served yet), so the replay and the
-        # listener below neither miss nor repeat an event. Not checked row by row: the
-        # start-up check of the whole chain covers these rows (and, for a large log
-        # checked in the background, stops commands and shows a banner if it fails).
-        async for page in self.store.iterate(since=0, verify=False):
-            self.state.apply_all(page)
+        # Nothing appends before start (no command is served yet), so the fold and the
+        # listener below neither miss nor repeat an event. From a snapshot whose event
+        # the log holds, then the tail, in pages that let a stop signal through. Not
+        # checked row by row: the start-up check of the whole chain covers these rows
+        # (and, for a large log checked in the background, stops commands and shows a
+        # banner if it fails).
+        await self.snapshots.load()
         self.store.notifier.add_listener(self.state.apply_all)
         self.store.notifier.add_listener(self.scheduler.on_events)
         self._loaded = True
@@ -87,6 +91,7 @@ class Core:
         self._stop_log_broadcast = install_log_broadcast(self.live, self.state, self.logs)
         self.runner.start()
         self.scheduler.start()
+        self.snapshots.start()
         self._started = True
 
     async def stop(self) -> None:
@@ -98,6 +103,9 @@ class Core:
         if self._stop_log_broadcast is not None:
             self._stop_log_broadcast()
             self._stop_log_broadcast = None
+        # The last snapshot after the runs stopped: the next start folds nothing. Only of
+        # a state loaded whole (a stop during the load leaves the old snapshot alone).
+        await self.snapshots.stop(final=self._loaded)
         self.logs.close()
         self.live.close_all()
         if self._projecting:

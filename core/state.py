@@ -8,8 +8,8 @@ committed event, so it never disagrees with the log.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, assert_never
 
 from events.record import StoredEvent
@@ -103,6 +103,10 @@ class JobView:
     def enabled(self) -> bool:
         """Whether the schedule may run this job."""
         return bool(self.spec.get("enabled", True))
+
+
+RUN_FIELDS = tuple(f.name for f in fields(RunView))
+JOB_FIELDS = tuple(f.name for f in fields(JobView))
 
 
 class State:
@@ -216,6 +220,35 @@ class State:
             self._active[run.run_id] = run
         else:
             self._active.pop(run.run_id, None)
+
+    # --- as plain data (core/snapshot.py keeps it in a file) ---------------------------
+
+    def run_rows(self) -> list[tuple[Any, ...]]:
+        """Every run as a tuple of RUN_FIELDS values, taken on the loop in one go.
+
+        The dicts and lists a run holds are replaced by apply, never changed in place,
+        so the tuples stay as they are while another thread encodes them.
+        """
+        return [tuple(run.__dict__.values()) for run in self.runs.values()]
+
+    def job_rows(self) -> list[tuple[Any, ...]]:
+        """Every job as a tuple of JOB_FIELDS values (its lists copied: apply appends)."""
+        return [(j.job_id, j.spec, j.version, j.created, j.updated, list(j.run_ids),
+                 list(j.activity), list(j.snapshots)) for j in self.jobs.values()]
+
+    def add_rows(self, jobs: Iterable[Sequence[Any]], runs: Iterable[Sequence[Any]]) -> None:
+        """Put back jobs and runs from rows as run_rows and job_rows give them."""
+        for row in jobs:
+            self.jobs[row[0]] = JobView(*row)
+        active = self._active
+        for row in runs:
+            run = self.runs[row[0]] = RunView(*row)
+            if run.state in ACTIVE_STATES:  # active_runs sorts them by queued_seq
+                active[run.run_id] = run
+
+    def take_over(self, other: State) -> None:
+        """Become `other` (a state loaded off the loop): every holder of this object sees it."""
+        self.__dict__.update(other.__dict__)
 
     def active_runs(self, job_id: str | None = None) -> list[RunView]:
         """Runs not finished yet (queued, running, paused, interrupted), in queue order."""

@@ -30,6 +30,7 @@ SELECT_RANGE = (
 )
 
 SELECT_HEAD_SEQ = "SELECT coalesce(max(seq), 0) FROM events"
+SELECT_HASH = "SELECT hash FROM events WHERE seq = ?"
 
 
 def row_hash(prev_hash: str, seq: int, stream: str, version: int, time: str,
@@ -117,15 +118,55 @@ class ChainCheck:
     checked: int = 0
     fault: ChainFault | None = None
     seconds: float = 0.0
+    tail_checked: int = 0  # the newest rows, checked before the store opened (run_tail)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def stop(self) -> None:
         """Ask a running check to give up at its next page (the store is closing)."""
         self._stop.set()
 
+    def run_tail(self, connect: Callable[[], sqlite3.Connection], db_path: Path,
+                 rows: int) -> ChainFault | None:
+        """Check the newest `rows` rows up to `upto` against the stored hash of the row
+        before them (a thread): a break in the tail is found before the server serves.
+
+        Not the whole check: `run` still walks every row from the first (it proves that
+        stored hash, and every stream's versions), in the background.
+        """
+        start = max(0, self.upto - rows)
+        verifier = ChainVerifier(start, GENESIS_HASH)
+        try:
+            conn = connect()
+            try:
+                if start > 0:
+                    row = conn.execute(SELECT_HASH, (start,)).fetchone()
+                    if row is None:
+                        return self._tail_failed(ChainFault(start, f"seq {start} is missing"))
+                    verifier.hash = row[0]
+                while verifier.seq < self.upto and not self._stop.is_set():
+                    page = conn.execute(SELECT_RANGE, (verifier.seq, self.upto,
+                                                       CHECK_PAGE)).fetchall()
+                    fault = verifier.feed(page) if page else ChainFault(
+                        verifier.seq + 1, f"seq {verifier.seq + 1} is missing (the log "
+                                          f"should go on to seq {self.upto})")
+                    self.tail_checked = verifier.checked
+                    if fault is not None:
+                        return self._tail_failed(fault)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as err:
+            self._tail_failed(ChainFault(verifier.seq + 1, f"the file is damaged: {err}"))
+            raise LogUnreadable(db_path, err) from err
+        return None
+
+    def _tail_failed(self, fault: ChainFault) -> ChainFault:
+        self.fault, self.state = fault, "failed"
+        return fault
+
     def as_dict(self) -> dict[str, Any]:
         """What /healthz shows of the check."""
         return {"state": self.state, "checked": self.checked, "of": self.upto,
+                "tail_checked": self.tail_checked,
                 "bad_seq": self.fault.seq if self.fault else None,
                 "error": str(self.fault) if self.fault else None}
 
