@@ -5,35 +5,46 @@ never ran or was changed since, from its last change. So a schedule missed while
 server was down runs once on start, not once per missed slot: one run moves the base
 to now. A job whose run is still going is not started again; its missed slot runs
 once that run finishes. Cron expressions are read in UTC by croniter.
+
+The work grows with what changes, not with the number of jobs: each job's next time is
+kept with the inputs it was worked out from (its plan), and the times wait in a heap
+keyed by time. A job's time is worked out again only when that job changes or a
+backup of it is queued (its events say so, or its inputs no longer match when it is
+read); a tick looks at the due head of the heap only. The first plan of every job, and
+any large batch of changes, is worked out on a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
-
-from croniter import CroniterError, croniter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from core.commands import Commands
 from core.errors import Conflict
+from core.schedule_times import PlanInput, PlanOutput, plan_many, plan_one
 from core.state import JobView, State
 from events.record import StoredEvent
 from events.store import ConcurrencyError
 from events.types import Event, event_classes
-from models.job import interval_seconds
 
 log = logging.getLogger(__name__)
 
 MAX_SLEEP = 30.0  # seconds; bounds how late a wall-clock jump (suspend, NTP) is noticed
 MIN_SLEEP = 0.05  # seconds; a floor so a due job that cannot start never spins the loop
-MIN_INTERVAL = 60  # seconds; what models.job accepts, checked again for state read as is
+# Changed jobs worked out on the loop at once; more go to a worker thread (an import of
+# many jobs, the first plan) so the loop never parses cron in bulk.
+INLINE_PLANS = 16
 
 # Events that can move a job's next time or unblock it (Event.wakes_scheduler): the
-# sleeping loop re-plans. Run endings matter because a job with a run going is left out
-# of the plan.
+# sleeping loop re-plans. Run endings matter because a due job with a run going waits
+# for that run (it is parked, out of the heap, until one of its runs ends).
 WAKE_EVENTS: frozenset[type[Event]] = frozenset(
     cls for cls in event_classes() if cls.wakes_scheduler)
 
@@ -42,9 +53,13 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _parse_time(text: str) -> datetime:
-    """An ISO time from the log (Z suffix) as an aware UTC datetime."""
-    return datetime.fromisoformat(text).astimezone(UTC)
+@dataclass(frozen=True)
+class _Plan:
+    """A job's next time, the inputs it was worked out from, and its heap generation."""
+
+    key: tuple[Any, ...]
+    when: datetime | None
+    gen: int
 
 
 class Scheduler:
@@ -61,66 +76,107 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._reported_invalid: set[tuple[str, str]] = set()
         self._reported_blocked: dict[str, str] = {}  # job id -> the run it waits for
+        # Next times worked out (cron or interval): a real count, so tests can tell that
+        # a tick or a new job does not work out every job's time again.
+        self.evaluations = 0
+        self._plans: dict[str, _Plan] = {}
+        # (time, job id, generation); an entry whose generation is not its job's plan's
+        # any more is stale and dropped when it reaches the head (lazy invalidation).
+        self._heap: list[tuple[datetime, str, int]] = []
+        self._gens = itertools.count(1)
+        self._dirty: set[str] = set()  # jobs whose events came since the last tick
+        self._parked: set[str] = set()  # due jobs waiting for their unfinished backup
+        self._planned = False  # whether every job of the state has been planned once
+        self._settling = asyncio.Lock()
 
     # --- when ---------------------------------------------------------------------
 
     def next_run(self, job: JobView) -> datetime | None:
-        """When the job should run next (maybe already past), or None if never by schedule."""
-        schedule = job.spec.get("schedule")
-        if not job.enabled or schedule is None:
-            return None
-        if not isinstance(schedule, str):
-            self._report_invalid(job, repr(schedule))
-            return None
-        base = self._base_time(job)
-        seconds = interval_seconds(schedule)
-        if seconds is not None:
-            if seconds < MIN_INTERVAL:  # "every 0 minutes" would start a run every tick
-                self._report_invalid(job, schedule)
-                return None
-            return base + timedelta(seconds=seconds)
-        # Same rule as models.job: five fields only (croniter also takes seconds/years).
-        if len(schedule.split()) != 5 or not croniter.is_valid(schedule):
-            self._report_invalid(job, schedule)
-            return None
-        try:
-            return croniter(schedule, base).get_next(datetime).astimezone(UTC)
-        except CroniterError:  # a valid-looking date that never comes, like "0 0 31 2 *"
-            self._report_invalid(job, schedule)
-            return None
+        """When the job should run next (maybe already past), or None if never by schedule.
+
+        From the job's plan when its inputs did not change (no cron is parsed); else
+        worked out for this one job, and kept if it is the job the state holds.
+        """
+        key = _key(job)
+        plan = self._plans.get(job.job_id)
+        if plan is not None and plan.key == key:
+            return plan.when
+        when = self._work_out(job, key)
+        if self.state.jobs.get(job.job_id) is job:
+            self._keep(job.job_id, key, when)
+        return when
 
     def due_soon(self) -> list[tuple[str, datetime]]:
-        """Scheduled jobs with their next run time, soonest first."""
+        """Scheduled jobs with their next run time, soonest first (from their plans)."""
         planned = []
         for job in list(self.state.jobs.values()):
-            when = self._next_run_logged(job)
+            when = self.next_run(job)
             if when is not None:
                 planned.append((job.job_id, when))
         return sorted(planned, key=lambda item: (item[1], item[0]))
 
-    def _base_time(self, job: JobView) -> datetime:
-        """The time the next run is counted from: the latest run or change of the job."""
-        # `updated` too, so a changed (or re-enabled) schedule counts from the change and
-        # slots that passed before it are not caught up.
-        base = max(_parse_time(job.created), _parse_time(job.updated))
+    def _plan_input(self, job: JobView, key: tuple[Any, ...]) -> PlanInput | None:
+        """The plain values a job's next time is worked out from; None: never scheduled."""
+        schedule = job.spec.get("schedule")
+        if not job.enabled or schedule is None:
+            return None
+        return (job.job_id, key, schedule, job.created, job.updated, self._last_backup(job))
+
+    def _last_backup(self, job: JobView) -> str | None:
+        """When the job's latest backup run was queued, or None."""
         for run_id in reversed(job.run_ids):  # newest last, so the first found is the latest
             run = self.state.runs.get(run_id)
             # Only backups: a restore or verify of the job must not push its schedule back.
             if run is not None and run.kind == "backup":
-                return max(base, _parse_time(run.queued))
-        return base
+                return run.queued
+        return None
 
-    def _next_run_logged(self, job: JobView) -> datetime | None:
-        """next_run, but a job whose state cannot be read is logged and left out."""
+    def _work_out(self, job: JobView, key: tuple[Any, ...]) -> datetime | None:
+        """One job's next time, worked out now (on the caller's thread)."""
         try:
-            return self.next_run(job)
+            item = self._plan_input(job, key)
         except Exception:  # one damaged job must not stop the others from running
             log.exception("cannot work out the next run of job %s", job.job_id)
             return None
+        if item is None:
+            return None
+        self.evaluations += 1
+        return self._outcome(job, plan_one(item))
+
+    def _outcome(self, job: JobView, result: PlanOutput) -> datetime | None:
+        """The time of a worked-out plan; an unusable schedule or an error is logged."""
+        _, _, when, unusable, error = result
+        if unusable is not None:
+            self._report_invalid(job, unusable)
+        if error is not None:
+            log.error("cannot work out the next run of job %s: %s", job.job_id, error)
+        return when
+
+    def _keep(self, job_id: str, key: tuple[Any, ...], when: datetime | None) -> None:
+        """Hold a job's new plan and put its time in the heap (older entries go stale)."""
+        plan = _Plan(key, when, next(self._gens))
+        self._plans[job_id] = plan
+        self._parked.discard(job_id)
+        if when is not None:
+            heapq.heappush(self._heap, (when, job_id, plan.gen))
+        if len(self._heap) > 2 * len(self._plans) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale heap entries (many changes to jobs whose times are far off)."""
+        self._heap = [(p.when, job_id, p.gen) for job_id, p in self._plans.items()
+                      if p.when is not None and job_id not in self._parked]
+        heapq.heapify(self._heap)
+
+    def _forget(self, job_id: str) -> None:
+        """A deleted job: its heap entries go stale and nothing of it is kept."""
+        self._plans.pop(job_id, None)
+        self._parked.discard(job_id)
+        self._reported_blocked.pop(job_id, None)
 
     def _report_invalid(self, job: JobView, schedule: str) -> None:
-        # Once per job and schedule: the loop asks every few seconds and the log would
-        # otherwise fill with the same line.
+        # Once per job and schedule: the plan is kept, but a restart or a change of the
+        # job works it out again, and the log would otherwise repeat the same line.
         key = (job.job_id, schedule)
         if key not in self._reported_invalid:
             self._reported_invalid.add(key)
@@ -128,32 +184,114 @@ class Scheduler:
                         "schedule until it is fixed", job.job_id, job.spec.get("name"),
                         schedule[:80])
 
+    # --- keeping the plans current ----------------------------------------------------
+
+    async def _settle(self) -> None:
+        """Plan every job once (off the loop), then the jobs whose events came since."""
+        async with self._settling:
+            if not self._planned:
+                self._dirty.clear()  # every job is planned below, as the state is now
+                await self._plan_off_loop(list(self.state.jobs))
+                self._planned = True
+            while self._dirty:
+                dirty, self._dirty = self._dirty, set()
+                if len(dirty) > INLINE_PLANS:
+                    await self._plan_off_loop(dirty)
+                else:
+                    for job_id in dirty:
+                        self._refresh(job_id)
+
+    def _refresh(self, job_id: str) -> None:
+        """Bring one job's plan up to date after its events (no cron if its inputs held)."""
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            self._forget(job_id)
+            return
+        plan = self._plans.get(job_id)
+        key = _key(job)
+        if plan is not None and plan.key == key:
+            if job_id in self._parked and not self._blocked(job):
+                self._keep(job_id, key, plan.when)  # its run ended: back in the heap
+            return
+        self._keep(job_id, key, self._work_out(job, key))
+
+    async def _plan_off_loop(self, job_ids: Iterable[str]) -> None:
+        """Work out many jobs' times on a worker thread, from plain values taken here."""
+        items: list[PlanInput] = []
+        for job_id in job_ids:
+            job = self.state.jobs.get(job_id)
+            if job is None:
+                self._forget(job_id)
+                continue
+            key = _key(job)
+            plan = self._plans.get(job_id)
+            if plan is not None and plan.key == key and job_id not in self._parked:
+                continue  # already current (next_run worked it out meanwhile)
+            try:
+                item = self._plan_input(job, key)
+            except Exception:
+                log.exception("cannot work out the next run of job %s", job_id)
+                item = None
+            if item is None:
+                self._keep(job_id, key, None)
+            else:
+                items.append(item)
+        if not items:
+            return
+        results = await asyncio.to_thread(plan_many, items)
+        self.evaluations += len(results)
+        for result in results:
+            job_id, key = result[0], result[1]
+            job = self.state.jobs.get(job_id)
+            if job is None:
+                self._forget(job_id)
+            elif _key(job) != key:
+                self._dirty.add(job_id)  # changed while the thread worked: next settle
+            else:
+                self._keep(job_id, key, self._outcome(job, result))
+
     # --- starting runs ----------------------------------------------------------------
 
     async def tick(self) -> list[str]:
         """Queue a run of every job that is due now; return the run ids started."""
+        await self._settle()
         now = self.clock()
         started: list[str] = []
-        for gone in [j for j in self._reported_blocked if j not in self.state.jobs]:
-            del self._reported_blocked[gone]
-        for job in list(self.state.jobs.values()):
-            when = self._next_run_logged(job)
-            if when is None or when > now:
+        retry: list[tuple[datetime, str, int]] = []
+        while self._heap and self._heap[0][0] <= now:
+            entry = heapq.heappop(self._heap)
+            when, job_id, gen = entry
+            plan = self._plans.get(job_id)
+            if plan is None or plan.gen != gen:
+                continue  # stale: the job changed or was deleted since
+            job = self.state.jobs.get(job_id)
+            if job is None:
+                self._forget(job_id)
+                continue
+            if plan.key != _key(job):  # changed without an event seen here
+                self._keep(job_id, _key(job), self._work_out(job, _key(job)))
                 continue
             if self._blocked(job):
+                self._parked.add(job_id)  # back in the heap when one of its runs ends
                 continue
             try:
-                run = await self.commands.start_run(job.job_id, trigger="schedule")
+                run = await self.commands.start_run(job_id, trigger="schedule")
             except (Conflict, ConcurrencyError) as err:
-                # Lost a race with another start (a person, a script); it runs anyway.
-                log.info("scheduled run of job %s skipped: %s", job.job_id, err)
+                # Lost a race with another start (a person, a script); it runs anyway,
+                # and its RunQueued moves this job's time (seen on the next tick).
+                log.info("scheduled run of job %s skipped: %s", job_id, err)
+                retry.append(entry)
                 continue
             except Exception:
-                log.exception("could not start the scheduled run of job %s", job.job_id)
+                log.exception("could not start the scheduled run of job %s", job_id)
+                retry.append(entry)
                 continue
             started.append(run.run_id)
-            log.info("job %s (%s) due at %s: queued run %s", job.job_id,
+            log.info("job %s (%s) due at %s: queued run %s", job_id,
                      job.spec.get("name"), when.isoformat(), run.run_id)
+            self._refresh(job_id)  # its new base is the run just queued
+        for entry in retry:
+            heapq.heappush(self._heap, entry)
         return started
 
     def _blocked(self, job: JobView) -> bool:
@@ -173,8 +311,16 @@ class Scheduler:
     # --- background loop ------------------------------------------------------------------
 
     def on_events(self, events: Sequence[StoredEvent]) -> None:
-        """Wake the loop when a committed batch can change what runs when (a listener)."""
-        if any(ev.event.wakes_scheduler for ev in events):
+        """Note the jobs a committed batch changes and wake the loop (a listener)."""
+        wake = False
+        for ev in events:
+            e = ev.event
+            if e.wakes_scheduler:
+                wake = True
+                job_id = getattr(e, "job_id", None)
+                if isinstance(job_id, str):
+                    self._dirty.add(job_id)
+        if wake:
             self._wake.set()
 
     def start(self) -> None:
@@ -197,22 +343,33 @@ class Scheduler:
             except Exception:  # a bad tick is logged; the schedule keeps running
                 log.exception("scheduler tick failed")
             # Cleared after the tick, before planning: whatever changed before this
-            # point is already in the state the plan reads; anything later wakes us.
+            # point is already in the plans, or in the dirty set the sleep looks at.
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._seconds_to_sleep())
 
     def _seconds_to_sleep(self) -> float:
-        """Seconds until the earliest job that can start, within MIN_SLEEP..MAX_SLEEP."""
+        """Seconds until the head of the heap, within MIN_SLEEP..MAX_SLEEP."""
         try:
-            now = self.clock()
-            # A job with a run going is left out, or a due one would spin the loop;
-            # the run's end wakes us (its event's wakes_scheduler).
-            busy = {run.job_id for run in self.state.active_runs() if run.kind == "backup"}
-            times = [when for job_id, when in self.due_soon() if job_id not in busy]
+            if self._dirty:
+                return MIN_SLEEP  # events came during the tick: plan them now
+            # Stale entries first, so a deleted or changed job does not wake us early.
+            while self._heap and self._stale(self._heap[0]):
+                heapq.heappop(self._heap)
+            if not self._heap:
+                return MAX_SLEEP
+            seconds = (self._heap[0][0] - self.clock()).total_seconds()
         except Exception:
             log.exception("scheduler could not plan its next tick")
             return MAX_SLEEP
-        if not times:
-            return MAX_SLEEP
-        return min(max((min(times) - now).total_seconds(), MIN_SLEEP), MAX_SLEEP)
+        return min(max(seconds, MIN_SLEEP), MAX_SLEEP)
+
+    def _stale(self, entry: tuple[datetime, str, int]) -> bool:
+        plan = self._plans.get(entry[1])
+        return plan is None or plan.gen != entry[2]
+
+
+def _key(job: JobView) -> tuple[Any, ...]:
+    """What a job's next time depends on; a run queued grows run_ids (a new base)."""
+    return (job.spec.get("schedule"), job.enabled, job.created, job.updated,
+            len(job.run_ids))
