@@ -1,7 +1,16 @@
-"""Engine benchmarks, side by side with rsync, tar and restic on the same data.
+"""Engine benchmarks: every engine figure of issue 14 against the tool it replaces.
 
-Each pair runs back to back on a warm page cache, alternating which goes first, and the
-median of the repeats is printed with the ratio against the reference tool.
+Same tree, same invocation, interleaved (bench.compare): the mirror engine's initial
+backup, no-change re-run and restore against `rsync -a` (`--link-dest` for the re-run),
+the archive engine against `tar -I 'zstd -3 -T0'` both ways, the restic engine against
+`restic backup` itself (bench.engine_peers), and peak memory of a backup and a restore
+of the many-files tree against rsync's (bench.engine_memory).
+
+Trees (generated once under BENCH_DATA, then reused): "mixed", BENCH_SMALL_FILES small
+files plus BENCH_LARGE_FILES files of BENCH_LARGE_MB MB; "many", BENCH_MANY_FILES small
+files. Knobs: BENCH_ENGINE_REPEATS (5), BENCH_TREES (mixed,many), BENCH_ENGINE_PARTS
+(mirror,archive,restic,memory). A quick run: BENCH_SMALL_FILES=5000 BENCH_MANY_FILES=20000
+BENCH_LARGE_MB=20.
 """
 
 from __future__ import annotations
@@ -9,32 +18,45 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.eventlog import Figure, env_int
+from bench.compare import Comparison, interleave
+from bench.eventlog import env_int
 from engines.base import BackupSpec, NullReporter, RunControl
 from engines.registry import get_engine
 
 DATA_ROOT = Path(os.environ.get("BENCH_DATA", "/tmp/bm-bench-data"))
+PARTS = ("mirror", "archive", "restic", "memory")
 
 
-def _write_tree(root: Path, small: int, small_size: int, large: int, large_mb: int) -> Path:
-    """Generate (once, then reuse) a tree of small files in nested dirs plus large files."""
+@dataclass(frozen=True)
+class Tree:
+    """A generated source tree and the words that name it in figures."""
+
+    key: str
+    label: str
+    src: Path
+
+
+def write_tree(root: Path, small: int, large: int, large_mb: int) -> Path:
+    """Generate (once, then reuse) small files of 1-8000 bytes in nested folders, plus
+    `large` random files of `large_mb` MB."""
     marker = root / ".complete"
-    if marker.exists():
-        return root / "src"
-    shutil.rmtree(root, ignore_errors=True)
     src = root / "src"
+    if marker.exists():
+        return src
+    shutil.rmtree(root, ignore_errors=True)
     rng = random.Random(7)
     for i in range(small):
         d = src / f"d{i % 50:02d}" / f"e{(i // 50) % 20:02d}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"f{i:06d}.dat").write_bytes(rng.randbytes(rng.randint(1, 2 * small_size)))
+        (d / f"f{i:06d}.dat").write_bytes(rng.randbytes(rng.randint(1, 8000)))
+    src.mkdir(parents=True, exist_ok=True)
     for i in range(large):
         with open(src / f"large-{i}.bin", "wb") as fh:
             for _ in range(large_mb):
@@ -43,171 +65,127 @@ def _write_tree(root: Path, small: int, small_size: int, large: int, large_mb: i
     return src
 
 
-def _median_time(action: Callable[[], object], before: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        before()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def trees() -> list[Tree]:
+    """The trees the knobs ask for, generated if need be."""
+    small = env_int("BENCH_SMALL_FILES", 20_000)
+    large, large_mb = env_int("BENCH_LARGE_FILES", 3), env_int("BENCH_LARGE_MB", 50)
+    many = env_int("BENCH_MANY_FILES", 100_000)
+    wanted = os.environ.get("BENCH_TREES", "mixed,many").split(",")
+    out = []
+    if "mixed" in wanted:
+        src = write_tree(DATA_ROOT / f"mixed-{small}-{large}x{large_mb}", small, large, large_mb)
+        out.append(Tree("mixed", f"{small:,} files + {large} x {large_mb} MB", src))
+    if "many" in wanted:
+        out.append(Tree("many", f"{many:,} files",
+                        write_tree(DATA_ROOT / f"many-{many}", many, 0, 0)))
+    return out
 
 
-def _run(cmd: list[str], **kw: object) -> None:
+def run(cmd: list[str], **kw: object) -> None:
+    """Run a peer tool, failing loudly, its output dropped."""
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
 
 
-def _fresh(path: Path) -> Callable[[], None]:
-    def reset() -> None:
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-        os.sync()
-    return reset
+def fresh(path: Path) -> None:
+    """Empty a directory and flush the disk, outside the timed part."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    os.sync()
 
 
-def _pair(name: str, ours: Callable[[], object], theirs: Callable[[], object],
-          reset_ours: Callable[[], None], reset_theirs: Callable[[], None], repeats: int,
-          target: float, ref: str) -> list[Figure]:
-    t_ours: list[float] = []
-    t_theirs: list[float] = []
-    for i in range(repeats):
-        order = [(ours, reset_ours, t_ours), (theirs, reset_theirs, t_theirs)]
-        for action, reset, bucket in (order if i % 2 == 0 else order[::-1]):
-            bucket.append(_median_time(action, reset, 1))
-    a, b = statistics.median(t_ours), statistics.median(t_theirs)
-    print(f"  {name}: ours {a:.2f} s, {ref} {b:.2f} s, ratio {a / b:.2f}x")
-    # The spread says how far one median can be trusted on a machine that is not quiet.
-    print(f"    runs: ours {' '.join(f'{t:.2f}' for t in t_ours)}; "
-          f"{ref} {' '.join(f'{t:.2f}' for t in t_theirs)}")
-    return [Figure(f"{name} (ours)", a, "s"), Figure(f"{name} ({ref})", b, "s"),
-            Figure(f"{name}: ours / {ref}", a / b, "x", target, higher_is_better=False)]
+def timed(prepare: Callable[[], None], action: Callable[[], object]) -> Callable[[], float]:
+    """One repeat: prepare (not timed), then the seconds the action takes."""
+    def once() -> float:
+        prepare()
+        start = time.perf_counter()
+        action()
+        return time.perf_counter() - start
+    return once
 
 
-def _archive_pairs(src: Path, work: Path, repeats: int) -> list[Figure]:
-    """The archive engine against tar --zstd: to disk, to disk flushed, and in memory."""
+def _mirror(tree: Tree, work: Path, repeats: int) -> list[Comparison]:
+    """Mirror against rsync: initial backup, no-change re-run, restore."""
     ctrl, rep = RunControl(), NullReporter()
-    figures: list[Figure] = []
-    adest, tdest = work / "archive", work / "tar"
-    archive, aspec = get_engine("archive"), BackupSpec.build([src], adest)
-    figures += _pair("archive vs tar --zstd -cf",
-                     lambda: archive.backup(aspec, ctrl, rep),
-                     lambda: _run(["tar", "--zstd", "-cf", str(tdest / "src.tar.zst"),
-                                   "-C", str(src.parent), "src"]),
-                     _fresh(adest), _fresh(tdest), repeats, 1.0, "tar")
-    # The engine compresses each few MB of tar as a zstd frame of its own (faster than
-    # one stream, a little larger on compressible data): show what that costs here.
-    ours_size = sum(p.stat().st_size for p in adest.glob("*.tar.zst"))
-    tar_size = (tdest / "src.tar.zst").stat().st_size
-    print(f"  archive size: ours {ours_size / 1e6:.1f} MB, tar {tar_size / 1e6:.1f} MB")
-    # The archive engine fsyncs its archive before it counts as a snapshot; tar does
-    # not. The same comparison with tar's output flushed too shows what that costs.
-    def tar_then_sync() -> None:
-        _run(["tar", "--zstd", "-cf", str(tdest / "src.tar.zst"), "-C", str(src.parent),
-              "src"])
-        _run(["sync", str(tdest / "src.tar.zst")])
+    mirror = get_engine("mirror")
+    mdest, rdest = work / "mirror", work / "rsync"
+    spec = BackupSpec.build([tree.src], mdest)
+    src_arg = f"{tree.src}/"
+    out = []
+    ours, peer = interleave(
+        timed(lambda: fresh(mdest), lambda: mirror.backup(spec, ctrl, rep)),
+        timed(lambda: fresh(rdest), lambda: run(["rsync", "-a", src_arg, str(rdest / "src")])),
+        repeats)
+    out.append(Comparison(f"mirror initial backup, {tree.label}", "s", ours, peer,
+                          "rsync -a", target_ratio=0.8))
+    print(" ", out[-1].line())
 
-    figures += _pair("archive vs tar --zstd -cf, then sync of the archive",
-                     lambda: archive.backup(aspec, ctrl, rep), tar_then_sync,
-                     _fresh(adest), _fresh(tdest), repeats, 1.0, "tar+sync")
+    # No change: each run links against the same base snapshot; later ones are removed
+    # (not timed) so the destination does not grow between repeats.
+    fresh(mdest)
+    base = mirror.backup(spec, ctrl, rep).snapshot_id
+    fresh(rdest)
+    run(["rsync", "-a", src_arg, str(rdest / "base")])
 
-    # In memory (tmpfs): no disk in the way, so this is the work itself, tar's and ours.
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        mem = Path(tempfile.mkdtemp(prefix="bm-bench-archive-", dir=shm))
-        try:
-            madest, mtdest = mem / "archive", mem / "tar"
-            mspec = BackupSpec.build([src], madest)
-            figures += _pair("archive vs tar --zstd -cf, both into memory (tmpfs)",
-                             lambda: archive.backup(mspec, ctrl, rep),
-                             lambda: _run(["tar", "--zstd", "-cf", str(mtdest / "src.tar.zst"),
-                                           "-C", str(src.parent), "src"]),
-                             _fresh(madest), _fresh(mtdest), repeats, 1.0, "tar")
-        finally:
-            shutil.rmtree(mem, ignore_errors=True)
-    return figures
+    def mirror_prune() -> None:
+        mirror.delete_snapshots(spec, [s.id for s in mirror.snapshots(spec) if s.id != base])
+        os.sync()
+
+    def rsync_prune() -> None:
+        for p in rdest.iterdir():
+            if p.name != "base":
+                shutil.rmtree(p)
+        os.sync()
+
+    ours, peer = interleave(
+        timed(mirror_prune, lambda: mirror.backup(spec, ctrl, rep)),
+        timed(rsync_prune, lambda: run(["rsync", "-a", f"--link-dest={rdest / 'base'}",
+                                        src_arg, str(rdest / "again")])),
+        repeats)
+    out.append(Comparison(f"mirror no-change re-run, {tree.label}", "s", ours, peer,
+                          "rsync -a --link-dest", target_ratio=0.8))
+    print(" ", out[-1].line())
+    mirror_prune()
+    rsync_prune()
+
+    # Restore the whole snapshot into an empty folder; rsync copies its tree back.
+    mtarget, rtarget = work / "mirror-restored", work / "rsync-restored"
+    ours, peer = interleave(
+        timed(lambda: fresh(mtarget),
+              lambda: mirror.restore(spec, base, mtarget, ctrl, rep)),
+        timed(lambda: fresh(rtarget),
+              lambda: run(["rsync", "-a", f"{rdest / 'base'}/", str(rtarget / "src")])),
+        repeats)
+    out.append(Comparison(f"mirror restore, {tree.label}", "s", ours, peer, "rsync -a back",
+                          target_ratio=1.0))
+    print(" ", out[-1].line())
+    for path in (mdest, rdest, mtarget, rtarget):
+        shutil.rmtree(path, ignore_errors=True)
+    return out
 
 
-def run_engines() -> list[Figure]:
-    """Run every engine benchmark and return the figures."""
-    repeats = env_int("BENCH_ENGINE_REPEATS", 3)
-    small = env_int("BENCH_SMALL_FILES", 20_000)
-    large_mb = env_int("BENCH_LARGE_MB", 200)
-    many = env_int("BENCH_NOCHANGE_FILES", 100_000)
-    figures: list[Figure] = []
-    work = Path(tempfile.mkdtemp(prefix="bm-bench-engines-"))
+def run_engines() -> list[Comparison]:
+    """Run every engine comparison the knobs select and return them."""
+    from bench.engine_memory import memory_comparisons
+    from bench.engine_peers import archive_comparisons, restic_comparison
+
+    repeats = env_int("BENCH_ENGINE_REPEATS", 5)
+    parts = [p for p in os.environ.get("BENCH_ENGINE_PARTS", ",".join(PARTS)).split(",")
+             if p in PARTS]
+    comparisons: list[Comparison] = []
+    work = Path(tempfile.mkdtemp(prefix="bm-bench-engines-", dir=DATA_ROOT.parent))
     try:
-        print(f"\n== engines: {small:,} small files + 4 x {large_mb} MB (data cached in "
-              f"{DATA_ROOT}) ==")
-        src = _write_tree(DATA_ROOT / f"mixed-{small}-{large_mb}", small, 10_000, 4, large_mb)
-        ctrl, rep = RunControl(), NullReporter()
-
-        # 1. archive vs tar --zstd, first, on a calm disk: after the gigabytes the
-        # mirror pair writes, this VM's disk stays slow for minutes (both tools' runs
-        # then vary 2-3x), and that noise buries the difference being measured.
-        figures += _archive_pairs(src, work, repeats)
-
-        # 2. mirror initial backup vs rsync -a
-        mdest, rdest = work / "mirror", work / "rsync"
-        mirror, spec = get_engine("mirror"), BackupSpec.build([src], mdest)
-        figures += _pair("initial backup, mirror vs rsync -a",
-                         lambda: mirror.backup(spec, ctrl, rep),
-                         lambda: _run(["rsync", "-a", f"{src}/", str(rdest / "src")]),
-                         _fresh(mdest), _fresh(rdest), repeats, 1.0, "rsync")
-
-        # 3. restic engine overhead over restic itself
-        pw = work / "pw"
-        pw.write_text("bench password\n")
-        env = {**os.environ, "RESTIC_PASSWORD_FILE": str(pw),
-               "RESTIC_CACHE_DIR": str(work / "restic-cache")}
-        repo_ours, repo_direct = work / "restic-ours", work / "restic-direct"
-        restic = get_engine("restic")
-        rspec = BackupSpec.build([src], repo_ours, options={
-            "password_file": str(pw), "init": True, "cache_dir": str(work / "restic-cache")})
-
-        def fresh_repo(path: Path) -> Callable[[], None]:
-            def reset() -> None:
-                shutil.rmtree(path, ignore_errors=True)
-                _run(["restic", "init", "--repo", str(path)], env=env,
-                     stderr=subprocess.DEVNULL)
-            return reset
-
-        figures += _pair("restic backup, engine vs restic direct",
-                         lambda: restic.backup(rspec, ctrl, rep),
-                         lambda: _run(["restic", "backup", "--json", "--repo", str(repo_direct),
-                                       str(src)], env=env),
-                         fresh_repo(repo_ours), fresh_repo(repo_direct), repeats, 1.05,
-                         "restic")
-
-        # 4. no-change re-run of many small files: mirror vs rsync --link-dest
-        print(f"\n== no-change re-run: {many:,} files ==")
-        msrc = _write_tree(DATA_ROOT / f"many-{many}", many, 500, 0, 0)
-        mdest2, rdest2 = work / "mirror-many", work / "rsync-many"
-        mspec = BackupSpec.build([msrc], mdest2)
-        shutil.rmtree(mdest2, ignore_errors=True)
-        mirror.backup(mspec, ctrl, rep)
-        rdest2.mkdir(parents=True, exist_ok=True)
-        _run(["rsync", "-a", f"{msrc}/", str(rdest2 / "base")])
-        counter = iter(range(10_000))
-
-        def mirror_prune() -> None:
-            # Keep exactly one previous snapshot so each re-run links against the same base.
-            snaps = mirror.snapshots(mspec)
-            mirror.delete_snapshots(mspec, [s.id for s in snaps[1:]])
-            os.sync()
-
-        def rsync_clean() -> None:
-            for p in rdest2.iterdir():
-                if p.name != "base":
-                    shutil.rmtree(p)
-            os.sync()
-
-        def rsync_link() -> None:
-            _run(["rsync", "-a", f"--link-dest={rdest2 / 'base'}", f"{msrc}/",
-                  str(rdest2 / f"run{next(counter)}")])
-
-        figures += _pair("no-change re-run, mirror vs rsync --link-dest",
-                         lambda: mirror.backup(mspec, ctrl, rep), rsync_link,
-                         mirror_prune, rsync_clean, repeats, 0.8, "rsync")
+        for tree in trees():
+            print(f"\n== engines on {tree.label} (data kept in {tree.src.parent}), "
+                  f"{repeats} repeats ==")
+            if "mirror" in parts:
+                comparisons += _mirror(tree, work, repeats)
+            if "archive" in parts:
+                comparisons += archive_comparisons(tree, work, repeats)
+            if "restic" in parts:
+                comparisons += restic_comparison(tree, work, repeats)
+            if "memory" in parts and tree.key == "many":
+                comparisons += memory_comparisons(tree, work, repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return figures
+    return comparisons
