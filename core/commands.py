@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from core import operations
 from core.errors import Conflict, Invalid, NotFound
 from core.fs_threads import run_path_check
-from core.ownership import Owner, owners_except
+from core.ownership import Owner, Owners
 from core.pathcheck import PathReport, check_paths
 from core.protected import destination_refusal
 from core.state import JobView, RunView, State
@@ -65,6 +65,7 @@ class Commands:
         self._saving = asyncio.Lock()
         # Set by whoever builds the runner: delete_job(stop_runs=True) waits through it.
         self.runner: RunWaiter | None = None
+        self._owners = Owners()
 
     # --- lookups ------------------------------------------------------------------
 
@@ -120,7 +121,8 @@ class Commands:
 
     def other_owners(self, job_id: str | None) -> list[Owner]:
         """Every job's destination but this job's: where a save or restore may not go."""
-        return owners_except(((j.job_id, j.spec) for j in self.state.jobs.values()), job_id)
+        return self._owners.except_(((j.job_id, j.spec) for j in self.state.jobs.values()),
+                                    job_id)
 
     def protected(self) -> list[str]:
         """Folders no destination and no restore may write into (the data directory)."""

@@ -11,8 +11,11 @@ sftp:, rest:, ...) is compared by its normalised URL, the engine's destination k
 from __future__ import annotations
 
 import os
+import posixpath
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from engines.registry import destination_key, local_destination
@@ -40,17 +43,86 @@ def owners_except(jobs: Iterable[tuple[str, Mapping[str, Any]]], job_id: str | N
     return [Owner.of(other, spec) for other, spec in jobs if other != job_id]
 
 
+class Owners:
+    """owners_except with each job's Owner kept until its spec changes (on the loop).
+
+    A save or a run start compares against every other job; making a thousand Owners
+    each time showed in profiles. A spec is replaced, never changed in place, when a job
+    changes (core.state), so the spec object tells whether the kept Owner still holds.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[Mapping[str, Any], Owner]] = {}
+
+    def except_(self, jobs: Iterable[tuple[str, Mapping[str, Any]]], job_id: str | None
+                ) -> list[Owner]:
+        """The owners of every job's destination but `job_id`'s (jobs as (id, spec))."""
+        made, out, seen = self._made, [], 0
+        for other, spec in jobs:
+            seen += 1
+            kept = made.get(other)
+            if kept is None or kept[0] is not spec:
+                kept = made[other] = (spec, Owner.of(other, spec))
+            if other != job_id:
+                out.append(kept[1])
+        if len(made) > 2 * seen + 64:  # deleted jobs piled up: keep those still listed
+            live = {owner.job_id for owner in out} | {job_id}
+            self._made = {k: v for k, v in made.items() if k in live}
+        return out
+
+
+@lru_cache(maxsize=8192)
 def local_path(destination: str, engine: str = "") -> str | None:
     """The local path a destination names (restic's "local:/x" too), or None for a URL."""
+    # Cached: text in, text out, no I/O; a save compares against every other job's.
     path = local_destination(engine, destination)
     return str(path) if path is not None else None
 
 
-def _forms(path: str) -> set[str]:
-    """The ways a local path may be written: as given, and with symlinks resolved."""
-    # realpath resolves the part that exists and keeps the rest as written: a
-    # destination that does not exist yet still compares by its real parent.
-    return {path, os.path.realpath(path)}
+class Resolver:
+    """os.path.realpath for many paths at once, each folder looked at once (does I/O).
+
+    A save compares its destination with every other job's, and those mostly share
+    their parent folders: the real form of a folder is kept for the resolver's life
+    (one check), so a thousand destinations in one folder cost a thousand lstat calls,
+    not a thousand walks from /. Results are those of os.path.realpath: the part that
+    exists is resolved, the rest kept as written.
+    """
+
+    def __init__(self) -> None:
+        self._real: dict[str, str] = {}
+
+    def real(self, path: str) -> str:
+        """The path with symlinks resolved, as os.path.realpath gives it."""
+        todo: list[tuple[str, str, str]] = []
+        current = path
+        while current not in self._real:  # up to the nearest folder already resolved
+            parent, name = posixpath.split(current)
+            if parent == current or name in ("", ".", ".."):
+                self._real[current] = os.path.realpath(current)
+                break
+            todo.append((current, parent, name))
+            current = parent
+        for current, parent, name in reversed(todo):
+            self._real[current] = _step(self._real[parent], name)
+        return self._real[path]
+
+    def forms(self, path: str) -> tuple[str, ...]:
+        """The ways a local path may be written: as given, and with symlinks resolved."""
+        # realpath resolves the part that exists and keeps the rest as written: a
+        # destination that does not exist yet still compares by its real parent.
+        real = self.real(path)
+        return (path,) if real == path else (path, real)
+
+
+def _step(real_parent: str, name: str) -> str:
+    """The real form of real_parent/name (real_parent has no symlinks left)."""
+    full = posixpath.join(real_parent, name)
+    try:
+        info = os.lstat(full)
+    except OSError:
+        return full  # missing (or unreadable): kept as written, as realpath does
+    return os.path.realpath(full) if stat.S_ISLNK(info.st_mode) else full
 
 
 def relation(a: str, b: str) -> str | None:
@@ -64,10 +136,15 @@ def relation(a: str, b: str) -> str | None:
     return None
 
 
-def local_relation(a: str, b: str) -> str | None:
+def local_relation(a: str, b: str, resolver: Resolver | None = None) -> str | None:
     """How local path a lies against local path b, comparing written and real forms."""
-    for x in _forms(a):
-        for y in _forms(b):
+    resolver = resolver or Resolver()
+    return _forms_relation(resolver.forms(a), resolver.forms(b))
+
+
+def _forms_relation(mine: tuple[str, ...], theirs: tuple[str, ...]) -> str | None:
+    for x in mine:
+        for y in theirs:
             found = relation(x, y)
             if found is not None:
                 return found
@@ -75,11 +152,11 @@ def local_relation(a: str, b: str) -> str | None:
 
 
 def overlap(destination: str, other: str, engine: str = "",
-            other_engine: str = "") -> str | None:
+            other_engine: str = "", resolver: Resolver | None = None) -> str | None:
     """How destination lies against another destination (equal, inside, contains) or None."""
     mine, theirs = local_path(destination, engine), local_path(other, other_engine)
     if mine is not None and theirs is not None:
-        return local_relation(mine, theirs)
+        return local_relation(mine, theirs, resolver)
     if mine is None and theirs is None:
         return relation(destination_key(engine, destination),
                         destination_key(other_engine, other))
@@ -89,8 +166,9 @@ def overlap(destination: str, other: str, engine: str = "",
 def owner_conflict(destination: str, others: Iterable[Owner],
                    engine: str = "") -> str | None:
     """A message naming the job whose destination overlaps this one, or None (does I/O)."""
+    resolver = Resolver()  # one check: each folder is resolved once, not once per owner
     for owner in others:
-        found = overlap(destination, owner.destination, engine, owner.engine)
+        found = overlap(destination, owner.destination, engine, owner.engine, resolver)
         if found is None:
             continue
         who = f"job {owner.name} (id {owner.job_id})"

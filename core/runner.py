@@ -26,7 +26,7 @@ from core.outcome import (
     storable,
     warning_samples,
 )
-from core.ownership import Owner, owner_conflict, owners_except
+from core.ownership import Owner, Owners, owner_conflict
 from core.pruning import Pruning
 from core.pruning import backup_spec as backup_spec  # where core.operations finds it
 from core.runlog import RunLogs
@@ -72,6 +72,7 @@ class Runner:
         self._stop_wake = asyncio.Event()  # cuts retry waits short when the app stops
         self._pending: set[asyncio.Task[Any]] = set()
         self.pruning = Pruning(state, logs, self.record)
+        self._owners = Owners()
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -357,7 +358,8 @@ class Runner:
 
     def other_owners(self, job_id: str) -> list[Owner]:
         """Every other job's destination."""
-        return owners_except(((j.job_id, j.spec) for j in self.state.jobs.values()), job_id)
+        return self._owners.except_(((j.job_id, j.spec) for j in self.state.jobs.values()),
+                                    job_id)
 
     def checkpoint_of(self, run: RunView) -> dict[str, Any]:
         """The run's latest checkpoint as the log holds it."""
