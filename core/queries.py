@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.paging import JobIndex
 from core.scheduler import Scheduler
 from core.state import JobView, RunView, State
 
@@ -75,6 +76,14 @@ class Queries:
     _next: dict[str, tuple[tuple[Any, ...], datetime | None]] = field(default_factory=dict)
     _chart: tuple[tuple[int, str], list[ChartDay]] | None = None
     _jobs: tuple[int, DashboardStats] | None = None
+    _index: JobIndex | None = None
+
+    @property
+    def job_index(self) -> JobIndex:
+        """Job ids in order, for lists read a page at a time (core/paging.py)."""
+        if self._index is None:
+            self._index = JobIndex(self.state)
+        return self._index
 
     def next_run(self, job: JobView) -> datetime | None:
         """The job's next scheduled run, memoised on what the schedule counts from."""

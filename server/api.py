@@ -7,11 +7,17 @@ from typing import Any
 
 from aiohttp import web
 
-from core import operations
+from core import operations, paging
 from core.pathcheck import path_warnings_off_loop
 from core.state import JobView, RunView
+from models.runs import ACTIVE_STATES
+from server.cursors import cursor_of, int_key, limit_of, paged, queue_key
 from server.errors import BadRequest
-from server.keys import COMMANDS, SCHEDULER, STATE
+from server.keys import COMMANDS, QUERIES, STATE
+
+JOBS_LIMIT, JOBS_MAX = 100, 500  # jobs per page of /api/jobs: by default, at most
+RUNS_LIMIT, RUNS_MAX = 50, 500  # runs per page of a job's runs and of /api/runs
+SNAPSHOTS_LIMIT, SNAPSHOTS_MAX = 100, 1000
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -49,21 +55,44 @@ def _has_lone_surrogate(value: Any, depth: int = 0) -> bool:
 
 def job_json(request: web.Request, job: JobView) -> dict[str, Any]:
     """A job as the API shows it: id, spec, and its latest runs."""
-    state = request.app[STATE]
+    queries = request.app[QUERIES]
     # Backups only: a restore, verify or prune is a run too, but not the job's last run.
-    runs = [r for r in state.job_runs(job.job_id) if r.kind == "backup"]
-    last_success = next((r for r in runs if r.state == "succeeded"), None)
-    next_run = request.app[SCHEDULER].next_run(job)
+    # Walked back from the newest run until found: not a copy of the job's whole history.
+    last_run, last_success = queries.last_backup(job), queries.last_success(job)
+    next_run = queries.next_run(job)
     return {"id": job.job_id, **job.spec, "created": job.created, "updated": job.updated,
             "next_run": next_run.isoformat().replace("+00:00", "Z") if next_run else None,
-            "last_run": runs[0].as_dict() if runs else None,
+            "last_run": last_run.as_dict() if last_run else None,
             "last_success": last_success.as_dict() if last_success else None}
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    """All jobs."""
-    jobs = sorted(request.app[STATE].jobs.values(), key=lambda j: str(j.spec.get("name")))
-    return web.json_response({"jobs": [job_json(request, j) for j in jobs]})
+    """Jobs by id, a page at a time (`limit`, `cursor`; `next` names the next page)."""
+    limit = limit_of(request, JOBS_LIMIT, JOBS_MAX)
+    page = request.app[QUERIES].job_index.page(cursor_of(request, "jobs"), limit)
+    return paged(request, "jobs", "jobs", page, [job_json(request, j) for j in page.items],
+                 limit)
+
+
+async def list_job_runs(request: web.Request) -> web.Response:
+    """A job's runs, newest first, a page at a time."""
+    job = request.app[COMMANDS].job(request.match_info["job_id"])
+    limit = limit_of(request, RUNS_LIMIT, RUNS_MAX)
+    page = paging.job_runs(request.app[STATE], job, int_key(cursor_of(request, "runs")), limit)
+    return paged(request, "runs", "runs", page, [r.as_dict() for r in page.items], limit)
+
+
+async def list_active_runs(request: web.Request) -> web.Response:
+    """Unfinished runs (all, or `?state=queued` etc.) in queue order, a page at a time."""
+    states = request.query.getall("state", []) or sorted(ACTIVE_STATES)
+    unknown = [s for s in states if s not in ACTIVE_STATES]
+    if unknown:
+        raise BadRequest(f"state must be one of {', '.join(sorted(ACTIVE_STATES))} (runs "
+                         "that ended are listed per job: /api/jobs/{id}/runs)")
+    limit = limit_of(request, RUNS_LIMIT, RUNS_MAX)
+    page = paging.active_runs(request.app[STATE], states,
+                              queue_key(cursor_of(request, "queue")), limit)
+    return paged(request, "runs", "queue", page, [r.as_dict() for r in page.items], limit)
 
 
 async def create_job(request: web.Request) -> web.Response:
@@ -76,7 +105,7 @@ async def get_job(request: web.Request) -> web.Response:
     """One job with its recent runs."""
     job = request.app[COMMANDS].job(request.match_info["job_id"])
     body = job_json(request, job)
-    body["runs"] = [r.as_dict() for r in request.app[STATE].job_runs(job.job_id)[:20]]
+    body["runs"] = [r.as_dict() for r in paging.job_runs(request.app[STATE], job, None, 20).items]
     # Only here, not in the list: it touches each path, too slow for 1,000 jobs at once.
     body["path_warnings"] = await path_warnings_off_loop(
         job.spec, others=request.app[COMMANDS].other_owners(job.job_id))
@@ -126,12 +155,14 @@ async def run_action(request: web.Request) -> web.Response:
 
 
 async def list_snapshots(request: web.Request) -> web.Response:
-    """A job's complete snapshots."""
+    """A job's complete snapshots, oldest first, a page at a time."""
     job = request.app[COMMANDS].job(request.match_info["job_id"])
-    snaps = await operations.list_snapshots(job)
-    return web.json_response({"snapshots": [
+    limit = limit_of(request, SNAPSHOTS_LIMIT, SNAPSHOTS_MAX)
+    start = int_key(cursor_of(request, "snapshots")) or 0
+    page = paging.slice_page(await operations.list_snapshots(job), start, limit)
+    return paged(request, "snapshots", "snapshots", page, [
         {"id": s.id, "time": s.time.isoformat(), "files": s.files, "size": s.size}
-        for s in snaps]})
+        for s in page.items], limit)
 
 
 def _queued(request: web.Request, run: RunView) -> web.Response:
@@ -183,12 +214,14 @@ def setup_api_routes(app: web.Application) -> None:
     r.add_delete("/api/jobs/{job_id}", delete_job, name="api-job-delete")
     r.add_post("/api/jobs/{job_id}/start", start_job, name="api-job-start")
     r.add_post("/api/jobs/{job_id}/{switch:enable|disable}", set_enabled, name="api-job-switch")
+    r.add_get("/api/jobs/{job_id}/runs", list_job_runs, name="api-job-runs")
     r.add_get("/api/jobs/{job_id}/snapshots", list_snapshots, name="api-snapshots")
     r.add_post("/api/jobs/{job_id}/snapshots/{snapshot_id}/restore", restore_snapshot,
                name="api-restore")
     r.add_post("/api/jobs/{job_id}/snapshots/{snapshot_id}/verify", verify_snapshot,
                name="api-verify")
     r.add_post("/api/jobs/{job_id}/prune", prune_job, name="api-prune")
+    r.add_get("/api/runs", list_active_runs, name="api-runs")
     r.add_get("/api/runs/{run_id}", get_run, name="api-run")
     r.add_post("/api/runs/{run_id}/{action:pause|resume|cancel|discard}", run_action,
                name="api-run-action")

@@ -6,11 +6,15 @@ Not timed (speed figures live in bench/pages.py): the data is built once per ses
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from server.keys import STATE, STORE
 from tests.scale_helpers import Client, ScaleData, scale_data, serve_scale
 
 __all__ = ["scale_data"]  # the fixture, used by name
@@ -27,10 +31,85 @@ async def client(scale_data: ScaleData) -> AsyncIterator[Client]:
 
 async def test_the_scale_data_is_what_it_says(client: Client, scale_data: ScaleData) -> None:
     """1,000 jobs, 100,000 events, the queued runs still queued."""
-    from server.keys import STATE, STORE
-
     state = client.app[STATE]
     assert len(state.jobs) == 1_000
     assert client.app[STORE].last_seq == 100_000
     queued = [r for r in state.active_runs() if r.state == "queued"]
     assert len(queued) == len(scale_data.queued_run_ids) == 900
+
+
+async def _walk(client: Client, url: str, name: str, during: Any = None
+                ) -> tuple[list[dict[str, Any]], int]:
+    """Follow `next` from `url` to the end; return every item and the largest answer."""
+    items: list[dict[str, Any]] = []
+    largest = 0
+    next_url: str | None = url
+    pages = 0
+    while next_url is not None:
+        resp = await client.get(next_url)
+        assert resp.status == 200, await resp.text()
+        raw = await resp.read()
+        largest = max(largest, len(raw))
+        body = json.loads(raw)
+        items += body[name]
+        assert len(body[name]) <= body["limit"]
+        next_url = body["next"]
+        assert (next_url is None) == (body["next_cursor"] is None) == ("Link" not in resp.headers)
+        pages += 1
+        assert pages < 10_000, "the walk does not end"
+        if during is not None:
+            await during(pages)
+    return items, largest
+
+
+async def test_api_jobs_answers_a_bounded_page_and_a_walk_sees_every_job_once(
+        client: Client, scale_data: ScaleData, tmp_path: Path) -> None:
+    """/api/jobs: 100 jobs by default, at most 500, and the cursor walk visits each job
+    once, even with jobs created while it walks."""
+    first = await client.get("/api/jobs")
+    body = await first.json()
+    assert len(body["jobs"]) == 100 and body["total"] == 1_000 and body["next"]
+    assert len(await first.read()) < 250_000
+    assert (await client.get("/api/jobs?limit=501")).status == 400
+    assert (await client.get("/api/jobs?limit=0")).status == 400
+    assert (await client.get("/api/jobs?cursor=bm90LWEtY3Vyc29y")).status == 400
+    assert (await client.get("/api/jobs?cursor=%%%")).status == 400
+    runs_cursor = (await (await client.get(
+        f"/api/jobs/{scale_data.heavy_job_id}/runs")).json())["next_cursor"]
+    assert (await client.get(f"/api/jobs?cursor={runs_cursor}")).status == 400
+    created: list[str] = []
+
+    (tmp_path / "src").mkdir()
+
+    async def create(page: int) -> None:
+        made = await client.post("/api/jobs", json={
+            "name": f"walk {page}", "engine": "mirror", "sources": [str(tmp_path / "src")],
+            "destination": str(tmp_path / f"dest-{page}")})
+        assert made.status == 201, await made.text()
+        created.append((await made.json())["id"])
+
+    jobs, largest = await _walk(client, "/api/jobs?limit=137", "jobs", create)
+    ids = [j["id"] for j in jobs]
+    assert len(ids) == len(set(ids)), "a job was listed twice"
+    assert set(scale_data.job_ids) <= set(ids), "a job was missed"
+    assert set(ids) <= set(scale_data.job_ids) | set(created)
+    assert ids == sorted(ids)
+    assert largest < 350_000
+
+
+async def test_a_jobs_runs_and_the_queue_are_read_a_page_at_a_time(
+        client: Client, scale_data: ScaleData) -> None:
+    """/api/jobs/{id}/runs walks a 2,000-run history newest first; /api/runs the queue."""
+    heavy = scale_data.heavy_job_id
+    runs, largest = await _walk(client, f"/api/jobs/{heavy}/runs?limit=300", "runs")
+    ids = [r["run_id"] for r in runs]
+    assert len(ids) == len(set(ids)) == len(client.app[STATE].jobs[heavy].run_ids)
+    assert ids == list(reversed(client.app[STATE].jobs[heavy].run_ids))
+    assert largest < 200_000
+    job = await (await client.get(f"/api/jobs/{heavy}")).json()
+    assert len(job["runs"]) == 20
+    queued, largest = await _walk(client, "/api/runs?state=queued", "runs")
+    assert [r["run_id"] for r in queued] == scale_data.queued_run_ids
+    first = await (await client.get("/api/runs")).json()
+    assert len(first["runs"]) == 50 and first["total"] == 920  # with the interrupted ones
+    assert (await client.get("/api/runs?state=succeeded")).status == 400
