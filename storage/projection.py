@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -15,6 +14,7 @@ from events.record import StoredEvent
 from models.atomic import remove_durable, write_atomic, write_many_atomic
 from models.ids import SETTINGS_STREAM, is_job_id
 from storage.fold import Doc, fold_job, fold_settings, initial_settings
+from storage.yamltext import render_mapping
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +31,13 @@ _JOB_KEYS = ("id", "name", "enabled", "spec", "created", "updated", "runs", "las
 _SETTINGS_KEYS = ("settings", "updated", "version", "last_seq")
 
 
-# libyaml's emitter is several times faster than the pure-Python one, which is what a
-# replay of a large log spends most of its time in; both are safe dumpers.
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(v) for v in value]
-    return value
-
-
 def render_yaml(doc: Doc, key_order: Iterable[str]) -> bytes:
     """Render a document as YAML: known keys in a fixed order, nested keys sorted."""
-    ordered = {k: _sorted(doc[k]) for k in key_order if k in doc}
+    ordered = {k: doc[k] for k in key_order if k in doc}
     for key in sorted(doc):
         if key not in ordered:
-            ordered[key] = _sorted(doc[key])
-    body = yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                     default_flow_style=False, width=100)
-    return (HEADER + body).encode("utf-8")
+            ordered[key] = doc[key]
+    return (HEADER + render_mapping(ordered)).encode("utf-8")
 
 
 def job_path(root: Path, job_id: str) -> Path:
