@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from pathlib import Path
 
 from events.notifier import Subscription
+from events.record import StoredEvent
 from events.store import EventStore
 from storage.projection import Projection
 
@@ -16,6 +18,9 @@ log = logging.getLogger(__name__)
 # Events folded between two flushes while catching up; files are written once per chunk,
 # not once per event, which is what makes a rebuild of a large log fast.
 CATCH_UP_CHUNK = 500_000
+# Events folded between two looks at the stop flag: a stop asked during a catch-up of a
+# million events is seen within milliseconds.
+STOP_CHECK_EVERY = 1_000
 # Backoff between attempts when the files cannot be written (seconds).
 RETRY_FIRST, RETRY_MAX = 0.25, 30.0
 
@@ -31,6 +36,12 @@ class Projector:
         self._task: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
         self.error: BaseException | None = None
+        # Set by stop(): the folding thread looks at it every STOP_CHECK_EVERY events.
+        self._stopping = threading.Event()
+        self._starting: asyncio.Event | None = None
+        # Whether a stop cut the start-up catch-up short (the files then stay at their
+        # old position, consistent, and the next start catches up from there).
+        self.interrupted = False
 
     @property
     def seq(self) -> int:
@@ -48,7 +59,18 @@ class Projector:
         return self.error is None and self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        """Load the files, rebuild any that were damaged, catch up, then follow the log."""
+        """Load the files, rebuild any that were damaged, catch up, then follow the log.
+
+        A stop() while this runs ends the catch-up within milliseconds: start() then
+        returns without following (see `interrupted`), leaving the files as they were.
+        """
+        self._starting = asyncio.Event()
+        try:
+            await self._start()
+        finally:
+            self._starting.set()
+
+    async def _start(self) -> None:
         projection, broken = await asyncio.to_thread(Projection.load, self.root)
         if projection.seq > self.store.last_seq:
             # Files written from events this log does not have (a position file edited,
@@ -67,22 +89,46 @@ class Projector:
         # Subscribe before catching up so nothing committed meanwhile is missed.
         self._sub = self.store.notifier.subscribe(limit=1)
         try:
-            await self._catch_up()
+            await self._catch_up(stoppable=True)
         except OSError as err:
             # The server still starts (the log is the source of truth); the follow loop
             # retries, and /healthz says what is wrong meanwhile.
             log.error("cannot write projections under %s: %s; will retry", self.root, err)
             self.error = err
+        if self._stopping.is_set():
+            self.interrupted = True
+            self._sub.close()
+            log.info("projector stopped during its catch-up at seq %d; the files stay at "
+                     "seq %d", self.projection.seq, self.projection.flushed_seq)
+            return
         self._task = asyncio.create_task(self._follow(self._sub), name="projector")
 
-    async def _catch_up(self) -> None:
+    def _fold(self, events: list[StoredEvent], stoppable: bool) -> bool:
+        """Fold a page (in a thread), looking at the stop flag often; False once stopped."""
+        for start in range(0, len(events), STOP_CHECK_EVERY):
+            if stoppable and self._stopping.is_set():
+                return False
+            self.projection.apply(events[start:start + STOP_CHECK_EVERY])
+        return True
+
+    async def _catch_up(self, stoppable: bool = False) -> None:
+        """Fold what the files lack and write them; `stoppable`: give up when stop() is
+        called (the files are left at their last flush, never half-written)."""
         pending = 0
-        async for page in self.store.iterate(since=self.projection.seq):
-            self.projection.apply(page)
-            pending += len(page)
-            if pending >= CATCH_UP_CHUNK:
-                await asyncio.to_thread(self.projection.flush)
-                pending = 0
+        try:
+            async for page in self.store.iterate(since=self.projection.seq):
+                # Folded off the event loop: a page of a long catch-up takes tens of ms.
+                if not await asyncio.to_thread(self._fold, page, stoppable):
+                    return
+                pending += len(page)
+                if pending >= CATCH_UP_CHUNK:
+                    await asyncio.to_thread(self.projection.flush)
+                    pending = 0
+                if stoppable and self._stopping.is_set():
+                    return
+        except asyncio.CancelledError:
+            self._stopping.set()  # the folding thread stops at its next look
+            raise
         if self.projection.dirty or self.projection.seq != self.projection.flushed_seq:
             await asyncio.to_thread(self.projection.flush)
 
@@ -120,7 +166,17 @@ class Projector:
                     self.error, delay = None, RETRY_FIRST
 
     async def stop(self) -> None:
-        """Stop following and flush everything committed so far."""
+        """Stop following and flush everything committed so far.
+
+        Called while start() is still catching up, it ends that catch-up at once (the
+        folding thread sees the flag within STOP_CHECK_EVERY events) and waits for
+        start() to return; the files then stay at their last flush, with nothing more.
+        """
+        self._stopping.set()
+        if self._starting is not None and not self._starting.is_set():
+            await self._starting.wait()
+        if self.interrupted:
+            return
         # Closing the subscription (rather than cancelling the task) lets a flush that is
         # under way in its thread finish before the final catch-up starts.
         if self._sub is not None:
