@@ -77,6 +77,7 @@ class Queries:
     _chart: tuple[tuple[int, str], list[ChartDay]] | None = None
     _jobs: tuple[int, DashboardStats] | None = None
     _index: JobIndex | None = None
+    _day: tuple[tuple[int, datetime], tuple[int, int]] | None = None
 
     @property
     def job_index(self) -> JobIndex:
@@ -142,14 +143,25 @@ class Queries:
             if run.job_id in self.state.jobs and run.state in ("running", "queued", "paused",
                                                                 "interrupted"):
                 setattr(stats, run.state, getattr(stats, run.state) + 1)
-        since = iso(now - timedelta(hours=24))
-        for run in self._finished_since(iso(now - timedelta(hours=48))):
+        stats.succeeded_24h, stats.failed_24h = self._last_24h(now)
+        return stats
+
+    def _last_24h(self, now: datetime) -> tuple[int, int]:
+        """Backups succeeded and failed in the 24 hours before `now`, memoised until a run
+        ends or the minute turns (not a walk through a day of runs on every request)."""
+        key = (self.state.finished_seq, now.replace(second=0, microsecond=0))
+        if self._day is not None and self._day[0] == key:
+            return self._day[1]
+        since = iso(key[1] - timedelta(hours=24))
+        succeeded = failed = 0
+        for run in self._finished_since(iso(key[1] - timedelta(hours=48))):
             if run.finished is not None and run.finished >= since and run.kind == "backup":
                 if run.state == "succeeded":
-                    stats.succeeded_24h += 1
+                    succeeded += 1
                 elif run.state == "failed":
-                    stats.failed_24h += 1
-        return stats
+                    failed += 1
+        self._day = (key, (succeeded, failed))
+        return succeeded, failed
 
     def _job_figures(self) -> DashboardStats:
         """Job counts, backup size and the next run, memoised on the log position."""

@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote
 import aiohttp_jinja2
 from aiohttp import web
 
+from core import paging
 from core.queries import parse_time
 from events.types import topic_map
 from models.runs import INTERRUPT_REASONS
@@ -25,6 +26,7 @@ THEME_COOKIE = "bm_theme"
 FLASH_COOKIE = "bm_flash"
 FLASH_KINDS = ("ok", "error", "warn")
 YEAR = 365 * 24 * 3600
+BANNER_RUNS = 5  # interrupted runs the banner names (the others are counted)
 SAFE_PATH = re.compile(r"/(?![/\\])[\x21-\x5b\x5d-\x7e]*")  # one leading slash, no backslash
 # Which page topics each event type refreshes, for web/static/app.js (from the classes).
 EVENT_TOPICS = json.dumps(topic_map(), separators=(",", ":"), sort_keys=True)
@@ -62,8 +64,9 @@ async def page_context(request: web.Request) -> dict[str, Any]:
     section = (route.name or "").split("-")[0] if route is not None else ""
     section = {"job": "jobs", "logs": "logs"}.get(section, section)
     here = _here(request)
-    interrupted = [r for r in state.active_runs()
-                   if r.state == "interrupted" and r.job_id in state.jobs]
+    # The banner names the first few; the rest are counted and listed on /runs.
+    waiting = paging.active_runs(state, ("interrupted",), None, BANNER_RUNS)
+    interrupted = waiting.items
     return {
         "nav": NAV,
         "section": section,
@@ -75,6 +78,7 @@ async def page_context(request: web.Request) -> dict[str, Any]:
         "last_seq": request.app[STORE].last_seq,
         "event_topics": EVENT_TOPICS,
         "interrupted": interrupted,
+        "interrupted_total": waiting.total,
         "interrupt_reasons": INTERRUPT_REASONS,
         "job_names": {r.job_id: state.jobs[r.job_id].spec.get("name", r.job_id)
                       for r in interrupted},

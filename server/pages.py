@@ -17,12 +17,12 @@ import aiohttp_jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from core import operations
+from core import operations, paging
 from core.commands import validate_job
 from core.errors import CommandError, Invalid
 from core.pathcheck import path_warnings_off_loop
 from core.queries import JobRow
-from core.state import JobView
+from core.state import JobView, RunView
 from engines.base import EngineError
 from models.job import clean_path
 from server.forms import (
@@ -36,35 +36,43 @@ from server.keys import COMMANDS, QUERIES, RUNNER, STATE
 from server.page_support import form_of as _form
 from server.page_support import redirect, render, safe_next
 from server.page_support import url_of as _url
+from server.runs_page import setup_runs_routes
 
 log = logging.getLogger(__name__)
 
 JOBS_PER_PAGE = 50
 RUN_HISTORY = 50
+DASHBOARD_RUNS = 10  # running (and paused) runs shown, then queued ones; the rest counted
 FLASH_ERROR_TYPES = (CommandError, EngineError)
 
 
 # --- dashboard ------------------------------------------------------------------------
 
-def _running(request: web.Request) -> list[dict[str, Any]]:
-    """Active runs with their latest progress, in queue order."""
-    state, runner = request.app[STATE], request.app[RUNNER]
-    out = []
-    for run in state.active_runs():
-        job = state.jobs.get(run.job_id)
-        if job is None or run.state == "interrupted":
-            continue
-        active = runner.active.get(run.run_id)
-        out.append({"run": run, "job": job,
-                    "progress": (active.progress if active is not None else None) or {}})
-    return out
+def _run_item(request: web.Request, run: RunView) -> dict[str, Any]:
+    """An active run with its job and latest progress, for running_runs.html."""
+    active = request.app[RUNNER].active.get(run.run_id)
+    return {"run": run, "job": request.app[STATE].jobs[run.job_id],
+            "progress": (active.progress if active is not None else None) or {}}
+
+
+def _running(request: web.Request, job_id: str | None = None) -> list[dict[str, Any]]:
+    """A job's active runs (not interrupted) with their latest progress, in queue order."""
+    state = request.app[STATE]
+    return [_run_item(request, run) for run in state.active_runs(job_id)
+            if run.job_id in state.jobs and run.state != "interrupted"]
 
 
 def _dashboard_context(request: web.Request) -> dict[str, Any]:
-    queries = request.app[QUERIES]
+    queries, state = request.app[QUERIES], request.app[STATE]
     chart = queries.chart()
-    return {"stats": queries.dashboard(), "running": _running(request),
-            "recent": queries.recent_runs(10), "jobs_by_id": request.app[STATE].jobs,
+    # Counts and the first few of each: the queue after a downtime is a thousand runs.
+    going = paging.active_runs(state, ("running", "paused"), None, DASHBOARD_RUNS)
+    waiting = paging.active_runs(state, ("queued",), None, DASHBOARD_RUNS)
+    return {"stats": queries.dashboard(),
+            "running": [_run_item(request, r) for r in going.items + waiting.items],
+            "running_more": going.total - len(going.items),
+            "waiting_more": waiting.total - len(waiting.items),
+            "recent": queries.recent_runs(10), "jobs_by_id": state.jobs,
             "chart": chart, "chart_max_runs": max([d.succeeded + d.failed for d in chart] + [1]),
             "chart_max_bytes": max([d.bytes for d in chart] + [1])}
 
@@ -79,7 +87,7 @@ async def dashboard(request: web.Request) -> web.Response:
             and request.query.get("have") == context["stats_digest"]:
         return web.Response(status=204)  # what the page shows is still current
     return render(request, "dashboard.html", context, {
-        "stats": "partials/dashboard_stats_poll.html", "running": "partials/running_runs.html",
+        "stats": "partials/dashboard_stats_poll.html", "running": "partials/dashboard_runs.html",
         "recent": "partials/recent_runs.html", "chart": "partials/runs_chart.html"})
 
 
@@ -142,7 +150,7 @@ async def job_page(request: web.Request, restore_errors: Mapping[str, str] | Non
     context = {
         "job": job, "row": request.app[QUERIES].job_row(job),
         "runs": state.job_runs(job.job_id)[:RUN_HISTORY],
-        "running": [r for r in _running(request) if r["job"].job_id == job.job_id],
+        "running": _running(request, job.job_id),
         "snapshots": snapshots, "snapshot_error": snapshot_error,
         "activity": list(reversed(job.activity)),
         "restore_errors": restore_errors or {}, "restore_values": restore_values or {},
@@ -351,3 +359,4 @@ def setup_page_routes(app: web.Application) -> None:
                name="job-verify")
     r.add_post("/runs/{run_id}/{action:pause|resume|cancel|discard}", run_action,
                name="run-action")
+    setup_runs_routes(app)

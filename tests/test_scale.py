@@ -7,6 +7,7 @@ Not timed (speed figures live in bench/pages.py): the data is built once per ses
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,42 @@ async def test_a_jobs_runs_and_the_queue_are_read_a_page_at_a_time(
     first = await (await client.get("/api/runs")).json()
     assert len(first["runs"]) == 50 and first["total"] == 920  # with the interrupted ones
     assert (await client.get("/api/runs?state=succeeded")).status == 400
+
+
+async def _page(client: Client, url: str) -> str:
+    resp = await client.get(url)
+    assert resp.status == 200, url
+    return await resp.text()
+
+
+async def test_the_dashboard_shows_counts_and_the_first_few_runs(client: Client) -> None:
+    """900 queued runs: the dashboard names ten, counts the rest and links to them all."""
+    html = await _page(client, "/dashboard")
+    assert len(html.encode()) < 60_000
+    assert len(re.findall(r'data-run="r-', html)) == 10
+    assert re.search(r"And\s+890 more queued", html) and 'href="/runs"' in html
+    # The recovery banner on every page: five of the 20 interrupted runs, then a count.
+    assert "20 interrupted runs waiting" in html and re.search(r"And 15 more", html)
+    assert len(re.findall(r"/runs/r-i[0-9a-f]+/resume", html)) == 5
+    fragment = await _page(client, "/dashboard?fragment=running")
+    assert len(fragment.encode()) < 30_000 and "890 more queued" in fragment
+
+
+async def test_the_runs_page_shows_the_queue_a_page_at_a_time(
+        client: Client, scale_data: ScaleData) -> None:
+    """/runs: 50 unfinished runs a page, "Show more" reads the next, each run once."""
+    html = await _page(client, "/runs?state=queued")
+    assert len(html.encode()) < 80_000
+    seen = re.findall(r'data-queue-run="([^"]+)"', html)
+    assert len(seen) == 50
+    more = re.search(r'hx-get="([^"]+)"', html[html.index('id="queue-more"'):])
+    while more:
+        rows = await _page(client, more.group(1).replace("&amp;", "&"))
+        assert len(rows.encode()) < 60_000
+        found = re.findall(r'data-queue-run="([^"]+)"', rows)
+        assert 0 < len(found) <= 50
+        seen += found
+        more = re.search(r'hx-get="([^"]+)"', rows)
+    assert seen == scale_data.queued_run_ids
+    everything = await _page(client, "/runs")
+    assert "All (920)" in everything and "Interrupted (20)" in everything
