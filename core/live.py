@@ -8,26 +8,49 @@ event loop, the runner) never waits for anyone.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 Message = dict[str, Any]
 
+# How many live messages were turned into JSON (each once, however many read it).
+STATS = {"encoded": 0}
+
+
+class Published:
+    """A published message, shared by every subscriber, encoded once when first sent."""
+
+    __slots__ = ("_data", "message")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self._data: bytes | None = None
+
+    def data(self) -> bytes:
+        """The message as UTF-8 JSON, encoded on first use only."""
+        if self._data is None:
+            self._data = json.dumps(self.message).encode()
+            STATS["encoded"] += 1
+        return self._data
+
 
 class LiveSubscription:
     """One subscriber's bounded queue of live messages; the oldest go first when it is full."""
 
-    def __init__(self, feed: LiveFeed, limit: int, clock: Callable[[], int] | None) -> None:
+    def __init__(self, feed: LiveFeed, limit: int, clock: Callable[[], int] | None,
+                 wake: asyncio.Event | None = None) -> None:
         self._feed = feed
         self._clock = clock
         # Each message with the clock's reading when it came (0 without a clock).
-        self._items: deque[tuple[int, Message]] = deque(maxlen=limit)
-        self._wake = asyncio.Event()
+        self._items: deque[tuple[int, Published]] = deque(maxlen=limit)
+        # May be shared with the reader's other queues (see `ready`).
+        self._wake = wake or asyncio.Event()
         self.dropped = 0
         self.closed = False
 
-    def offer(self, message: Message) -> None:
+    def offer(self, message: Published) -> None:
         """Queue a message without waiting (dropping the oldest past the limit)."""
         if self.closed:
             return
@@ -35,6 +58,11 @@ class LiveSubscription:
             self.dropped += 1
         self._items.append((self._clock() if self._clock else 0, message))
         self._wake.set()
+
+    @property
+    def ready(self) -> bool:
+        """Whether a message is queued or the subscription is closed."""
+        return bool(self._items) or self.closed
 
     async def wait(self) -> None:
         """Wait until a message is queued or the subscription is closed; take nothing."""
@@ -44,6 +72,10 @@ class LiveSubscription:
 
     def take(self) -> list[tuple[int, Message]]:
         """Return and forget what is queued, each message with its clock reading."""
+        return [(clock, item.message) for clock, item in self.take_shared()]
+
+    def take_shared(self) -> list[tuple[int, Published]]:
+        """As take, each message as published (encoded once for every reader)."""
         items = list(self._items)
         self._items.clear()
         return items
@@ -72,14 +104,15 @@ class LiveFeed:
     def __init__(self) -> None:
         self._subscriptions: set[LiveSubscription] = set()
 
-    def subscribe(self, limit: int = 1000,
-                  clock: Callable[[], int] | None = None) -> LiveSubscription:
+    def subscribe(self, limit: int = 1000, clock: Callable[[], int] | None = None,
+                  wake: asyncio.Event | None = None) -> LiveSubscription:
         """Start receiving what is published from now on.
 
         `clock` is read as each message comes (the WebSocket passes the log's last seq),
-        so a reader can put the message back in order among committed events.
+        so a reader can put the message back in order among committed events. `wake` is
+        an Event set on news, which the reader may share with its other queues.
         """
-        sub = LiveSubscription(self, limit, clock)
+        sub = LiveSubscription(self, limit, clock, wake)
         self._subscriptions.add(sub)
         return sub
 
@@ -94,8 +127,11 @@ class LiveFeed:
 
     def publish(self, message: Message) -> None:
         """Deliver a message to every subscriber, never waiting."""
+        if not self._subscriptions:
+            return
+        shared = Published(message)
         for sub in list(self._subscriptions):
-            sub.offer(message)
+            sub.offer(shared)
 
     def close_all(self) -> None:
         """Close every subscription, waking their readers."""

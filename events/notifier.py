@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 class Subscription:
     """One subscriber's bounded queue; it overflows rather than slowing the publisher."""
 
-    def __init__(self, notifier: Notifier, limit: int) -> None:
+    def __init__(self, notifier: Notifier, limit: int,
+                 wake: asyncio.Event | None = None) -> None:
         self._notifier = notifier
         self._items: deque[StoredEvent] = deque()
-        self._wake = asyncio.Event()
+        # May be shared with other queues (a WebSocket waits on its events and its live
+        # messages with one Event: no task per wait); see `ready`.
+        self._wake = wake or asyncio.Event()
         self.limit = limit
         self.overflowed = False
         self.closed = False
@@ -39,6 +42,11 @@ class Subscription:
         else:
             self._items.extend(items)
         self._wake.set()
+
+    @property
+    def ready(self) -> bool:
+        """Whether something is queued, or the subscription overflowed or closed."""
+        return bool(self._items) or self.overflowed or self.closed
 
     async def wait(self) -> None:
         """Wait until something is queued, or the subscription overflowed or closed."""
@@ -91,9 +99,10 @@ class Notifier:
         wakes: in-memory state is current by the time an append returns to its caller."""
         self._listeners.append(listener)
 
-    def subscribe(self, limit: int = 10_000) -> Subscription:
-        """Start receiving what is committed from now on."""
-        sub = Subscription(self, limit)
+    def subscribe(self, limit: int = 10_000, wake: asyncio.Event | None = None) -> Subscription:
+        """Start receiving what is committed from now on (`wake`: an Event set on news,
+        shared with other queues the reader waits on)."""
+        sub = Subscription(self, limit, wake)
         self._subscriptions.add(sub)
         return sub
 

@@ -16,6 +16,9 @@ GENESIS_HASH = "0" * 64
 # for leading and trailing whitespace, a fair share of a replay's time, is skipped.
 _decode = json.JSONDecoder().raw_decode
 
+# How many events were turned into their JSON message (each once, however many read it).
+STATS = {"encoded": 0}
+
 # Column order of every SELECT in events/sql.py.
 Row = tuple[int, str, int, str, str, str, str]
 
@@ -92,7 +95,15 @@ class StoredEvent:
                 f'"hash":"{self.hash}"}}'
             )
             self._cache["json"] = text
+            STATS["encoded"] += 1
         return text
+
+    def message(self) -> bytes:
+        """The JSON message as UTF-8 bytes, encoded once for every WebSocket it goes to."""
+        data: bytes | None = self._cache.get("bytes")
+        if data is None:
+            data = self._cache["bytes"] = self.to_json().encode()
+        return data
 
     def as_dict(self) -> dict[str, Any]:
         """Return the event as a plain dict (the JSON message, parsed)."""

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from core.live import LiveSubscription
 from events.notifier import Subscription
@@ -40,53 +40,47 @@ async def _send_stored(ws: web.WebSocketResponse, store: EventStore, last: int,
     """Send stored events after `last` (up to `upto`) from the log; return the last seq sent."""
     async for page in store.iterate(since=last, until=upto, page=500):
         for ev in page:
-            await ws.send_str(ev.to_json())
+            await ws.send_frame(ev.message(), WSMsgType.TEXT)
             last = ev.seq
     return last
 
 
 async def _tail(ws: web.WebSocketResponse, store: EventStore, sub: Subscription,
-                live: LiveSubscription, last: int) -> None:
+                live: LiveSubscription, wake: asyncio.Event, last: int) -> None:
     """Send queued events in order (no gap, no duplicate), and live messages among them in
-    the order they happened, until the client goes away."""
-    events_ready: asyncio.Future[None] | None = None
-    live_ready: asyncio.Future[None] | None = None
-    try:
-        while not ws.closed:
-            # Waiting takes nothing, so a wait left pending loses nothing.
-            events_ready = events_ready or asyncio.ensure_future(sub.wait())
-            live_ready = live_ready or asyncio.ensure_future(live.wait())
-            await asyncio.wait((events_ready, live_ready), return_when=asyncio.FIRST_COMPLETED)
-            events_ready = None if events_ready.done() else events_ready
-            live_ready = None if live_ready.done() else live_ready
-            # Both taken at once: a live message stamped with seq s came after event s, and
-            # event s is already in hand (it was queued before the message was published).
-            events, messages = sub.take(), live.take()
-            if sub.overflowed:
-                await ws.close(code=CLOSE_TOO_SLOW,
-                               message=f"client fell behind; reconnect with since={last}".encode())
-                return
-            if sub.closed or live.closed:
-                return
-            queued = iter(messages)
-            pending = next(queued, None)
-            for ev in events:
-                while pending is not None and pending[0] < ev.seq:
-                    await ws.send_str(json.dumps(pending[1]))
-                    pending = next(queued, None)
-                if ev.seq <= last:
-                    continue  # already sent during the replay
-                if ev.seq > last + 1:
-                    last = await _send_stored(ws, store, last, ev.seq - 1)
-                await ws.send_str(ev.to_json())
-                last = ev.seq
-            while pending is not None:
-                await ws.send_str(json.dumps(pending[1]))
+    the order they happened, until the client goes away.
+
+    `wake` is set by both queues: one Event to wait on, no task per wait, and each
+    event's message encoded once for every client (it is sent as the same bytes).
+    """
+    while not ws.closed:
+        while not (sub.ready or live.ready):
+            wake.clear()
+            await wake.wait()
+        # Both taken at once: a live message stamped with seq s came after event s, and
+        # event s is already in hand (it was queued before the message was published).
+        events, messages = sub.take(), live.take_shared()
+        if sub.overflowed:
+            await ws.close(code=CLOSE_TOO_SLOW,
+                           message=f"client fell behind; reconnect with since={last}".encode())
+            return
+        if sub.closed or live.closed:
+            return
+        queued = iter(messages)
+        pending = next(queued, None)
+        for ev in events:
+            while pending is not None and pending[0] < ev.seq:
+                await ws.send_frame(pending[1].data(), WSMsgType.TEXT)
                 pending = next(queued, None)
-    finally:
-        for waiting in (events_ready, live_ready):
-            if waiting is not None:
-                waiting.cancel()
+            if ev.seq <= last:
+                continue  # already sent during the replay
+            if ev.seq > last + 1:
+                last = await _send_stored(ws, store, last, ev.seq - 1)
+            await ws.send_frame(ev.message(), WSMsgType.TEXT)
+            last = ev.seq
+        while pending is not None:
+            await ws.send_frame(pending[1].data(), WSMsgType.TEXT)
+            pending = next(queued, None)
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -100,15 +94,18 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     refusal = origin_refusal(request)
     if refusal is not None:
         raise web.HTTPForbidden(reason=refusal)
-    ws = web.WebSocketResponse(heartbeat=30)
+    # compress=False: a deflated frame is compressed again for each client (its own zlib
+    # stream); uncompressed, an event is encoded once and the same bytes go to everyone.
+    ws = web.WebSocketResponse(heartbeat=30, compress=False)
     await ws.prepare(request)
     clients = request.app[WEBSOCKETS]
     clients.add(ws)
     # Subscribe before reading the log: whatever commits during the replay is queued,
     # and the seq check in _tail drops what the replay already sent.
-    sub = store.notifier.subscribe(limit=request.app[CONFIG].ws_queue_limit)
+    wake = asyncio.Event()
+    sub = store.notifier.subscribe(limit=request.app[CONFIG].ws_queue_limit, wake=wake)
     # Progress and log lines: stamped with the log's head as they come, to keep their place.
-    live = request.app[LIVE].subscribe(clock=lambda: store.notifier.last_seq)
+    live = request.app[LIVE].subscribe(clock=lambda: store.notifier.last_seq, wake=wake)
 
     async def read_client() -> None:
         # Reading is what processes pings and the client's close frame.
@@ -121,7 +118,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     try:
         await ws.send_str(json.dumps({"kind": "hello", "head": store.last_seq}))
         last = await _send_stored(ws, store, since)
-        await _tail(ws, store, sub, live, last)
+        await _tail(ws, store, sub, live, wake, last)
     except ConnectionResetError:
         pass  # the client went away mid-send; it reconnects with its last seq
     except StoreUnavailable as err:
