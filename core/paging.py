@@ -23,12 +23,14 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Page(Generic[T]):
     """Up to `limit` items, the key to continue after (None: this is the last page), the
-    number of items in the whole list, and the key of the page before (None: first)."""
+    number of items in the whole list, the key of the page before (None: first) and, for
+    a list read by position, where the page starts in it."""
 
     items: list[T]
     after: str | None
     total: int
     before: str | None = None
+    first: int = 0
 
 
 @dataclass
@@ -93,4 +95,4 @@ def slice_page(items: Sequence[T], start: int, limit: int) -> Page[T]:
     start = max(0, min(start, len(items)))
     end = start + limit
     return Page(list(items[start:end]), str(end) if end < len(items) else None, len(items),
-                str(max(0, start - limit)) if start > 0 else None)
+                str(max(0, start - limit)) if start > 0 else None, start)

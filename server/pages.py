@@ -41,7 +41,8 @@ from server.runs_page import setup_runs_routes
 log = logging.getLogger(__name__)
 
 JOBS_PER_PAGE = 50
-RUN_HISTORY = 50
+RUN_HISTORY = 50  # runs a page of a job's history shows ("Older runs" for the rest)
+SNAPSHOTS_SHOWN = 20  # snapshots a page shows, newest first, each with its restore form
 DASHBOARD_RUNS = 10  # running (and paused) runs shown, then queued ones; the rest counted
 FLASH_ERROR_TYPES = (CommandError, EngineError)
 
@@ -135,6 +136,12 @@ async def _snapshots(job: JobView) -> tuple[list[Any], str | None]:
         return [], str(err)
 
 
+def _position(request: web.Request, name: str) -> int | None:
+    """A place in a list from the query string (ASCII digits), None when absent or not one."""
+    raw = request.query.get(name, "")
+    return int(raw) if re.fullmatch(r"[0-9]{1,9}", raw) else None
+
+
 async def job_page(request: web.Request, restore_errors: Mapping[str, str] | None = None,
                    restore_values: Mapping[str, Any] | None = None,
                    status: int = 200) -> web.Response:
@@ -146,12 +153,18 @@ async def job_page(request: web.Request, restore_errors: Mapping[str, str] | Non
     snapshot_error: str | None = None
     if fragment in (None, "snapshots"):
         snapshots, snapshot_error = await _snapshots(job)
+    start = _position(request, "snapshots_from")
+    if restore_errors:  # the page holding the snapshot whose form has the error
+        ids = [s.id for s in snapshots]
+        first = next((ids.index(i) for i in restore_errors if i in ids), None)
+        start = start if first is None else first - first % SNAPSHOTS_SHOWN
     state = request.app[STATE]
     context = {
         "job": job, "row": request.app[QUERIES].job_row(job),
-        "runs": state.job_runs(job.job_id)[:RUN_HISTORY],
+        "runs": paging.job_runs(state, job, _position(request, "runs_before"), RUN_HISTORY),
         "running": _running(request, job.job_id),
-        "snapshots": snapshots, "snapshot_error": snapshot_error,
+        "snapshots": paging.slice_page(snapshots, start or 0, SNAPSHOTS_SHOWN),
+        "snapshot_error": snapshot_error,
         "activity": list(reversed(job.activity)),
         "restore_errors": restore_errors or {}, "restore_values": restore_values or {},
         # With other jobs' destinations: two jobs saved on one before that was refused.
