@@ -102,21 +102,33 @@ def _files(logs_dir: Path, view: LogFilter, runs: Sequence[RunView]) -> list[Log
     return [LogFile(logs_dir / "runs" / f"{r}.log", RUN_FORMAT, r) for r in run_ids]
 
 
-# The job select lists every job (1,000 of them must still render in a few ms): the
-# sorted (name, id) pairs are worked out once per state of the log, not for each request.
-_JOB_CHOICES: weakref.WeakKeyDictionary[State, tuple[int, list[tuple[str, str]]]] = \
+# The job select lists every job up to JOB_SELECT_MAX of them; past that, the jobs that ran
+# last (every job's run logs stay one click away: the Log link on its page). The sorted
+# (name, id) pairs are worked out once per state of the log, not for each request.
+JOB_SELECT_MAX = 200
+_JOB_CHOICES: weakref.WeakKeyDictionary[State, tuple[int, list[tuple[str, str]], int]] = \
     weakref.WeakKeyDictionary()
 
 
-def _job_choices(state: State) -> list[tuple[str, str]]:
-    """(name, job id) of every job, by name, for the job select."""
+def _job_choices(state: State) -> tuple[list[tuple[str, str]], int]:
+    """(name, job id) of the jobs the select offers, by name, and how many are left out."""
     cached = _JOB_CHOICES.get(state)
     if cached is None or cached[0] != state.seq:
-        jobs = sorted(((str(j.spec.get("name", j.job_id)), j.job_id)
-                       for j in state.jobs.values()), key=lambda j: (j[0].lower(), j[1]))
-        cached = state.seq, jobs
+        if len(state.jobs) <= JOB_SELECT_MAX:
+            chosen = list(state.jobs.values())
+        else:  # newest runs first, until enough jobs: stops long before the oldest run
+            ids: dict[str, None] = {}
+            for run in reversed(state.runs.values()):
+                if run.job_id in state.jobs:
+                    ids.setdefault(run.job_id)
+                    if len(ids) >= JOB_SELECT_MAX:
+                        break
+            chosen = [state.jobs[i] for i in ids]
+        jobs = sorted(((str(j.spec.get("name", j.job_id)), j.job_id) for j in chosen),
+                      key=lambda j: (j[0].lower(), j[1]))
+        cached = state.seq, jobs, len(state.jobs) - len(jobs)
         _JOB_CHOICES[state] = cached
-    return cached[1]
+    return cached[1], cached[2]
 
 
 def _heading(state: State, view: LogFilter) -> str:
@@ -169,6 +181,7 @@ async def logs_page(request: web.Request) -> web.Response:
     except OutsideLogs as err:
         raise web.HTTPForbidden(reason=str(err)) from err
     page_url = str(request.app.router["logs"].url_for().with_query(view.query()))
+    choices, left_out = _job_choices(state)
     context: dict[str, Any] = {
         "view": view, "entries": scan.entries, "summary": _summary(scan),
         "empty_text": _empty_text(request, view, scan), "heading": _heading(state, view),
@@ -176,8 +189,10 @@ async def logs_page(request: web.Request) -> web.Response:
         "run_labels": {r.run_id: f"{r.run_id} · {r.state} · {when(r.queued)}"
                        + ("" if view.job_id else f" · {_job_name(state, r.job_id)}")
                        for r in runs},
-        "job_choices": _job_choices(state),
-        "job_missing": view.job_id is not None and view.job_id not in state.jobs,
+        "job_choices": choices, "jobs_left_out": left_out,
+        # A job not offered (deleted, or past the select's limit) is added as chosen.
+        "job_missing": view.job_id is not None and view.job_id not in
+        {job_id for _, job_id in choices},
         "job_name": _job_name(state, view.job_id) if view.job_id else "",
         "download_url": _download_url(request, view),
     }

@@ -153,3 +153,32 @@ async def test_the_runs_page_shows_the_queue_a_page_at_a_time(
     assert seen == scale_data.queued_run_ids
     everything = await _page(client, "/runs")
     assert "All (920)" in everything and "Interrupted (20)" in everything
+
+
+async def test_every_page_and_list_is_bounded(client: Client, scale_data: ScaleData) -> None:
+    """No page or API answer grows with the 100,000 events or the 1,000 jobs' history."""
+    heavy = scale_data.heavy_job_id
+    # Its runs are among the oldest (the log was written job by job): past the Logs
+    # select's 200 jobs that ran last, so the select adds it as the chosen one.
+    left_out = scale_data.job_ids[100]
+    bounds = {  # bytes, uncompressed; today's answers are about half of each
+        "/dashboard": 60_000, "/jobs": 100_000, "/jobs?page=20": 100_000,
+        "/jobs?q=photos": 100_000, f"/jobs/{heavy}": 80_000,
+        f"/jobs/{heavy}?runs_before=60": 80_000, f"/jobs/{heavy}?fragment=runs": 40_000,
+        "/runs": 80_000, "/runs?state=interrupted": 40_000, "/logs": 50_000,
+        f"/logs?source=run&job={left_out}": 50_000, "/settings": 40_000,
+        "/jobs/new": 40_000, f"/api/jobs/{heavy}": 40_000, "/api/jobs": 250_000,
+        f"/api/jobs/{heavy}/runs": 60_000, "/api/runs": 60_000,
+        "/api/events?since=0": 400_000,
+        # One series per job and run state for Prometheus: grows with jobs, not events.
+        "/metrics": 1_000 * len(scale_data.job_ids),
+    }
+    for url, most in bounds.items():
+        resp = await client.get(url, headers={"Accept-Encoding": "identity"})
+        body = await resp.read()
+        assert resp.status == 200, url
+        assert len(body) < most, f"{url}: {len(body)} bytes"
+    logs = await _page(client, f"/logs?source=run&job={left_out}")
+    assert logs.count(f'<option value="{left_out}"') == 1
+    assert f'<option value="{left_out}" selected>' in logs
+    assert re.search(r"The 200 jobs that ran last are listed; the other [0-9]+:", logs)
