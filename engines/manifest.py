@@ -206,7 +206,14 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        """Read a manifest, with a clear error if it is missing or damaged."""
+        """Read a manifest whole (either format), with a clear error if it is missing or
+        damaged. Streaming readers use engines.manifest_stream instead."""
+        from engines.manifest_stream import StreamedManifest, is_streamed
+
+        if is_streamed(path):
+            streamed = StreamedManifest(path)
+            return cls(streamed.snapshot_id, streamed.engine, streamed.created,
+                       streamed.sources, list(streamed.entries()), streamed.job_id)
         try:
             data = json.loads(path.read_bytes())
             if not isinstance(data, dict):
@@ -220,7 +227,7 @@ class Manifest:
                            dict(data["sources"]), list(data["entries"]),
                            str(data.get("job_id", "")))
             for entry in manifest.entries:
-                _check_entry_shape(entry)
+                check_entry_shape(entry)
             manifest.time  # noqa: B018 - raises ValueError for a damaged time
             stored = data.get("checksum")
             if stored is not None and (
@@ -287,7 +294,17 @@ _HEAD_KEYS = {"format", "snapshot_id", "engine", "created", "sources", "files", 
               "checksum", "entries", "job_id"}
 
 
-def _check_entry_shape(entry: Any) -> None:
+def entry_line(entry: Mapping[str, Any]) -> str:
+    """One entry as the JSON text a manifest holds (sorted keys, surrogates escaped)."""
+    return _escape_surrogates(_ENCODER.encode(entry))
+
+
+def head_text(head: Mapping[str, Any]) -> str:
+    """A manifest's first line: the head's keys, then the opening of its entries."""
+    return f'{_dumps(head)[:-1]}, "entries": [\n'
+
+
+def check_entry_shape(entry: Any) -> None:
     """Refuse an entry that lacks what restore and verify need (ValueError)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise ValueError(f"an entry has no path: {str(entry)[:80]}")

@@ -10,7 +10,6 @@ after its manifest is durable, so a crash at any moment leaves nothing that look
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,9 +19,8 @@ from typing import Any
 from engines.contract import BackupSpec, Engine
 from engines.control import RunControl
 from engines.errors import DiskFull, EngineError, SnapshotNotFound
-from engines.filecopy import copy_file, link_into, restore_tmp, symlink_into
-from engines.fsmeta import apply_meta, refused_message, shown
-from engines.fsutil import is_disk_full, refuse_clashes, remove_tree
+from engines.fsmeta import apply_meta, shown
+from engines.fsutil import remove_tree
 from engines.manifest import (
     SNAPSHOT_ID_RE,
     Manifest,
@@ -33,8 +31,11 @@ from engines.manifest import (
     sha256_file,
     unique_snapshot_id,
 )
+from engines.manifest_stream import StreamedManifest, is_streamed, listed_manifest
+from engines.previndex import PreviousFiles
 from engines.progress import ProgressMeter, Reporter
 from engines.results import RestoreResult, Snapshot, VerifyResult
+from engines.treerestore import restore_tree
 from models.atomic import fsync_dir
 
 PARTIAL = ".partial"
@@ -100,7 +101,8 @@ class TreeSnapshots(Engine):
         out = []
         for snap_id in self.complete_ids(spec.destination):
             try:
-                m = Manifest.read(manifest_path(spec.destination, snap_id))
+                # Checked whole (its checksum), without holding its entries.
+                m = listed_manifest(manifest_path(spec.destination, snap_id))
             except ManifestError:
                 continue  # verify reports it; listing shows what can be restored
             if spec.job_id and m.job_id and m.job_id != spec.job_id:
@@ -123,16 +125,23 @@ class TreeSnapshots(Engine):
         partial.mkdir()
         return snap_id, partial, False
 
-    def latest(self, spec: BackupSpec) -> tuple[str, Manifest] | None:
-        """The job's newest complete snapshot with a readable manifest, if any."""
+    def latest(self, spec: BackupSpec) -> tuple[str, PreviousFiles] | None:
+        """The job's newest complete snapshot with a readable manifest, if any, and its
+        files packed small (engines.previndex) for the next run's quick check."""
         for snap_id in reversed(self.complete_ids(spec.destination, spec.job_id)):
+            path = manifest_path(spec.destination, snap_id)
             try:
-                manifest = Manifest.read(manifest_path(spec.destination, snap_id))
+                if is_streamed(path):
+                    streamed = StreamedManifest(path)
+                    if spec.job_id and streamed.job_id and streamed.job_id != spec.job_id:
+                        continue
+                    return snap_id, PreviousFiles(streamed.entries())
+                manifest = Manifest.read(path)
             except ManifestError:
                 continue
             if spec.job_id and manifest.job_id and manifest.job_id != spec.job_id:
                 continue
-            return snap_id, manifest
+            return snap_id, PreviousFiles(manifest.entries)
         return None
 
     # --- restore ----------------------------------------------------------------------
@@ -143,52 +152,12 @@ class TreeSnapshots(Engine):
         """Copy a snapshot (or one path in it) into target, keeping its paths.
 
         Files keep their holes, hard links recorded in the manifest are links again, and
-        owner, group and kept extended attributes come back where the server may set them.
+        owner, group and kept extended attributes come back where the server may set them
+        (engines.treerestore, which reads the manifest one entry at a time).
         """
         root = self.snapshot_dir(spec, snapshot_id)
-        manifest = Manifest.read(manifest_path(spec.destination, snapshot_id))
-        entries = select_entries(manifest, path)
-        prepare_target(target, entries, overwrite)
-        meter = ProgressMeter(reporter)
-        meter.update(force=True, phase="restoring", counting=False,
-                     files_total=sum(1 for e in entries if e["type"] == "file"),
-                     bytes_total=sum(e.get("size", 0) for e in entries if e["type"] == "file"))
-        real_target = Path(os.path.realpath(target))
-        restored: dict[str, Path] = {}  # files written so far, for hard links to them
-        try:
-            for entry in entries:
-                control.safe_point()
-                out = safe_output_path(real_target, entry["path"])
-                if entry["type"] == "dir":
-                    if overwrite and os.path.lexists(out) and not out.is_dir():
-                        # Asked to overwrite: a file (or link) where the snapshot has a
-                        # folder is replaced like any file, not left to fail half-way.
-                        os.unlink(out)
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                leader = restored.get(entry.get("link") or "")
-                if leader is not None and link_into(leader, out, restore_tmp(out)):
-                    restored[entry["path"]] = out
-                    meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
-                    continue
-                refused = _place(out, entry, root)
-                if refused:
-                    reporter.warning(refused_message(entry["path"], refused))
-                if entry["type"] == "file":
-                    restored[entry["path"]] = out
-                    meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
-            for entry in reversed(entries):  # directories last, deepest first: mtimes stick
-                if entry["type"] == "dir":
-                    refused = set_meta(safe_output_path(real_target, entry["path"]), entry)
-                    if refused:
-                        reporter.warning(refused_message(entry["path"], refused))
-        except OSError as err:
-            if is_disk_full(err):
-                raise disk_full(target, err) from err
-            raise EngineError(f"restore into {shown(target)} failed: {err.strerror} "
-                              f"({shown(err.filename or '')})") from err
-        meter.update(force=True, phase="done", current_file="")
-        return RestoreResult(meter.state.files_done, meter.state.bytes_done)
+        return restore_tree(root, manifest_path(spec.destination, snapshot_id), target,
+                            control, reporter, path, overwrite)
 
     # --- verify -----------------------------------------------------------------------
 
@@ -274,64 +243,6 @@ class TreeSnapshots(Engine):
                     remove_tree(path)
                 else:
                     path.unlink(missing_ok=True)
-
-
-def _place(out: Path, entry: Mapping[str, Any], root: Path) -> list[str]:
-    """Restore a file or symlink under a short temporary name beside `out`, then rename.
-
-    A failure (a full disk) removes the half-written temp file. Returns the attributes
-    the filesystem refused.
-    """
-    tmp = restore_tmp(out)
-    try:
-        if entry["type"] == "symlink":
-            symlink_into(entry["target"], out, tmp)
-        else:
-            copy_file(root / entry["path"], tmp, exclusive=True)
-        refused = set_meta(tmp, entry)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return refused
-
-
-def select_entries(manifest: Manifest, path: str | None) -> list[dict[str, Any]]:
-    """The manifest entries under `path` (all of them without one), parents first."""
-    if not path:
-        return list(manifest.entries)
-    rel = check_rel_path(path)
-    chosen = [e for e in manifest.entries
-              if e["path"] == rel or e["path"].startswith(rel + "/")]
-    if not chosen:
-        raise SnapshotNotFound(f"{shown(path)} is not in snapshot {manifest.snapshot_id}")
-    # The parents of the chosen path exist in the target as plain directories.
-    parents = [p for p in Path(rel).parents if str(p) != "."]
-    by_path = manifest.by_path()
-    head = [by_path[str(p)] for p in reversed(parents) if str(p) in by_path]
-    return head + chosen
-
-
-def safe_output_path(real_target: Path, rel: str) -> Path:
-    """Where an entry goes under target; refuse anything that would land outside it."""
-    rel = check_rel_path(rel)
-    out = real_target / rel
-    parent = Path(os.path.realpath(out.parent))
-    if parent != real_target and real_target not in parent.parents:
-        raise EngineError(f"{shown(rel)} would be written outside {shown(real_target)}; "
-                          "refused")
-    return out
-
-
-def prepare_target(target: Path, entries: Sequence[Mapping[str, Any]], overwrite: bool) -> None:
-    """Create the target, refusing (before writing anything) to overwrite existing files."""
-    refuse_clashes(target, ((e["path"], e["type"] == "dir") for e in entries), overwrite)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise EngineError(f"restore target {shown(target)} cannot be created: "
-                          f"{err.strerror}") from err
 
 
 def check_entry(root: Path, entry: Mapping[str, Any]) -> str | None:

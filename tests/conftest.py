@@ -36,6 +36,7 @@ SLOW_MODULES = frozenset({
 # made slow on purpose, a flood timed over two seconds, command-line processes). The
 # fast subset keeps a quicker test of each behaviour; `--durations=30` finds new ones.
 SLOW_TESTS = frozenset({
+    "test_writing_and_reading_100000_entries_holds_memory_flat",
     "test_a_10_gib_sparse_file_backs_up_and_restores_with_its_holes",
     "test_a_sparse_file_larger_than_the_destination_keeps_its_holes",
     "test_a_paused_rsync_dies_with_its_killed_worker_and_the_resume_completes",

@@ -23,6 +23,7 @@ from engines.control import RunControl
 from engines.filecopy import COPY_CHUNK, copy_file, tmp_name
 from engines.fsmeta import read_xattrs, refused_message, shown
 from engines.manifest import sha256_file
+from engines.previndex import PreviousFiles
 from engines.progress import ProgressMeter, Reporter
 from engines.ratelimit import RateLimiter
 from engines.scan import Entry
@@ -69,7 +70,7 @@ class FileCopier:
 
     partial: str
     prev_root: str | None
-    prev_files: dict[str, dict[str, Any]]
+    prev_files: PreviousFiles
     journal_done: dict[str, tuple[int, int, str]]
     control: RunControl
     meter: ProgressMeter

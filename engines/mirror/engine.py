@@ -26,13 +26,15 @@ from typing import Any
 
 from engines.contract import BackupSpec
 from engines.control import RunControl
+from engines.durable import make_durable
 from engines.errors import Cancelled, EngineError
 from engines.filecopy import link_into, symlink_into
 from engines.fsmeta import refused_message, shown
 from engines.fsutil import is_disk_full, remove_tree
-from engines.manifest import Manifest
+from engines.manifest_stream import ManifestWriter
 from engines.mirror.copier import FileCopier, tree_record
 from engines.mirror.journal import Journal
+from engines.previndex import PreviousFiles
 from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.ratelimit import RateLimiter
 from engines.results import BackupResult
@@ -74,6 +76,7 @@ class MirrorEngine(TreeSnapshots):
         meter = ProgressMeter(warn)
         threads = int(spec.options.get("threads") or min(8, (os.cpu_count() or 2) * 2))
         limiter = RateLimiter.from_options(spec.options)
+        created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         try:
             meter.update(force=True, phase="scanning", counting=True)
             entries = scan(spec, control, warn)
@@ -84,31 +87,33 @@ class MirrorEngine(TreeSnapshots):
                          bytes_total=sum(e.size for e in files))
             previous = self.latest(spec)  # this job's own: never another job's files
             prev_root = dest / previous[0] if previous else None
-            prev_files = previous[1].by_path() if previous else {}
+            prev_files = previous[1] if previous else PreviousFiles()
             journal = Journal(journal_path)
             copier = FileCopier(str(partial), str(prev_root) if prev_root else None,
                                 prev_files, journal.done, control, meter, warn, limiter,
                                 resuming, bool(spec.options.get("checksum")))
-            try:
-                records = self._copy_all(entries, partial, copier, journal, checkpoint,
-                                         threads)
-            finally:
-                journal.close()
-            control.safe_point()  # a pause or cancel asked for now still takes effect
-            meter.update(force=True, phase="finalising", current_file="")
-            for entry in reversed(entries):  # deepest first so parents' mtimes stick
-                if entry.kind == "dir":
-                    refused = set_meta(partial / entry.rel, records[entry.rel])
-                    if refused:
-                        warn.warning(refused_message(entry.path, refused))
-            # Data first, then the manifest, then the rename that makes it complete.
-            os.sync()
-            created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-            manifest = Manifest(snap_id, self.name, created,
+            # The manifest is written as files are placed, never held whole (format 2,
+            # engines.manifest_stream); it is put in place only after the data is durable.
+            with ManifestWriter(manifest_path(dest, snap_id), snap_id, self.name, created,
                                 {n: str(p) for n, p in spec.source_names().items()},
-                                [records[e.rel] for e in entries if e.rel in records],
-                                spec.job_id)
-            manifest.write(manifest_path(dest, snap_id))
+                                spec.job_id) as manifest:
+                try:
+                    folders = self._copy_all(entries, partial, copier, journal, checkpoint,
+                                             threads, manifest)
+                finally:
+                    journal.close()
+                control.safe_point()  # a pause or cancel asked for now still takes effect
+                meter.update(force=True, phase="finalising", current_file="")
+                for entry in reversed(entries):  # deepest first so parents' mtimes stick
+                    if entry.kind == "dir":
+                        refused = set_meta(partial / entry.rel, folders[entry.rel])
+                        if refused:
+                            warn.warning(refused_message(entry.path, refused))
+                # Data first, then the manifest, then the rename that makes it complete.
+                # Only the destination's filesystem: os.sync() waited for every other
+                # program's writes too.
+                make_durable(partial)
+                manifest.commit()
             os.replace(partial, dest / snap_id)
             fsync_dir(dest)
             journal_path.unlink(missing_ok=True)
@@ -123,28 +128,33 @@ class MirrorEngine(TreeSnapshots):
             raise EngineError(f"backup to {shown(dest)} failed: {err.strerror} "
                               f"({shown(err.filename or '')})") from err
         meter.update(force=True, phase="done")
-        return BackupResult(snap_id, manifest.files, manifest.size,
+        return BackupResult(snap_id, manifest.files, manifest.bytes,
                             time.monotonic() - started, tuple(warn.warnings))
 
     def _copy_all(self, entries: list[Entry], partial: Path, copier: FileCopier,
-                  journal: Journal, checkpoint: dict[str, Any],
-                  threads: int) -> dict[str, dict[str, Any]]:
+                  journal: Journal, checkpoint: dict[str, Any], threads: int,
+                  manifest: ManifestWriter) -> dict[str, dict[str, Any]]:
         """Create directories and symlinks, copy or link files on worker threads, then
-        make the other names of files hard-linked in the source links again."""
-        records: dict[str, dict[str, Any]] = {}
+        make the other names of files hard-linked in the source links again. Every
+        record goes to the manifest as it is made (parents before what they hold);
+        only the folders' records are returned, for their times at the end."""
+        folders: dict[str, dict[str, Any]] = {}
         for entry in entries:
             if entry.kind == "file":
                 continue
             out = partial / entry.rel
             made = tree_record(entry, copier.warn)
-            records[entry.rel] = made
+            manifest.add(made)
             if entry.kind == "dir":
+                folders[entry.rel] = made
                 out.mkdir(exist_ok=True)
             elif entry.kind == "symlink":
                 if not out.is_symlink() or os.readlink(out) != entry.target:
                     os.replace(symlink_into(entry.target, out), out)
                 set_meta(out, made)
         leaders, followers = _link_groups(entries)
+        wanted = {leader.rel for _, leader in followers}
+        linked: dict[str, dict[str, Any]] = {}  # records of first names with other names
         chunks: list[list[Entry]] = [[]]
         size = 0
         for entry in leaders:
@@ -157,6 +167,7 @@ class MirrorEngine(TreeSnapshots):
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror") as pool:
             pending: set[Future[list[dict[str, Any] | None]]] = {
                 pool.submit(copier.copy_chunk, chunk) for chunk in chunks if chunk}
+            del chunks
             try:
                 while pending:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
@@ -164,7 +175,9 @@ class MirrorEngine(TreeSnapshots):
                         for placed in fut.result():
                             if placed is not None:
                                 journal.record(placed)
-                                records[placed["path"]] = placed
+                                manifest.add(placed)
+                                if placed["path"] in wanted:
+                                    linked[placed["path"]] = placed
                     if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
                         journal.sync()
                         state = copier.meter.state
@@ -177,15 +190,15 @@ class MirrorEngine(TreeSnapshots):
                 raise
         for entry, leader in followers:
             copier.control.safe_point()
-            record = _link_follower(partial, entry, records.get(leader.rel))
+            record = _link_follower(partial, entry, linked.get(leader.rel))
             if record is None:  # the first name was skipped, or no link possible: copy
                 record = copier.copy_chunk([entry])[0]
             else:
                 copier.meter.add(files=1, nbytes=entry.size, current_file=shown(entry.rel))
             if record is not None:
-                records[entry.rel] = record
+                manifest.add(record)
         journal.sync()
-        return records
+        return folders
 
 
 def _link_groups(entries: list[Entry]) -> tuple[list[Entry], list[tuple[Entry, Entry]]]:

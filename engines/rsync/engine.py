@@ -36,10 +36,12 @@ from typing import Any
 from engines.child import stop_leftover
 from engines.contract import BackupSpec
 from engines.control import RunControl
+from engines.durable import make_durable
 from engines.errors import Cancelled, DiskFull, EngineError, Interrupted
 from engines.fsmeta import ACL_NAMES, read_xattrs, shown
 from engines.fsutil import is_disk_full, remove_tree
-from engines.manifest import Manifest
+from engines.manifest_stream import ManifestWriter
+from engines.previndex import PreviousFiles
 from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.ratelimit import bwlimit_option
 from engines.results import BackupResult
@@ -133,7 +135,7 @@ class RsyncEngine(TreeSnapshots):
                 _prune_stale(partial, entries)
             previous = self.latest(spec)
             prev_root = dest / previous[0] if previous else None
-            prev_entries = previous[1].by_path() if previous else {}
+            prev_entries = previous[1] if previous else PreviousFiles()
             # Files whose content may have changed behind an unchanged size and mtime get
             # their contents compared (all of them with the job's checksum option).
             recheck = set() if checksum else content_suspects(entries, prev_entries)
@@ -148,13 +150,17 @@ class RsyncEngine(TreeSnapshots):
                 warn.warning(message)
             remove_tree(work)
             checkpointer.meter.update(force=True, phase="finalising", current_file="")
-            # Data first, then the manifest, then the rename that makes it complete.
-            os.sync()
+            # Data first, then the manifest, then the rename that makes it complete. Only
+            # the destination's filesystem: os.sync() waited for every other program's.
+            make_durable(partial)
             created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-            manifest = Manifest(snap_id, self.name, created,
-                                {n: str(p) for n, p in spec.source_names().items()}, records,
-                                job_id=spec.job_id)
-            manifest.write(manifest_path(dest, snap_id))
+            with ManifestWriter(manifest_path(dest, snap_id), snap_id, self.name, created,
+                                {n: str(p) for n, p in spec.source_names().items()},
+                                spec.job_id) as manifest:
+                for record in records:
+                    manifest.add(record)
+                del records
+                manifest.commit()
             os.replace(partial, dest / snap_id)
             fsync_dir(dest)
         except Cancelled:
@@ -175,8 +181,8 @@ class RsyncEngine(TreeSnapshots):
                               f"({err.filename})") from err
         checkpointer.meter.update(force=True, phase="done", counting=False, current_file="",
                                   files_done=manifest.files, files_total=manifest.files,
-                                  bytes_done=manifest.size, bytes_total=manifest.size)
-        return BackupResult(snap_id, manifest.files, manifest.size,
+                                  bytes_done=manifest.bytes, bytes_total=manifest.bytes)
+        return BackupResult(snap_id, manifest.files, manifest.bytes,
                             time.monotonic() - started, tuple(warn.warnings))
 
     def _copy_sources(self, rsync: str, spec: BackupSpec, entries: list[Entry],
@@ -248,7 +254,7 @@ class RsyncEngine(TreeSnapshots):
         meter.update(force=True, current_file="")
 
     def _manifest_entries(self, spec: BackupSpec, partial: Path, prev_root: Path | None,
-                          prev_entries: dict[str, dict[str, Any]],
+                          prev_entries: PreviousFiles,
                           sources: Mapping[str, Entry], lost: LostExtras,
                           control: RunControl, warn: Reporter,
                           checkpointer: Checkpointer) -> list[dict[str, Any]]:

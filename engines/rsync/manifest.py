@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.manifest import HASH_CHUNK, sha256_file
+from engines.previndex import PreviousFiles
 from engines.scan import Entry
 
 SECOND = 1_000_000_000
@@ -86,8 +87,7 @@ def describe(rel: str, path: Path, st: os.stat_result,
     return out
 
 
-def content_suspects(entries: Sequence[Entry],
-                     previous: Mapping[str, Mapping[str, Any]]) -> set[str]:
+def content_suspects(entries: Sequence[Entry], previous: PreviousFiles) -> set[str]:
     """Files rsync's quick check could wrongly keep: the previous snapshot has the path
     with the same size and mtime second, but the source's inode or change time is not
     what that snapshot recorded (or it recorded neither, as manifests before issue 12).

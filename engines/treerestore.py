@@ -1,0 +1,213 @@
+"""Restoring a tree snapshot (mirror and rsync), its manifest read one entry at a time.
+
+Memory stays flat in the number of files: the manifest is streamed (format 2, engines.
+manifest_stream; a format 1 manifest is read whole as before), and only folders (for
+their times, set last), the first names of hard-linked files and the folders already
+proven to lie inside the target are remembered. The containment check (no entry lands
+outside the target, whatever symlinks it meets) resolves each folder once, not each file:
+a folder resolved inside the target stays inside it, since a restore replaces only
+files and symlinks, and a symlink restored over a path drops what was proven under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from engines.control import RunControl
+from engines.errors import EngineError, SnapshotNotFound
+from engines.filecopy import copy_file, link_into, restore_tmp, symlink_into
+from engines.fsmeta import apply_meta, refused_message, shown
+from engines.fsutil import is_disk_full, refuse_clashes
+from engines.manifest import Manifest, check_rel_path
+from engines.manifest_stream import StreamedManifest, is_streamed
+from engines.progress import ProgressMeter, Reporter
+from engines.results import RestoreResult
+
+# Small dense files are read and written in one call each, not through copy_file's
+# hole-seeking loop (most of a restore of many small files was that loop's syscalls).
+SMALL_FILE = 1 << 20
+
+
+def manifest_entries(path: Path) -> tuple[str, Callable[[], Iterator[dict[str, Any]]]]:
+    """The snapshot id and a way to read the entries again from the start.
+
+    A format 2 manifest is checked whole here (its checksum), before any entry is used.
+    """
+    if is_streamed(path):
+        streamed = StreamedManifest(path)
+        return streamed.snapshot_id, streamed.entries
+    manifest = Manifest.read(path)
+    return manifest.snapshot_id, lambda: iter(manifest.entries)
+
+
+def selected(entries: Iterable[dict[str, Any]], path: str | None) -> Iterator[dict[str, Any]]:
+    """The entries under `path` (all without one) and its parent folders, in manifest
+    order (parents first)."""
+    if not path:
+        yield from entries
+        return
+    rel = check_rel_path(path)
+    parents = {str(p) for p in Path(rel).parents if str(p) != "."}
+    for entry in entries:
+        name = entry["path"]
+        if name == rel or name.startswith(rel + "/") or name in parents:
+            yield entry
+
+
+class _Plan:
+    """What one pass over the selection found: totals, and the first names of links."""
+
+    def __init__(self) -> None:
+        self.files = self.bytes = self.chosen = 0
+        self.leaders: set[str] = set()
+
+    def watch(self, entries: Iterable[dict[str, Any]]) -> Iterator[tuple[str, bool]]:
+        for entry in entries:
+            self.chosen += 1
+            if entry["type"] == "file":
+                self.files += 1
+                self.bytes += entry.get("size", 0)
+                if entry.get("link"):
+                    self.leaders.add(entry["link"])
+            yield entry["path"], entry["type"] == "dir"
+
+
+class _Inside:
+    """Where entries go under the target, refusing any that would land outside it."""
+
+    def __init__(self, target: Path) -> None:
+        self.real = os.path.realpath(target)
+        self.proven: set[str] = set()  # parent folders (relative) resolved inside
+
+    def out(self, rel: str) -> str:
+        rel = check_rel_path(rel)
+        head = rel.rpartition("/")[0]
+        if head not in self.proven:
+            parent = os.path.realpath(os.path.join(self.real, head))
+            if parent != self.real and not parent.startswith(self.real.rstrip("/") + "/"):
+                raise EngineError(f"{shown(rel)} would be written outside "
+                                  f"{shown(self.real)}; refused")
+            self.proven.add(head)
+        return os.path.join(self.real, rel)
+
+    def replaced(self, rel: str) -> None:
+        """A symlink now stands at rel: nothing under it is proven any more."""
+        under = rel + "/"
+        self.proven = {p for p in self.proven if p != rel and not p.startswith(under)}
+
+
+def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
+                 reporter: Reporter, path: str | None, overwrite: bool) -> RestoreResult:
+    """Copy a snapshot (or one path in it) into target, keeping its paths."""
+    snapshot_id, entries = manifest_entries(manifest)
+    plan = _Plan()
+    items = plan.watch(selected(entries(), path))
+    prepare_target(target, items, overwrite)
+    for _ in items:  # the clash check may stop early: count the rest
+        pass
+    if path and not plan.chosen:
+        raise SnapshotNotFound(f"{shown(path)} is not in snapshot {snapshot_id}")
+    meter = ProgressMeter(reporter)
+    meter.update(force=True, phase="restoring", counting=False, files_total=plan.files,
+                 bytes_total=plan.bytes)
+    inside = _Inside(target)
+    leaders: dict[str, str] = {}  # first names of hard-linked files, once restored
+    folders: list[tuple[str, dict[str, Any]]] = []
+    try:
+        for entry in selected(entries(), path):
+            control.safe_point()
+            rel, kind = entry["path"], entry["type"]
+            out = inside.out(rel)
+            if kind == "dir":
+                if overwrite and os.path.lexists(out) and not os.path.isdir(out):
+                    # Asked to overwrite: a file (or link) where the snapshot has a
+                    # folder is replaced like any file, not left to fail half-way.
+                    os.unlink(out)
+                os.makedirs(out, exist_ok=True)
+                folders.append((out, entry))
+                continue
+            leader = leaders.get(entry.get("link") or "")
+            if leader is None or not link_into(leader, out, restore_tmp(out)):
+                refused = _place(out, entry, root)
+                if refused:
+                    reporter.warning(refused_message(rel, refused))
+            if kind == "symlink":
+                inside.replaced(rel)
+                continue
+            if rel in plan.leaders:
+                leaders[rel] = out
+            meter.add(files=1, nbytes=entry["size"], current_file=shown(rel))
+        for out, entry in reversed(folders):  # deepest first: their mtimes stick
+            refused = apply_meta(out, entry)
+            if refused:
+                reporter.warning(refused_message(entry["path"], refused))
+    except OSError as err:
+        if is_disk_full(err):
+            from engines.treestore import disk_full
+            raise disk_full(target, err) from err
+        raise EngineError(f"restore into {shown(target)} failed: {err.strerror} "
+                          f"({shown(err.filename or '')})") from err
+    meter.update(force=True, phase="done", current_file="")
+    return RestoreResult(meter.state.files_done, meter.state.bytes_done)
+
+
+def _place(out: str, entry: Mapping[str, Any], root: Path) -> list[str]:
+    """Restore a file or symlink under a short temporary name beside `out`, then rename.
+
+    A failure (a full disk) removes the half-written temp file. Returns the attributes
+    the filesystem refused.
+    """
+    tmp = restore_tmp(out)
+    try:
+        if entry["type"] == "symlink":
+            symlink_into(entry["target"], out, tmp)
+            refused = apply_meta(tmp, entry)
+        elif not _copy_small(os.path.join(root, entry["path"]), tmp, entry):
+            copy_file(os.path.join(root, entry["path"]), tmp, exclusive=True)
+            refused = apply_meta(tmp, entry)
+        else:
+            refused = apply_meta(tmp, entry)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return refused
+
+
+def _copy_small(src: str, dst: str, entry: Mapping[str, Any]) -> bool:
+    """Copy a small file with one read and one write; False (nothing written) for a
+    large or sparse one, which copy_file handles with its holes."""
+    if entry.get("size", 0) > SMALL_FILE:
+        return False
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if st.st_size > SMALL_FILE or st.st_blocks * 512 < st.st_size:
+            return False
+        data = os.read(fd, SMALL_FILE + 1)
+    finally:
+        os.close(fd)
+    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view):]
+    finally:
+        os.close(out)
+    return True
+
+
+def prepare_target(target: Path, items: Iterable[tuple[str, bool]], overwrite: bool) -> None:
+    """Create the target, refusing (before writing anything) to overwrite existing files;
+    `items` are (path inside the snapshot, is a directory)."""
+    refuse_clashes(target, items, overwrite)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EngineError(f"restore target {shown(target)} cannot be created: "
+                          f"{err.strerror}") from err
