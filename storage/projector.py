@@ -64,6 +64,8 @@ class Projector:
         A stop() while this runs ends the catch-up within milliseconds: start() then
         returns without following (see `interrupted`), leaving the files as they were.
         """
+        if self._stopping.is_set():  # stopped before it started
+            return
         self._starting = asyncio.Event()
         try:
             await self._start()
@@ -171,9 +173,13 @@ class Projector:
         Called while start() is still catching up, it ends that catch-up at once (the
         folding thread sees the flag within STOP_CHECK_EVERY events) and waits for
         start() to return; the files then stay at their last flush, with nothing more.
+        Called before start(), it does nothing, and a later start() returns at once.
         """
         self._stopping.set()
-        if self._starting is not None and not self._starting.is_set():
+        if self._starting is None:
+            self.interrupted = True  # never started: nothing to flush, and none to start
+            return
+        if not self._starting.is_set():
             await self._starting.wait()
         if self.interrupted:
             return

@@ -177,3 +177,13 @@ async def test_an_event_is_encoded_once_for_many_websocket_clients(app_client: A
     finally:
         for ws in sockets:
             await ws.close()
+
+
+async def test_a_projector_stopped_before_it_starts_writes_nothing(store: EventStore,
+                                                                   tmp_path: Path) -> None:
+    await store.append("docs-1", 0, [created("docs-1")])
+    projector = Projector(store, tmp_path / "projections")
+    await projector.stop()
+    await asyncio.wait_for(projector.start(), 1.0)
+    assert projector.interrupted and not projector.healthy
+    assert not (tmp_path / "projections").exists()
