@@ -78,6 +78,7 @@ class Queries:
     _jobs: tuple[int, DashboardStats] | None = None
     _index: JobIndex | None = None
     _day: tuple[tuple[int, datetime], tuple[int, int]] | None = None
+    _active: tuple[int, dict[str, list[RunView]]] | None = None
 
     @property
     def job_index(self) -> JobIndex:
@@ -132,8 +133,18 @@ class Queries:
         """What the jobs list shows for a job."""
         last = self.last_backup(job)
         # The state keeps unfinished runs apart: no walk through the job's whole history.
-        active = next(iter(self.state.active_runs(job.job_id)), None)
+        active = next(iter(self.active_by_job().get(job.job_id, ())), None)
         return JobRow(job, active, last, self.last_success(job), self.next_run(job))
+
+    def active_by_job(self) -> dict[str, list[RunView]]:
+        """Unfinished runs by job, in queue order, memoised on the log position (a page of
+        50 job rows reads it once, not a sort of the whole queue per row)."""
+        if self._active is None or self._active[0] != self.state.seq:
+            by_job: dict[str, list[RunView]] = {}
+            for run in self.state.active_runs():
+                by_job.setdefault(run.job_id, []).append(run)
+            self._active = (self.state.seq, by_job)
+        return self._active[1]
 
     def dashboard(self, now: datetime | None = None) -> DashboardStats:
         """The dashboard card figures."""
