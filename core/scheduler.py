@@ -41,6 +41,7 @@ MIN_SLEEP = 0.05  # seconds; a floor so a due job that cannot start never spins 
 # Changed jobs worked out on the loop at once; more go to a worker thread (an import of
 # many jobs, the first plan) so the loop never parses cron in bulk.
 INLINE_PLANS = 16
+START_BATCH = 64  # due jobs started together (their RunQueued share a commit)
 
 # Events that can move a job's next time or unblock it (Event.wakes_scheduler): the
 # sleeping loop re-plans. Run endings matter because a due job with a run going waits
@@ -259,40 +260,56 @@ class Scheduler:
         started: list[str] = []
         retry: list[tuple[datetime, str, int]] = []
         while self._heap and self._heap[0][0] <= now:
-            entry = heapq.heappop(self._heap)
-            when, job_id, gen = entry
-            plan = self._plans.get(job_id)
-            if plan is None or plan.gen != gen:
-                continue  # stale: the job changed or was deleted since
-            job = self.state.jobs.get(job_id)
-            if job is None:
-                self._forget(job_id)
-                continue
-            if plan.key != _key(job):  # changed without an event seen here
-                self._keep(job_id, _key(job), self._work_out(job, _key(job)))
-                continue
-            if self._blocked(job):
-                self._parked.add(job_id)  # back in the heap when one of its runs ends
-                continue
-            try:
-                run = await self.commands.start_run(job_id, trigger="schedule")
-            except (Conflict, ConcurrencyError) as err:
-                # Lost a race with another start (a person, a script); it runs anyway,
-                # and its RunQueued moves this job's time (seen on the next tick).
-                log.info("scheduled run of job %s skipped: %s", job_id, err)
-                retry.append(entry)
-                continue
-            except Exception:
-                log.exception("could not start the scheduled run of job %s", job_id)
-                retry.append(entry)
-                continue
-            started.append(run.run_id)
-            log.info("job %s (%s) due at %s: queued run %s", job_id,
-                     job.spec.get("name"), when.isoformat(), run.run_id)
-            self._refresh(job_id)  # its new base is the run just queued
+            due: list[tuple[tuple[datetime, str, int], JobView]] = []
+            while self._heap and self._heap[0][0] <= now and len(due) < START_BATCH:
+                entry = heapq.heappop(self._heap)
+                job = self._startable(entry)
+                if job is not None:
+                    due.append((entry, job))
+            # Started together: their appends share a commit, so a thousand jobs due at
+            # once after downtime queue at the log's speed, not one fsync after another.
+            outcomes = await asyncio.gather(
+                *(self.commands.start_run(job.job_id, trigger="schedule") for _, job in due),
+                return_exceptions=True)
+            for (entry, job), outcome in zip(due, outcomes, strict=True):
+                if isinstance(outcome, (Conflict, ConcurrencyError)):
+                    # Lost a race with another start (a person, a script); it runs anyway,
+                    # and its RunQueued moves this job's time (seen on the next tick).
+                    log.info("scheduled run of job %s skipped: %s", job.job_id, outcome)
+                    retry.append(entry)
+                elif isinstance(outcome, BaseException):
+                    if not isinstance(outcome, Exception):
+                        raise outcome  # cancelled: the loop is stopping
+                    log.error("could not start the scheduled run of job %s", job.job_id,
+                              exc_info=outcome)
+                    retry.append(entry)
+                else:
+                    started.append(outcome.run_id)
+                    log.info("job %s (%s) due at %s: queued run %s", job.job_id,
+                             job.spec.get("name"), entry[0].isoformat(), outcome.run_id)
+                    self._refresh(job.job_id)  # its new base is the run just queued
         for entry in retry:
             heapq.heappush(self._heap, entry)
         return started
+
+    def _startable(self, entry: tuple[datetime, str, int]) -> JobView | None:
+        """The job of a due heap entry if it may start now; else None (dropped or parked)."""
+        _, job_id, gen = entry
+        plan = self._plans.get(job_id)
+        if plan is None or plan.gen != gen:
+            return None  # stale: the job changed or was deleted since
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            self._forget(job_id)
+            return None
+        key = _key(job)
+        if plan.key != key:  # changed without an event seen here: its new time
+            self._keep(job_id, key, self._work_out(job, key))  # may be due: next batch
+            return None
+        if self._blocked(job):
+            self._parked.add(job_id)  # back in the heap when one of its runs ends
+            return None
+        return job
 
     def _blocked(self, job: JobView) -> bool:
         """Whether a due job must wait for its unfinished run (logged once per run)."""

@@ -1,0 +1,249 @@
+"""Start and create latency among 1,000 scheduled jobs, and the drain after downtime.
+
+Latency: one server on 127.0.0.1 in this process holds BENCH_RUNTIME_JOBS cron jobs
+(none due while the bench runs). Each repeat sends BENCH_RUNTIME_PER_ROUND starts
+(POST /api/jobs/{id}/start), then as many creates (POST /api/jobs), each paired with a
+GET of one job (/api/jobs/{id}) sent right before or after it (the order alternates);
+a repeat's p99 of ours and of the GETs is one sample of each. The started runs end at
+"cannot start" in the background (their sources are removed after the jobs are made).
+
+Drain: a log of BENCH_RUNTIME_DRAIN_JOBS hourly jobs whose last change was two hours
+ago (the server was down: every one is due at once) against as many manual jobs with a
+run already queued each. The time from opening the server until every run has ended is
+ours (the scheduler queues them, the runner runs them) and the peer's (the runner
+alone), taken in turns on fresh copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+import events.store
+from bench.compare import Comparison
+from bench.eventlog import TMP_ROOT, env_int, percentile
+from core.commands import validate_job
+from events.store import EventStore
+from events.types import JobCreated, RunQueued, SettingsChanged
+from models.ids import SETTINGS_STREAM
+from server.app import create_app
+from server.config import Config
+from server.keys import STATE
+
+PEER = "GET /api/jobs/{id}"
+CONCURRENT = 32  # max_concurrent_runs: the highest the settings accept
+
+
+def far_cron(i: int, now: datetime) -> str:
+    """A cron expression, varied per job, whose slots are months away from now."""
+    month = (now.month + 5 + i % 3) % 12 + 1  # 6 to 8 months ahead: never due here
+    return f"{i % 60} {i % 24} {1 + i % 28} {month} *"
+
+
+async def _call(session: aiohttp.ClientSession, method: str, path: str,
+                body: dict[str, Any] | None, expect: int) -> dict[str, Any]:
+    async with session.request(method, path, json=body) as resp:
+        answer: dict[str, Any] = await resp.json()
+        if resp.status != expect:
+            raise RuntimeError(f"{method} {path} answered {resp.status}: {answer}")
+        return answer
+
+
+async def _timed(call: Awaitable[Any]) -> float:
+    started = time.perf_counter()
+    await call
+    return (time.perf_counter() - started) * 1000.0
+
+
+async def _paired(ours: Callable[[], Awaitable[Any]], peer: Callable[[], Awaitable[Any]],
+                  count: int) -> tuple[float, float]:
+    """p99 (ms) of `count` calls of ours and of the peer, sent in alternating order."""
+    mine, theirs = [], []
+    for index in range(count):
+        if index % 2 == 0:
+            mine.append(await _timed(ours()))
+            theirs.append(await _timed(peer()))
+        else:
+            theirs.append(await _timed(peer()))
+            mine.append(await _timed(ours()))
+    return percentile(mine, 99), percentile(theirs, 99)
+
+
+@contextlib.asynccontextmanager
+async def _served(data_dir: Path) -> Any:
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    app = create_app(Config(data_dir=data_dir, log_to_file=False, log_level="WARNING"))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}",
+                                         timeout=timeout) as session:
+            yield session
+    finally:
+        await runner.cleanup()
+
+
+def _job_body(root: Path, name: str, now: datetime, i: int) -> dict[str, Any]:
+    return {"name": name, "engine": "mirror", "sources": [str(root / "src" / name)],
+            "destination": str(root / "dest" / name), "schedule": far_cron(i, now)}
+
+
+async def latency(jobs: int, per_round: int, repeats: int
+                  ) -> tuple[list[Comparison], float]:
+    """Start and create p99 against a GET of one job; also the seconds to make the jobs."""
+    now = datetime.now(UTC)
+    starts: tuple[list[float], list[float]] = ([], [])
+    creates: tuple[list[float], list[float]] = ([], [])
+    with tempfile.TemporaryDirectory(prefix="bench-sched-", dir=TMP_ROOT) as tmp:
+        root = Path(tmp)
+        extra = per_round * repeats
+        for i in range(jobs + extra):
+            (root / "src" / f"job-{i:05d}").mkdir(parents=True)
+        async with _served(root / "data") as session:
+            await _call(session, "PUT", "/api/settings",
+                        {"max_concurrent_runs": CONCURRENT}, 200)
+            made = time.perf_counter()
+            ids = [str((await _call(session, "POST", "/api/jobs", _job_body(
+                root, f"job-{i:05d}", now, i), 201))["id"]) for i in range(jobs)]
+            made_seconds = time.perf_counter() - made
+            for i in range(jobs):  # their runs now end at "cannot start", at once
+                shutil.rmtree(root / "src" / f"job-{i:05d}")
+            started = iter(ids[i * jobs // extra] for i in range(extra))
+            fresh = iter(range(jobs, jobs + extra))
+            peers = iter(ids[(i * 7919) % jobs] for i in range(10 * extra))
+
+            def start() -> Awaitable[Any]:
+                return _call(session, "POST", f"/api/jobs/{next(started)}/start", {}, 202)
+
+            def create() -> Awaitable[Any]:
+                i = next(fresh)
+                return _call(session, "POST", "/api/jobs",
+                             _job_body(root, f"job-{i:05d}", now, i), 201)
+
+            def get() -> Awaitable[Any]:
+                return _call(session, "GET", f"/api/jobs/{next(peers)}", None, 200)
+
+            for _ in range(repeats):
+                for samples, ours in ((starts, start), (creates, create)):
+                    mine, theirs = await _paired(ours, get, per_round)
+                    samples[0].append(mine)
+                    samples[1].append(theirs)
+    label = f"{jobs:,} scheduled jobs"
+    return [Comparison(f"start API p99, {label}", "ms", starts[0], starts[1], PEER,
+                       target_value=10.0, note=f"{per_round} calls per repeat"),
+            Comparison(f"create API p99, {label}", "ms", creates[0], creates[1], PEER,
+                       target_value=20.0, note=f"{per_round} calls per repeat")], made_seconds
+
+
+@contextlib.contextmanager
+def _stamped(when: str) -> Iterator[None]:
+    """Events appended meanwhile carry this time (the log of a server that was down)."""
+    names = vars(events.store)  # the store stamps each batch with its utc_now_iso()
+    real = names["utc_now_iso"]
+    names["utc_now_iso"] = lambda: when
+    try:
+        yield
+    finally:
+        names["utc_now_iso"] = real
+
+
+async def _build_log(data_dir: Path, jobs: int, queued: bool) -> None:
+    """Hourly jobs last changed two hours ago; with `queued`, manual jobs with a run each."""
+    await asyncio.to_thread(data_dir.mkdir, parents=True)
+    ago = (datetime.now(UTC) - timedelta(hours=2)).isoformat(timespec="microseconds")
+    store = await EventStore.open(data_dir / "events.db")
+    try:
+        with _stamped(ago.replace("+00:00", "Z")):
+            await store.append(SETTINGS_STREAM, None, [SettingsChanged(
+                changes={"max_concurrent_runs": CONCURRENT})])
+            for first in range(0, jobs, 250):  # concurrent appends: a few group commits
+                calls = []
+                for i in range(first, min(first + 250, jobs)):
+                    name = f"drain-{i:05d}"
+                    spec = validate_job({
+                        "name": name, "engine": "mirror",
+                        "sources": [str(data_dir.parent / "missing" / name)],
+                        "destination": str(data_dir.parent / "dest" / name),
+                        # The peer's jobs are manual: only its queued runs run.
+                        "schedule": None if queued else "every 1 hour"}).to_dict()
+                    job_events: list[Any] = [JobCreated(job_id=name, spec=spec)]
+                    if queued:
+                        job_events.append(RunQueued(job_id=name, run_id=f"r-{name}"))
+                    calls.append(store.append(name, 0, job_events))
+                await asyncio.gather(*calls)
+    finally:
+        await store.close()
+
+
+async def _drain_seconds(data_dir: Path, jobs: int) -> float:
+    """Seconds from opening the server until `jobs` runs exist and every one has ended."""
+    app = create_app(Config(data_dir=data_dir, log_to_file=False, log_level="WARNING"))
+    runner = web.AppRunner(app, access_log=None)
+    started = time.perf_counter()
+    await runner.setup()
+    try:
+        state = app[STATE]
+        deadline = started + 600
+        while len(state.runs) < jobs or state.active_runs():
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{len(state.runs)} runs, {len(state.active_runs())} "
+                                   "still going after 600 s")
+            await asyncio.sleep(0.02)
+        return time.perf_counter() - started
+    finally:
+        await runner.cleanup()
+
+
+async def drain(jobs: int, repeats: int) -> Comparison:
+    """Runs ended per second after downtime: scheduler and runner against the runner."""
+    ours: list[float] = []
+    peer: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-drain-", dir=TMP_ROOT) as tmp:
+        for index in range(repeats):
+            order = [(ours, False), (peer, True)]
+            for samples, queued in order if index % 2 == 0 else reversed(order):
+                data_dir = Path(tmp) / f"{index}-{queued}" / "data"
+                await _build_log(data_dir, jobs, queued)
+                samples.append(jobs / await _drain_seconds(data_dir, jobs))
+                await asyncio.to_thread(shutil.rmtree, data_dir.parent)
+    return Comparison(f"drain after downtime, {jobs:,} jobs due at once", "runs/s", ours,
+                      peer, "runner alone (runs already queued)", target_ratio=0.8,
+                      lower_is_better=False,
+                      note="runs end at 'cannot start' (sources missing)")
+
+
+async def run_jobs_comparisons() -> list[Comparison]:
+    """Every comparison of this module, printed as they come."""
+    jobs = env_int("BENCH_RUNTIME_JOBS", 1_000)
+    per_round = env_int("BENCH_RUNTIME_PER_ROUND", 40)
+    repeats = max(env_int("BENCH_RUNTIME_REPEATS", 5), 1)
+    print(f"\n== start and create latency with {jobs:,} scheduled (cron) jobs: "
+          f"{repeats} repeats of {per_round} calls, each beside a {PEER} ==", flush=True)
+    found, made = await latency(jobs, per_round, repeats)
+    print(f"  created the {jobs:,} jobs through the API in {made:.1f} s "
+          f"({jobs / made:,.0f} jobs/s)")
+    for comparison in found:
+        print("  " + comparison.line(), flush=True)
+    drain_jobs = env_int("BENCH_RUNTIME_DRAIN_JOBS", 1_000)
+    if drain_jobs > 0:
+        print(f"\n== drain after downtime: {drain_jobs:,} hourly jobs all due at once, "
+              f"{repeats} repeats ==", flush=True)
+        comparison = await drain(drain_jobs, repeats)
+        print("  " + comparison.line(), flush=True)
+        found.append(comparison)
+    return found
