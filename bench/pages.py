@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 from croniter import croniter
 
+from bench.compare import Comparison
 from bench.eventlog import TMP_ROOT, Figure, env_int, percentile
 from core.queries import iso
 from events import store as store_module
@@ -545,7 +546,15 @@ def _p(values: Sequence[float], pct: float) -> str:
     return f"{_ms(percentile(values, pct)):.2f}"
 
 
-async def run_pages() -> list[Figure]:
+async def run_pages() -> list[Figure | Comparison]:
+    """Every page's figures, then the lists at scale against a same-size static file."""
+    from bench.page_lists import run_page_lists  # it reuses this module's log writer
+
+    figures: list[Figure | Comparison] = list(await run_page_figures())
+    return figures + await run_page_lists()
+
+
+async def run_page_figures() -> list[Figure]:
     """Build the data, serve it, measure every page; print as it goes; return the figures."""
     job_count = env_int("BENCH_PAGES_JOBS", 1_000)
     total = env_int("BENCH_PAGES_EVENTS", 100_000)
