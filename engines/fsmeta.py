@@ -57,10 +57,14 @@ def read_xattrs(path: str) -> dict[str, str]:
     return out
 
 
-def apply_owner(path: str | os.PathLike[str], uid: int, gid: int) -> bool:
-    """Give a path (not following a symlink) an owner and group; False if not allowed."""
+def apply_owner(path: str | os.PathLike[str] | int, uid: int, gid: int) -> bool:
+    """Give a path (not following a symlink) or an open file an owner and group; False
+    if not allowed."""
     try:
-        os.lchown(path, uid, gid)
+        if isinstance(path, int):
+            os.chown(path, uid, gid)
+        else:
+            os.lchown(path, uid, gid)
     except OSError as err:
         # Not root and no CAP_CHOWN (EPERM), or an id the filesystem cannot store
         # (EINVAL): the copy stays the server's, which the README says.
@@ -70,14 +74,15 @@ def apply_owner(path: str | os.PathLike[str], uid: int, gid: int) -> bool:
     return True
 
 
-def apply_xattrs(path: str | os.PathLike[str], xattrs: Mapping[str, str]) -> list[str]:
+def apply_xattrs(path: str | os.PathLike[str] | int, xattrs: Mapping[str, str]) -> list[str]:
     """Set the given extended attributes; return the names the filesystem refused."""
     refused: list[str] = []
     for name, value in xattrs.items():
         if not kept_xattr(name):
             continue  # a manifest names only these; anything else is not ours to set
         try:
-            os.setxattr(path, name, base64.b64decode(value), follow_symlinks=False)
+            os.setxattr(path, name, base64.b64decode(value),
+                        follow_symlinks=isinstance(path, int))  # an fd follows nothing
         except OSError as err:
             if err.errno in (*_UNSUPPORTED, errno.EPERM, errno.EACCES, errno.EINVAL,
                              errno.E2BIG, errno.ENOSPC):
@@ -95,8 +100,9 @@ def owner_record(uid: int, gid: int, xattrs: Mapping[str, str]) -> dict[str, Any
     return record
 
 
-def apply_meta(path: str | os.PathLike[str], entry: Mapping[str, Any]) -> list[str]:
-    """Give a copied or restored entry its owner, attributes, mode and mtime.
+def apply_meta(path: str | os.PathLike[str] | int, entry: Mapping[str, Any]) -> list[str]:
+    """Give a copied or restored entry (by path, or an open file) its owner, attributes,
+    mode and mtime.
 
     Order matters: chown clears set-id bits, so it goes first; an ACL sets the group
     bits, so chmod comes after it; utime last. Returns the attribute names the

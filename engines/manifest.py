@@ -82,6 +82,10 @@ def check_rel_path(path: str) -> str:
     """Normalise a path inside a snapshot; refuse absolute paths, '..' and NUL bytes."""
     if "\x00" in path:
         raise EngineError("a path inside a snapshot cannot contain a NUL byte")
+    # Already normal (every name a manifest holds): no Path object, run once per entry.
+    if path and path[0] != "/" and path[-1] != "/" and "//" not in path and \
+            not any(part in (".", "..") for part in path.split("/")):
+        return path
     pure = PurePosixPath(path.strip("/"))
     if any(part in ("..", "") for part in pure.parts) or pure.is_absolute():
         raise EngineError(f"path {path!r} is not a path inside the snapshot")

@@ -12,14 +12,16 @@ files and symlinks, and a symlink restored over a path drops what was proven und
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from engines.control import RunControl
 from engines.errors import EngineError, SnapshotNotFound
-from engines.filecopy import copy_file, link_into, restore_tmp, symlink_into
+from engines.filecopy import TMP_PREFIX, copy_file, link_into, restore_tmp, symlink_into
 from engines.fsmeta import apply_meta, refused_message, shown
 from engines.fsutil import is_disk_full, refuse_clashes
 from engines.manifest import Manifest, check_rel_path
@@ -30,6 +32,9 @@ from engines.results import RestoreResult
 # Small dense files are read and written in one call each, not through copy_file's
 # hole-seeking loop (most of a restore of many small files was that loop's syscalls).
 SMALL_FILE = 1 << 20
+THREADS = 4
+CHUNK_FILES = 64
+MADE_LIMIT = 100_000  # folders remembered as created by this restore
 
 
 def manifest_entries(path: Path) -> tuple[str, Callable[[], Iterator[dict[str, Any]]]]:
@@ -100,8 +105,55 @@ class _Inside:
         self.proven = {p for p in self.proven if p != rel and not p.startswith(under)}
 
 
+class _Workers:
+    """Files copied on a few threads (their syscalls overlap; the GIL is released in
+    them), at most a few chunks in flight so memory stays flat; errors surface here."""
+
+    def __init__(self, threads: int, meter: ProgressMeter, reporter: Reporter,
+                 root: Path) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="restore")
+        self.limit = threads * 2
+        self.pending: set[Future[None]] = set()
+        self.chunk: list[tuple[str, dict[str, Any], bool]] = []
+        self.meter, self.reporter, self.root = meter, reporter, root
+
+    def add(self, out: str, entry: dict[str, Any], fresh: bool) -> None:
+        self.chunk.append((out, entry, fresh))
+        if len(self.chunk) >= CHUNK_FILES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.chunk:
+            self.pending.add(self.pool.submit(self._run, self.chunk))
+            self.chunk = []
+        while len(self.pending) >= self.limit:
+            self._collect(FIRST_COMPLETED)
+
+    def _collect(self, when: str) -> None:
+        done, self.pending = wait(self.pending, return_when=when)
+        for fut in done:
+            fut.result()
+
+    def _run(self, chunk: list[tuple[str, dict[str, Any], bool]]) -> None:
+        for out, entry, fresh in chunk:
+            refused = _place(out, entry, self.root, fresh)
+            if refused:
+                self.reporter.warning(refused_message(entry["path"], refused))
+            self.meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
+
+    def finish(self) -> None:
+        self.flush()
+        self._collect(ALL_COMPLETED)
+
+    def close(self) -> None:
+        for fut in self.pending:
+            fut.cancel()
+        self.pool.shutdown(wait=True)
+
+
 def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
-                 reporter: Reporter, path: str | None, overwrite: bool) -> RestoreResult:
+                 reporter: Reporter, path: str | None, overwrite: bool,
+                 threads: int = THREADS) -> RestoreResult:
     """Copy a snapshot (or one path in it) into target, keeping its paths."""
     snapshot_id, entries = manifest_entries(manifest)
     plan = _Plan()
@@ -115,8 +167,11 @@ def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
     meter.update(force=True, phase="restoring", counting=False, files_total=plan.files,
                  bytes_total=plan.bytes)
     inside = _Inside(target)
-    leaders: dict[str, str] = {}  # first names of hard-linked files, once restored
     folders: list[tuple[str, dict[str, Any]]] = []
+    made: set[str] = set()  # folders this restore created: nothing of a killed one in them
+    links: list[tuple[str, dict[str, Any]]] = []  # other names of hard-linked files
+    placed: set[str] = set()  # their first names, restored as files by this restore
+    workers = _Workers(threads, meter, reporter, root)
     try:
         for entry in selected(entries(), path):
             control.safe_point()
@@ -127,20 +182,39 @@ def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
                     # Asked to overwrite: a file (or link) where the snapshot has a
                     # folder is replaced like any file, not left to fail half-way.
                     os.unlink(out)
-                os.makedirs(out, exist_ok=True)
+                try:
+                    os.mkdir(out)
+                    made.add(rel)
+                except FileExistsError:
+                    if not os.path.isdir(out):
+                        raise
+                except FileNotFoundError:
+                    os.makedirs(out, exist_ok=True)
                 folders.append((out, entry))
                 continue
-            leader = leaders.get(entry.get("link") or "")
-            if leader is None or not link_into(leader, out, restore_tmp(out)):
-                refused = _place(out, entry, root)
+            fresh = rel.rpartition("/")[0] in made
+            if kind == "symlink":
+                refused = _place(out, entry, root, fresh)
                 if refused:
                     reporter.warning(refused_message(rel, refused))
-            if kind == "symlink":
                 inside.replaced(rel)
-                continue
-            if rel in plan.leaders:
-                leaders[rel] = out
-            meter.add(files=1, nbytes=entry["size"], current_file=shown(rel))
+            elif entry.get("link") in placed:
+                links.append((out, entry))  # after the first names are all in place
+            else:
+                workers.add(out, entry, fresh)
+                if rel in plan.leaders:
+                    placed.add(rel)
+            if len(made) > MADE_LIMIT:
+                made.clear()  # only a shortcut: bound it
+        workers.finish()
+        for out, entry in links:
+            control.safe_point()
+            leader = inside.out(entry["link"])
+            if not link_into(leader, out, restore_tmp(out)):
+                refused = _place(out, entry, root, False)
+                if refused:
+                    reporter.warning(refused_message(entry["path"], refused))
+            meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
         for out, entry in reversed(folders):  # deepest first: their mtimes stick
             refused = apply_meta(out, entry)
             if refused:
@@ -151,26 +225,31 @@ def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
             raise disk_full(target, err) from err
         raise EngineError(f"restore into {shown(target)} failed: {err.strerror} "
                           f"({shown(err.filename or '')})") from err
+    finally:
+        workers.close()
     meter.update(force=True, phase="done", current_file="")
     return RestoreResult(meter.state.files_done, meter.state.bytes_done)
 
 
-def _place(out: str, entry: Mapping[str, Any], root: Path) -> list[str]:
+def _place(out: str, entry: Mapping[str, Any], root: Path, fresh: bool) -> list[str]:
     """Restore a file or symlink under a short temporary name beside `out`, then rename.
 
     A failure (a full disk) removes the half-written temp file. Returns the attributes
-    the filesystem refused.
+    the filesystem refused. In a folder this restore created (`fresh`), no earlier
+    restore left a temporary file to remove first.
     """
-    tmp = restore_tmp(out)
+    tmp = _tmp_name(out) if fresh else restore_tmp(out)
     try:
         if entry["type"] == "symlink":
             symlink_into(entry["target"], out, tmp)
             refused = apply_meta(tmp, entry)
-        elif not _copy_small(os.path.join(root, entry["path"]), tmp, entry):
-            copy_file(os.path.join(root, entry["path"]), tmp, exclusive=True)
-            refused = apply_meta(tmp, entry)
         else:
-            refused = apply_meta(tmp, entry)
+            refused_small = _copy_small(os.path.join(root, entry["path"]), tmp, entry)
+            if refused_small is None:
+                copy_file(os.path.join(root, entry["path"]), tmp, exclusive=True)
+                refused = apply_meta(tmp, entry)
+            else:
+                refused = refused_small
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -179,17 +258,25 @@ def _place(out: str, entry: Mapping[str, Any], root: Path) -> list[str]:
     return refused
 
 
-def _copy_small(src: str, dst: str, entry: Mapping[str, Any]) -> bool:
-    """Copy a small file with one read and one write; False (nothing written) for a
-    large or sparse one, which copy_file handles with its holes."""
+def _tmp_name(out: str) -> str:
+    """restore_tmp's name for `out`, without the removal a fresh folder does not need."""
+    head, name = os.path.split(out)
+    return os.path.join(head, f"{TMP_PREFIX}{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}")
+
+
+def _copy_small(src: str, dst: str, entry: Mapping[str, Any]) -> list[str] | None:
+    """Copy a small file with one read and one write, and give it its owner, mode and
+    times through the open file; None (nothing written) for a large or sparse one,
+    which copy_file handles with its holes. Returns the attributes refused."""
     if entry.get("size", 0) > SMALL_FILE:
-        return False
+        return None
     fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         st = os.fstat(fd)
         if st.st_size > SMALL_FILE or st.st_blocks * 512 < st.st_size:
-            return False
-        data = os.read(fd, SMALL_FILE + 1)
+            return None
+        # Its size, plus one to see it grew: os.read allocates all it is asked for.
+        data = os.read(fd, st.st_size + 1)
     finally:
         os.close(fd)
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -197,17 +284,27 @@ def _copy_small(src: str, dst: str, entry: Mapping[str, Any]) -> bool:
         view = memoryview(data)
         while view:
             view = view[os.write(out, view):]
+        return apply_meta(out, entry)
     finally:
         os.close(out)
-    return True
 
 
 def prepare_target(target: Path, items: Iterable[tuple[str, bool]], overwrite: bool) -> None:
     """Create the target, refusing (before writing anything) to overwrite existing files;
-    `items` are (path inside the snapshot, is a directory)."""
-    refuse_clashes(target, items, overwrite)
+    `items` are (path inside the snapshot, is a directory). An empty target has nothing
+    to clash with: its entries are not looked up one by one."""
+    refuse_clashes(target, () if _empty_dir(target) else items, overwrite)
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise EngineError(f"restore target {shown(target)} cannot be created: "
                           f"{err.strerror}") from err
+
+
+def _empty_dir(path: Path) -> bool:
+    """Whether path is a folder with nothing in it (False if it is anything else)."""
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
