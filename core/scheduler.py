@@ -80,6 +80,7 @@ class Scheduler:
         # Next times worked out (cron or interval): a real count, so tests can tell that
         # a tick or a new job does not work out every job's time again.
         self.evaluations = 0
+        self.evaluations_off_loop = 0  # of those, worked out on a worker thread in bulk
         self._plans: dict[str, _Plan] = {}
         # (time, job id, generation); an entry whose generation is not its job's plan's
         # any more is stale and dropped when it reaches the head (lazy invalidation).
@@ -241,6 +242,7 @@ class Scheduler:
             return
         results = await asyncio.to_thread(plan_many, items)
         self.evaluations += len(results)
+        self.evaluations_off_loop += len(results)
         for result in results:
             job_id, key = result[0], result[1]
             job = self.state.jobs.get(job_id)
