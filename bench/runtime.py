@@ -1,4 +1,6 @@
-"""Job runtime benchmarks: start request -> RunStarted on a WebSocket, and start latency.
+"""Job runtime benchmarks: start request -> RunStarted on a WebSocket; then, in
+bench/runtime_jobs.py, start and create latency among 1,000 scheduled jobs and the drain
+after downtime, each against a peer run interleaved beside it.
 
 The app is served on 127.0.0.1 in this process, and the HTTP and WebSocket clients share
 its event loop, so every figure includes the client's own work. Nothing asserts; temporary
@@ -22,13 +24,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.compare import Comparison
 from bench.eventlog import TMP_ROOT, Figure, env_int, percentile
+from bench.runtime_jobs import run_jobs_comparisons
 from server.app import create_app
 from server.config import Config
 
 PATIENCE = 30.0  # seconds to wait for any one event, response or run before giving up
 RUN_ENDS = frozenset({"RunSucceeded", "RunFailed", "RunCancelled", "RunInterrupted"})
-SETTLED = frozenset({"succeeded", "failed", "cancelled", "interrupted", "discarded"})
 MAX_CONCURRENT_RUNS = 32  # the highest the settings accept
 FILES_PER_SOURCE = 4
 
@@ -177,54 +180,9 @@ async def bench_start_to_event(runs: int) -> tuple[list[float], Counter[str]]:
     return latencies, outcomes
 
 
-async def bench_start_api(jobs: int, starts: int) -> tuple[list[float], float, Counter[str],
-                                                           str | None]:
-    """Define `jobs` jobs, then time `starts` start calls on distinct ones that fail fast.
-
-    Returns (start latencies, seconds to create the jobs, final run states, one error).
-    """
-    latencies: list[float] = []
-    states: Counter[str] = Counter()
-    error: str | None = None
-    with tempfile.TemporaryDirectory(prefix="bench-runtime-api-", dir=TMP_ROOT) as tmp:
-        root = Path(tmp)
-        async with _serve(root / "data") as session:
-            await _set_concurrency(session)
-            created = time.perf_counter()
-            job_ids = []
-            for i in range(jobs):
-                # Sources that do not exist: each run ends at "cannot start" right away.
-                job = await _call(session, "POST", "/api/jobs", {
-                    "name": f"api bench {i}", "engine": "mirror",
-                    "sources": [str(root / "missing" / f"src-{i:05d}")],
-                    "destination": str(root / "dest" / f"job-{i:05d}")}, 201)
-                job_ids.append(str(job["id"]))
-            create_seconds = time.perf_counter() - created
-            chosen = [job_ids[i * len(job_ids) // starts] for i in range(starts)]
-            run_ids = []
-            for job_id in chosen:
-                started = time.perf_counter()
-                run = await _call(session, "POST", f"/api/jobs/{job_id}/start", {}, 202)
-                latencies.append(time.perf_counter() - started)
-                run_ids.append(str(run["run_id"]))
-            # Untimed: see how the runs ended, so the figure is known to be of fast failures.
-            deadline = time.perf_counter() + PATIENCE
-            for run_id in run_ids:
-                state = "?"
-                while time.perf_counter() < deadline:
-                    answer = await _call(session, "GET", f"/api/runs/{run_id}", None, 200)
-                    state = str(answer.get("state"))
-                    if state in SETTLED:
-                        error = error or answer.get("error")
-                        break
-                    await asyncio.sleep(0.05)
-                states[state] += 1
-    return latencies, create_seconds, states, error
-
-
-async def run_runtime() -> list[Figure]:
-    """Run both job runtime benchmarks, print as they go; return their figures."""
-    figures: list[Figure] = []
+async def run_runtime() -> list[Figure | Comparison]:
+    """Run the job runtime benchmarks, print as they go; return their figures."""
+    figures: list[Figure | Comparison] = []
     runs = env_int("BENCH_RUNTIME_RUNS", 50)
     print(f"\n== job start -> RunStarted on a WebSocket: {runs} small mirror jobs "
           f"({FILES_PER_SOURCE} files each), started one at a time ==")
@@ -241,23 +199,6 @@ async def run_runtime() -> list[Figure]:
     figures.append(Figure(f"{name}, p99", _ms(percentile(latencies, 99)), "ms"))
     figures.append(Figure(f"{name}, max", _ms(max(latencies, default=math.nan)), "ms"))
 
-    jobs = env_int("BENCH_RUNTIME_JOBS", 1_000)
-    starts = min(env_int("BENCH_RUNTIME_STARTS", 200), jobs)
-    print(f"\n== start API latency with {jobs:,} jobs defined: {starts} POST "
-          f"/api/jobs/{{id}}/start calls on distinct jobs, one after another ==")
-    print("  Their sources do not exist, so each queued run fails at 'cannot start' in the "
-          "background,\n  concurrently with the later calls (up to "
-          f"{MAX_CONCURRENT_RUNS} at once). Latency = request sent -> 202 body read.",
-          flush=True)
-    latencies, create_seconds, states, error = await bench_start_api(jobs, starts)
-    print(f"  created {jobs:,} jobs through the API in {create_seconds:.1f} s "
-          f"({jobs / create_seconds:,.0f} jobs/s)")
-    print(f"  start calls: {_summary(latencies)}; target p99 < 10 ms")
-    print(f"  runs ended: {', '.join(f'{n} {k}' for k, n in sorted(states.items()))}"
-          + (f" (e.g. {error!r})" if error else ""), flush=True)
-    name = f"start API, {jobs:,} jobs defined"
-    figures.append(Figure(f"{name}, p50", _ms(percentile(latencies, 50)), "ms"))
-    figures.append(Figure(f"{name}, p99", _ms(percentile(latencies, 99)), "ms", target=10.0,
-                          higher_is_better=False))
-    figures.append(Figure(f"{name}, max", _ms(max(latencies, default=math.nan)), "ms"))
-    return figures
+    # Start and create latency among 1,000 cron jobs, and the drain after downtime, each
+    # against a peer run interleaved beside it (bench/runtime_jobs.py).
+    return [*figures, *await run_jobs_comparisons()]

@@ -183,7 +183,7 @@ async def _build_log(data_dir: Path, jobs: int, queued: bool) -> None:
                         "schedule": None if queued else "every 1 hour"}).to_dict()
                     job_events: list[Any] = [JobCreated(job_id=name, spec=spec)]
                     if queued:
-                        job_events.append(RunQueued(job_id=name, run_id=f"r-{name}"))
+                        job_events.append(RunQueued(job_id=name, run_id=f"r-{i:012x}"))
                     calls.append(store.append(name, 0, job_events))
                 await asyncio.gather(*calls)
     finally:
