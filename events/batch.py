@@ -59,7 +59,7 @@ def commit_rows(conn: sqlite3.Connection, rows: list[Row],
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(sql.INSERT_EVENT, rows)
         conn.execute("COMMIT")
-    except sqlite3.Error:
+    except BaseException:  # whatever failed, leave no transaction open behind it
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):  # the first error is the one to report
                 conn.execute("ROLLBACK")
