@@ -94,6 +94,15 @@ class Resolver:
 
     def real(self, path: str) -> str:
         """The path with symlinks resolved, as os.path.realpath gives it."""
+        known = self._real.get(path)
+        if known is not None:
+            return known
+        # The common case, a plain absolute path whose folder was resolved already.
+        head, _, name = path.rpartition("/")
+        real_head = self._real.get(head or "/")
+        if real_head is not None and name not in ("", ".", "..") and not head.endswith("/"):
+            found = self._real[path] = _step(real_head, name)
+            return found
         todo: list[tuple[str, str, str]] = []
         current = path
         while current not in self._real:  # up to the nearest folder already resolved
@@ -117,7 +126,7 @@ class Resolver:
 
 def _step(real_parent: str, name: str) -> str:
     """The real form of real_parent/name (real_parent has no symlinks left)."""
-    full = posixpath.join(real_parent, name)
+    full = f"{real_parent}{name}" if real_parent.endswith("/") else f"{real_parent}/{name}"
     try:
         info = os.lstat(full)
     except OSError:
@@ -167,8 +176,17 @@ def owner_conflict(destination: str, others: Iterable[Owner],
                    engine: str = "") -> str | None:
     """A message naming the job whose destination overlaps this one, or None (does I/O)."""
     resolver = Resolver()  # one check: each folder is resolved once, not once per owner
-    for owner in others:
-        found = overlap(destination, owner.destination, engine, owner.engine, resolver)
+    mine = local_path(destination, engine)
+    mine_forms = resolver.forms(mine) if mine is not None else ()
+    key = destination_key(engine, destination) if mine is None else ""
+    for owner in others:  # overlap(), with this destination's side worked out once
+        theirs = local_path(owner.destination, owner.engine)
+        if mine is not None and theirs is not None:
+            found = _forms_relation(mine_forms, resolver.forms(theirs))
+        elif mine is None and theirs is None:
+            found = relation(key, destination_key(owner.engine, owner.destination))
+        else:
+            found = None  # a local folder and a remote repository never overlap
         if found is None:
             continue
         who = f"job {owner.name} (id {owner.job_id})"
