@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 from engines.control import RunControl
 from engines.filecopy import COPY_CHUNK, copy_file, tmp_name
-from engines.fsmeta import read_xattrs, refused_message, shown
+from engines.fsmeta import apply_meta, read_xattrs, refused_message, shown
 from engines.manifest import sha256_file
 from engines.previndex import PreviousFiles
 from engines.progress import ProgressMeter, Reporter
@@ -58,6 +59,11 @@ def tree_record(entry: Entry, warn: Reporter) -> dict[str, Any]:
     if xattrs:
         record["xattrs"] = xattrs
     return record
+
+
+# Files up to this size are read, hashed and written in one pass (most of an initial
+# backup of many small files was copy_file's hole-seeking and a second read to hash).
+SMALL_FILE = 1 << 20
 
 
 @dataclass
@@ -156,12 +162,17 @@ class FileCopier:
         # rate stays even and progress moves steadily instead of in 4 MB jumps.
         chunk = (COPY_CHUNK if self.limiter is None
                  else max(64 << 10, min(COPY_CHUNK, int(self.limiter.rate / 4))))
+        small: bytes | None = None
         try:
             xattrs = read_xattrs(entry.path)
+            small = read_small(entry.path) if entry.size <= SMALL_FILE else None
             while True:
                 tmp = os.path.join(head, tmp_name())
                 try:
-                    copy_file(entry.path, tmp, on_chunk, chunk, exclusive=True)
+                    if small is None:
+                        copy_file(entry.path, tmp, on_chunk, chunk, exclusive=True)
+                    else:
+                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     break
                 except FileExistsError:
                     tmp = ""  # the name is taken (a file of the user's): draw another
@@ -176,19 +187,50 @@ class FileCopier:
                               "skipped")
             _remove(tmp)
             return None
-        # Hash what landed in the snapshot (still in the page cache), so the manifest
-        # describes the copy even if the source changed while it was read.
-        digest = sha256_file(tmp)
-        size = os.stat(tmp).st_size
-        if size != entry.size:
+        if small is not None:
+            # Read once: what is written is what is hashed, so the manifest describes
+            # the copy exactly, as hashing it afterwards did.
+            try:
+                view = memoryview(small)
+                while view:
+                    view = view[os.write(fd, view):]
+                on_chunk(len(small))
+                record = file_record(entry, hashlib.sha256(small).hexdigest(), len(small),
+                                     xattrs)
+                refused = apply_meta(fd, record)
+            except BaseException:
+                os.close(fd)
+                _remove(tmp)
+                raise
+            os.close(fd)
+        else:
+            # Hash what landed in the snapshot (still in the page cache), so the manifest
+            # describes the copy even if the source changed while it was read.
+            digest = sha256_file(tmp)
+            record = file_record(entry, digest, os.stat(tmp).st_size, xattrs)
+            refused = set_meta(tmp, record)
+        if record["size"] != entry.size:
             self.warn.warning(f"{shown(entry.path)} changed while it was copied; the "
                               "snapshot holds the version read")
-        record = file_record(entry, digest, size, xattrs)
-        refused = set_meta(tmp, record)
         if refused:
             self.warn.warning(refused_message(entry.path, refused))
         os.replace(tmp, out)
         return record
+
+
+def read_small(path: str) -> bytes | None:
+    """A small dense file's whole content in one read; None for one that is sparse or
+    larger than SMALL_FILE (copy_file keeps its holes), or that grew while read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if st.st_size > SMALL_FILE or st.st_blocks * 512 < st.st_size:
+            return None
+        # Its size plus one (os.read allocates all it is asked for); more means it grew.
+        data = os.read(fd, st.st_size + 1)
+        return data if len(data) <= st.st_size else None
+    finally:
+        os.close(fd)
 
 
 def _remove(path: str) -> None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,22 +155,21 @@ class MirrorEngine(TreeSnapshots):
         leaders, followers = _link_groups(entries)
         wanted = {leader.rel for _, leader in followers}
         linked: dict[str, dict[str, Any]] = {}  # records of first names with other names
-        chunks: list[list[Entry]] = [[]]
-        size = 0
-        for entry in leaders:
-            if len(chunks[-1]) >= CHUNK_FILES or size >= CHUNK_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(entry)
-            size += entry.size
         last_checkpoint = time.monotonic()
+        chunks = _chunks(leaders)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror") as pool:
-            pending: set[Future[list[dict[str, Any] | None]]] = {
-                pool.submit(copier.copy_chunk, chunk) for chunk in chunks if chunk}
-            del chunks
+            pending: set[Future[list[dict[str, Any] | None]]] = set()
             try:
-                while pending:
-                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                while True:
+                    # A few chunks in flight, not all of them: memory stays flat.
+                    while len(pending) < threads * 4:
+                        chunk = next(chunks, None)
+                        if chunk is None:
+                            break
+                        pending.add(pool.submit(copier.copy_chunk, chunk))
+                    if not pending:
+                        break
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                     for fut in done:
                         for placed in fut.result():
                             if placed is not None:
@@ -199,6 +198,20 @@ class MirrorEngine(TreeSnapshots):
                 manifest.add(record)
         journal.sync()
         return folders
+
+
+def _chunks(files: list[Entry]) -> Iterator[list[Entry]]:
+    """Files in chunks of at most CHUNK_FILES files or about CHUNK_BYTES bytes."""
+    chunk: list[Entry] = []
+    size = 0
+    for entry in files:
+        if chunk and (len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += entry.size
+    if chunk:
+        yield chunk
 
 
 def _link_groups(entries: list[Entry]) -> tuple[list[Entry], list[tuple[Entry, Entry]]]:
