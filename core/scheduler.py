@@ -266,7 +266,8 @@ class Scheduler:
             while self._heap and self._heap[0][0] <= now and len(due) < START_BATCH:
                 entry = heapq.heappop(self._heap)
                 job = self._startable(entry)
-                if job is not None:
+                # A compaction while a batch was out may have put its job back: once.
+                if job is not None and all(job is not other for _, other in due):
                     due.append((entry, job))
             # Started together: their appends share a commit, so a thousand jobs due at
             # once after downtime queue at the log's speed, not one fsync after another.
