@@ -11,6 +11,7 @@ once, whatever is created, started or ended meanwhile.
 from __future__ import annotations
 
 import bisect
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -75,12 +76,26 @@ def job_runs(state: State, job: JobView, before: int | None, limit: int) -> Page
     return Page(items, str(start) if start > 0 else None, len(ids), newer)
 
 
+_QUEUES: weakref.WeakKeyDictionary[State, tuple[int, list[RunView]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def queue(state: State) -> list[RunView]:
+    """Every unfinished run in queue order, sorted once per log position (the banner on
+    every page, the dashboard and the jobs list all read it; do not change the list)."""
+    cached = _QUEUES.get(state)
+    if cached is None or cached[0] != state.seq:
+        cached = state.seq, state.active_runs()
+        _QUEUES[state] = cached
+    return cached[1]
+
+
 def active_runs(state: State, states: Iterable[str], after: tuple[int, str] | None,
                 limit: int) -> Page[RunView]:
     """Unfinished runs in one of `states` of existing jobs, in queue order, after a place
     in the queue (queued_seq, run id)."""
     wanted = frozenset(states)
-    runs = [r for r in state.active_runs() if r.state in wanted and r.job_id in state.jobs]
+    runs = [r for r in queue(state) if r.state in wanted and r.job_id in state.jobs]
     keys = [(r.queued_seq, r.run_id) for r in runs]
     start = 0 if after is None else bisect.bisect_right(keys, after)
     chosen = runs[start:start + limit]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.paging import JobIndex
+from core.paging import JobIndex, queue
 from core.scheduler import Scheduler
 from core.state import JobView, RunView, State
 
@@ -79,6 +79,7 @@ class Queries:
     _index: JobIndex | None = None
     _day: tuple[tuple[int, datetime], tuple[int, int]] | None = None
     _active: tuple[int, dict[str, list[RunView]]] | None = None
+    _by_name: tuple[int, list[JobView]] | None = None
 
     @property
     def job_index(self) -> JobIndex:
@@ -136,12 +137,20 @@ class Queries:
         active = next(iter(self.active_by_job().get(job.job_id, ())), None)
         return JobRow(job, active, last, self.last_success(job), self.next_run(job))
 
+    def jobs_by_name(self) -> list[JobView]:
+        """Every job by name (then id), sorted once per log position, not per request."""
+        if self._by_name is None or self._by_name[0] != self.state.seq:
+            jobs = sorted(self.state.jobs.values(),
+                          key=lambda j: (str(j.spec.get("name", "")).lower(), j.job_id))
+            self._by_name = (self.state.seq, jobs)
+        return self._by_name[1]
+
     def active_by_job(self) -> dict[str, list[RunView]]:
         """Unfinished runs by job, in queue order, memoised on the log position (a page of
         50 job rows reads it once, not a sort of the whole queue per row)."""
         if self._active is None or self._active[0] != self.state.seq:
             by_job: dict[str, list[RunView]] = {}
-            for run in self.state.active_runs():
+            for run in queue(self.state):
                 by_job.setdefault(run.job_id, []).append(run)
             self._active = (self.state.seq, by_job)
         return self._active[1]

@@ -97,8 +97,7 @@ async def dashboard(request: web.Request) -> web.Response:
 def _job_rows(request: web.Request) -> dict[str, Any]:
     state, queries = request.app[STATE], request.app[QUERIES]
     query = request.query.get("q", "").strip()[:100]
-    jobs = sorted(state.jobs.values(), key=lambda j: (str(j.spec.get("name", "")).lower(),
-                                                      j.job_id))
+    jobs = queries.jobs_by_name()
     if query:
         needle = query.lower()
         jobs = [j for j in jobs if needle in str(j.spec.get("name", "")).lower()
