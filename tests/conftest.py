@@ -30,6 +30,8 @@ SLOW_MODULES = frozenset({
     "test_safety_rsync",
     # Restore, verify and prune runs at the edges, on every engine (restic's take seconds).
     "test_operation_edges",
+    # 1,000 jobs and 100,000 events built once and served (tests/scale_helpers.py): ~10 s.
+    "test_scale",
 })
 # Single tests of several seconds in otherwise quick modules (gigabytes of sparse zeros
 # hashed, a browser, a worker killed and resumed, hundreds of generated inputs, a client
