@@ -8,14 +8,17 @@ more than the rows themselves, and each return can wait on the GIL behind the ap
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from events import sql
 from events.chain import row_hash
-from events.record import Row
+from events.errors import ConcurrencyError, StoreError
+from events.record import Row, StoredEvent, utc_now_iso
 from events.types import Event
 from events.watermark import MarkWriter
 
@@ -46,6 +49,56 @@ def build_rows(stream: str, events: Sequence[Event], seq: int, version: int, now
         prev_hash = row_hash(prev_hash, seq, stream, version, now, type_name, payload)
         rows.append((seq, stream, version, now, type_name, payload, prev_hash))
     return rows
+
+
+@dataclass
+class AppendCall:
+    """One caller's append, waiting in the writer's queue."""
+
+    stream: str
+    expected_version: int | None
+    events: Sequence[Event]
+    future: asyncio.Future[list[StoredEvent]] = field(repr=False)
+
+
+# An accepted call with the events it will have stored once the batch commits.
+Accepted = tuple[AppendCall, list[StoredEvent]]
+
+
+def prepare(batch: list[AppendCall], last_seq: int, last_hash: str,
+            committed_versions: dict[str, int]) -> tuple[list[Row], list[Accepted]]:
+    """Check each call's expected version and build the batch's rows after the head.
+
+    A call that conflicts, or whose events cannot be stored, fails here (its future is
+    given the error) and takes no seq; the others are returned with their stored events.
+    """
+    rows: list[Row] = []
+    accepted: list[Accepted] = []
+    seq, prev_hash = last_seq, last_hash
+    versions: dict[str, int] = {}
+    # One clock reading per transaction: every event of it is committed at once.
+    now = utc_now_iso()
+    for call in batch:
+        current = versions.get(call.stream)
+        if current is None:
+            current = committed_versions.get(call.stream, 0)
+        if call.expected_version is not None and call.expected_version != current:
+            call.future.set_exception(ConcurrencyError(
+                f"stream {call.stream!r} is at version {current}, "
+                f"expected {call.expected_version}; nothing was written"))
+            continue
+        try:
+            # Lone surrogates survive json but not UTF-8; build_rows refuses them so
+            # one bad call fails alone instead of failing the whole group.
+            call_rows = build_rows(call.stream, call.events, seq, current, now, prev_hash)
+        except (TypeError, ValueError) as err:
+            call.future.set_exception(StoreError(f"event cannot be stored: {err}"))
+            continue
+        rows += call_rows
+        seq, prev_hash = call_rows[-1][0], call_rows[-1][6]
+        versions[call.stream] = current + len(call_rows)
+        accepted.append((call, [StoredEvent.from_row(row) for row in call_rows]))
+    return rows, accepted
 
 
 def commit_rows(conn: sqlite3.Connection, rows: list[Row],

@@ -9,14 +9,14 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TypeVar, cast
 
 import aiosqlite
 
 from events import sql
-from events.batch import build_rows, commit_rows
+from events.batch import Accepted, commit_rows, prepare
+from events.batch import AppendCall as _AppendCall
 from events.chain import (
     ChainCheck,
     ChainFault,
@@ -58,14 +58,6 @@ MAX_BATCH_CALLS = 512
 # checked from the first row in the background while the server already serves, and
 # /healthz says "checking" until it has passed.
 FOREGROUND_CHECK_MAX = 20_000
-
-
-@dataclass
-class _AppendCall:
-    stream: str
-    expected_version: int | None
-    events: Sequence[Event]
-    future: asyncio.Future[list[StoredEvent]] = field(repr=False)
 
 
 class EventStore(LogReading):
@@ -306,37 +298,9 @@ class EventStore(LogReading):
             if late is not None and not late.future.done():
                 late.future.set_exception(StoreClosed("the event log is closed"))
 
-    def _prepare(self, batch: list[_AppendCall]) -> tuple[list[Row], list[tuple[_AppendCall,
-                                                                             list[StoredEvent]]]]:
+    def _prepare(self, batch: list[_AppendCall]) -> tuple[list[Row], list[Accepted]]:
         """Check versions and build rows for a batch; conflicting calls fail here."""
-        rows: list[Row] = []
-        accepted: list[tuple[_AppendCall, list[StoredEvent]]] = []
-        seq, prev_hash = self._last_seq, self._last_hash
-        versions: dict[str, int] = {}
-        # One clock reading per transaction: every event of it is committed at once.
-        now = utc_now_iso()
-        for call in batch:
-            current = versions.get(call.stream)
-            if current is None:
-                current = self._versions.get(call.stream, 0)
-            if call.expected_version is not None and call.expected_version != current:
-                call.future.set_exception(ConcurrencyError(
-                    f"stream {call.stream!r} is at version {current}, "
-                    f"expected {call.expected_version}; nothing was written"))
-                continue
-            try:
-                # Lone surrogates survive json but not UTF-8; build_rows refuses them so
-                # one bad call fails alone instead of failing the whole group.
-                call_rows = build_rows(call.stream, call.events, seq, current, now, prev_hash)
-            except (TypeError, ValueError) as err:
-                call.future.set_exception(StoreError(f"event cannot be stored: {err}"))
-                continue
-            rows += call_rows
-            stored = [StoredEvent.from_row(row) for row in call_rows]
-            seq, prev_hash = call_rows[-1][0], call_rows[-1][6]
-            versions[call.stream] = current + len(call_rows)
-            accepted.append((call, stored))
-        return rows, accepted
+        return prepare(batch, self._last_seq, self._last_hash, self._versions)
 
     def _on_writer_thread(self, work: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
         """Run `work` with the writer's connection on its own thread: one round trip."""
