@@ -182,3 +182,18 @@ async def test_every_page_and_list_is_bounded(client: Client, scale_data: ScaleD
     assert logs.count(f'<option value="{left_out}"') == 1
     assert f'<option value="{left_out}" selected>' in logs
     assert re.search(r"The 200 jobs that ran last are listed; the other [0-9]+:", logs)
+
+
+async def test_the_jobs_list_pages_show_each_job_once(client: Client) -> None:
+    """/jobs: 50 jobs a page by name; the pages together show every job exactly once."""
+    seen: list[str] = []
+    page = 1
+    while True:
+        html = await _page(client, f"/jobs?page={page}")
+        found = re.findall(r'<tr data-job="([^"]+)"', html)
+        assert len(found) <= 50
+        seen += found
+        if f"?page={page + 1}" not in html:
+            break
+        page += 1
+    assert sorted(seen) == sorted(client.app[STATE].jobs) and len(seen) == len(set(seen))
