@@ -46,14 +46,18 @@ def sync_filesystem(directory: Path) -> bool:
 
 
 def fsync_paths(paths: Iterable[str | Path]) -> None:
-    """fsync each file and directory named (symlinks are skipped: they cannot be opened)."""
+    """fsync each file and directory named (symlinks are skipped: they cannot be opened;
+    a file this server may not open is made durable by a whole sync instead)."""
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as err:
+        except PermissionError:
+            os.sync()
+            continue
+        except OSError:
             if os.path.islink(path):
                 continue
-            raise err
+            raise
         try:
             os.fsync(fd)
         finally:
