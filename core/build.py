@@ -6,6 +6,8 @@ build_core, points its application keys at the Core's parts, and calls start and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +29,9 @@ from events.store import EventStore
 from storage.projector import Projector
 
 log = logging.getLogger(__name__)
+
+# How long load() waits for the YAML projector to catch up before going on without it.
+PROJECTOR_START_WAIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Core:
         self.queries = Queries(self.state, self.scheduler)
         self.snapshots = StateSnapshots(store, self.state, config.data_dir / SNAPSHOT_FILE)
         self._projecting = self._loaded = self._started = False
+        self._projector_start: asyncio.Task[None] | None = None
         self._stop_log_broadcast: Callable[[], None] | None = None
 
     async def load(self) -> None:
@@ -70,8 +76,6 @@ class Core:
         """
         if self._loaded:
             return
-        await self.projector.start()
-        self._projecting = True
         # Nothing appends before start (no command is served yet), so the fold and the
         # listener below neither miss nor repeat an event. From a snapshot whose event
         # the log holds, then the tail, in pages that let a stop signal through. Not
@@ -81,6 +85,15 @@ class Core:
         await self.snapshots.load()
         self.store.notifier.add_listener(self.state.apply_all)
         self.store.notifier.add_listener(self.scheduler.on_events)
+        # The YAML files after the state: with a large data directory, loading them
+        # takes minutes, and the log (not they) is what serving needs. The projector
+        # reads what it lacks from the log whenever it starts, so it goes on behind;
+        # a small one is done within the wait, as before.
+        self._projector_start = asyncio.create_task(self.projector.start(),
+                                                    name="projector-start")
+        self._projector_start.add_done_callback(self._projector_started)
+        self._projecting = True
+        await asyncio.wait({self._projector_start}, timeout=PROJECTOR_START_WAIT)
         self._loaded = True
 
     async def start(self) -> None:
@@ -109,8 +122,30 @@ class Core:
         self.logs.close()
         self.live.close_all()
         if self._projecting:
-            await self.projector.stop()
+            await self._stop_projector()
         self._projecting = self._loaded = self._started = False
+
+
+    async def _stop_projector(self) -> None:
+        """Stop the projector; one still loading its files is cancelled instead (its
+        files stay as last flushed, and the next start catches up from there)."""
+        starting = self._projector_start
+        if starting is not None and not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        if starting is not None and (starting.cancelled() or starting.exception()):
+            return  # said when it ended (_projector_started)
+        await self.projector.stop()
+
+    @staticmethod
+    def _projector_started(task: asyncio.Task[None]) -> None:
+        """Say at once if the projector could not start (the server goes on: the log is
+        the source of truth, and /healthz says the projector is not running)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the YAML projector did not start: %s", task.exception(),
+                      exc_info=task.exception())
 
 
 def build_core(store: EventStore, config: CoreConfig) -> Core:

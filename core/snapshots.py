@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +28,18 @@ SNAPSHOT_SECONDS = 600.0  # and at most this long between two, if anything happe
 # Events folded on the loop between two chances for it to serve a stop signal (about
 # 50-100 ms of decoding and folding each).
 FOLD_PAGE = 2_000
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (as it was before, after)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class StateSnapshots:
@@ -56,6 +69,14 @@ class StateSnapshots:
 
     async def load(self) -> None:
         """Fold the state: from the snapshot if the log holds its event, then the tail."""
+        # The collector paused meanwhile: building a million objects otherwise sets off
+        # full collections over all of them again and again (4x the time). They live as
+        # long as the process, so they are then moved out of its way for good.
+        with collector_paused():
+            await self._load()
+        gc.freeze()
+
+    async def _load(self) -> None:
         started = time.perf_counter()
         loaded: snapshot.Loaded | None = None
         try:
@@ -123,7 +144,8 @@ class StateSnapshots:
         seq = self.state.seq
         if seq <= self.written_seq or self.store.chain_fault is not None:
             return False
-        captured = snapshot.capture(self.state)  # on the loop, in one go: consistent
+        with collector_paused():  # a copy of every run: no full collection half-way
+            captured = snapshot.capture(self.state)  # on the loop, in one go: consistent
         try:
             # A checked read: the hash recorded is one the chain vouches for.
             rows = await self.store.read(since=seq - 1, limit=1)

@@ -125,8 +125,7 @@ class ChainCheck:
         """Ask a running check to give up at its next page (the store is closing)."""
         self._stop.set()
 
-    def run_tail(self, connect: Callable[[], sqlite3.Connection], db_path: Path,
-                 rows: int) -> ChainFault | None:
+    def run_tail(self, db_path: Path, rows: int) -> ChainFault | None:
         """Check the newest `rows` rows up to `upto` against the stored hash of the row
         before them (a thread): a break in the tail is found before the server serves.
 
@@ -136,7 +135,7 @@ class ChainCheck:
         start = max(0, self.upto - rows)
         verifier = ChainVerifier(start, GENESIS_HASH)
         try:
-            conn = connect()
+            conn = readonly_connection(db_path)
             try:
                 if start > 0:
                     row = conn.execute(SELECT_HASH, (start,)).fetchone()

@@ -52,11 +52,9 @@ T = TypeVar("T")
 # appenders share one fsync, small enough that one commit stays short.
 MAX_BATCH_CALLS = 512
 
-# The newest this many events have their chain checked before the store opens (a log
-# no longer than that: all of it; 20,000 rows take about 0.1 s, bench/chaincheck.py), so
-# a break in the tail refuses the start at once. The whole chain of a larger log is then
-# checked from the first row in the background while the server already serves, and
-# /healthz says "checking" until it has passed.
+# The newest this many events have their chain checked before the store opens (20,000
+# rows: about 0.1 s), so a break in the tail refuses the start; a longer log's whole chain
+# is checked in the background, and /healthz says "checking" until it has passed.
 FOREGROUND_CHECK_MAX = 20_000
 
 
@@ -90,24 +88,23 @@ class EventStore(LogReading):
     # --- life cycle -------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path, foreground_check_max: int = FOREGROUND_CHECK_MAX
-                   ) -> EventStore:
+    async def open(cls, path: Path, foreground_check_max: int = FOREGROUND_CHECK_MAX,
+                   check_later: bool = False) -> EventStore:
         """Open (creating if needed) the log at `path`, check it, and start its writer.
 
-        A log of up to `foreground_check_max` events has its whole hash chain checked
-        here (ChainBroken names the first bad seq); a larger one is checked in the
-        background (see `chain`). A file that is not a readable log raises LogUnreadable,
-        an unreadable events.db-acked MarkUnreadable.
-        """
+        The newest `foreground_check_max` events have their chain checked here (else
+        ChainBroken), a longer log's whole chain in the background (`chain`), from now or
+        (`check_later`) start_chain_check(); LogUnreadable, MarkUnreadable: unreadable."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return await cls._open(path, foreground_check_max)
+            return await cls._open(path, foreground_check_max, check_later)
         except sqlite3.DatabaseError as err:
             # Garbage bytes, a truncated file, a directory: say which file, not a traceback.
             raise LogUnreadable(path, err) from err
 
     @classmethod
-    async def _open(cls, path: Path, foreground_check_max: int) -> EventStore:
+    async def _open(cls, path: Path, foreground_check_max: int, check_later: bool
+                    ) -> EventStore:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly
         # one transaction and nothing is committed behind our back.
         writer = await aiosqlite.connect(path, isolation_level=None)
@@ -134,9 +131,8 @@ class EventStore(LogReading):
             if store._last_seq <= foreground_check_max:
                 await store._check_chain()
             elif foreground_check_max > 0:  # the newest rows now, all of them below
-                store.chain_fault = await asyncio.to_thread(
-                    store.chain.run_tail, functools.partial(readonly_connection, path), path,
-                    foreground_check_max)
+                store.chain_fault = await asyncio.to_thread(store.chain.run_tail, path,
+                                                            foreground_check_max)
             if store.chain_fault is not None:
                 raise ChainBroken(path, store.chain_fault)
             try:
@@ -150,9 +146,14 @@ class EventStore(LogReading):
             raise
         store.notifier.last_seq = store._last_seq
         store._writer_task = asyncio.create_task(store._write_loop(), name="event-writer")
-        if store.chain.state == "pending":
-            store._check_task = asyncio.create_task(store._check_chain(), name="chain-check")
+        if not check_later:
+            store.start_chain_check()
         return store
+
+    def start_chain_check(self) -> None:
+        """Start the background walk of the whole chain, if it is still to be done."""
+        if self.chain.state == "pending" and self._check_task is None and not self._closed:
+            self._check_task = asyncio.create_task(self._check_chain(), name="chain-check")
 
     async def _check_chain(self) -> None:
         """Check the chain up to the head at open, on a connection of its own (a thread)."""
@@ -179,6 +180,7 @@ class EventStore(LogReading):
 
     async def wait_chain_check(self) -> None:
         """Wait until the start-up check of the chain has finished (see `chain.state`)."""
+        self.start_chain_check()
         if self._check_task is not None:
             await asyncio.shield(self._check_task)
 

@@ -75,7 +75,10 @@ async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the event log; on cleanup write what is queued and close it."""
-    store = await EventStore.open(app[CONFIG].events_db, _foreground_check_max())
+    # The walk of a large log's whole chain waits until the core has started (core_ctx):
+    # hashing a million rows beside the start-up would slow it down for nothing.
+    store = await EventStore.open(app[CONFIG].events_db, _foreground_check_max(),
+                                  check_later=True)
     app[STORE] = store
     log.info("event log %s open at seq %d%s", store.path, store.last_seq,
              "; checking its hash chain in the background" if store.chain.state != "passed"
@@ -143,6 +146,7 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         stop_reload = _on_sighup(levels)
         try:
             await core.start()
+            app[STORE].start_chain_check()
             yield
         finally:
             stop_reload()

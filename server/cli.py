@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
@@ -44,6 +47,9 @@ from storage.selfbackup import LogDamaged, SelfBackupError, backup_state
 log = logging.getLogger("backup_manager")
 
 EXIT_OK, EXIT_BAD_LOG, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+# How long the process waits, after its clean stop, for threads a stop during start-up
+# left busy (see _leave_stragglers).
+STRAGGLER_GRACE = 0.3
 
 
 def _add_data_arg(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +177,29 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: cannot serve on {config.host}:{config.port}: {err.strerror or err}",
               file=sys.stderr)
         return EXIT_UNAVAILABLE
+    _leave_stragglers()
     return EXIT_OK
+
+
+def _leave_stragglers(grace: float = STRAGGLER_GRACE) -> None:
+    """End the process now if a thread outlives the clean stop by more than `grace`.
+
+    By now the log is closed and every snapshot written whole. A thread still going is
+    one whose task a stop during start-up cancelled (loading files, a read): Python
+    would wait for it at exit, so a stop signal could take minutes. What such a thread
+    writes is written atomically, so ending here is as safe as a crash at this point.
+    """
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if left:
+        log.warning("stopped; not waiting for threads still busy: %s", ", ".join(left))
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(EXIT_OK)
 
 
 async def _stop_once_on_signal(app: web.Application) -> None:

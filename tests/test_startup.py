@@ -1,0 +1,198 @@
+"""Start-up at scale: the state snapshot, the tail-first chain check, a stop signal."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from core.build import CoreConfig, build_core
+from core.snapshot import SNAPSHOT_FILE
+from core.snapshots import StateSnapshots
+from core.state import State
+from events.store import ChainBroken, EventStore
+from events.types import JobDeleted, RunQueued, RunStarted, RunSucceeded, SettingsChanged
+from server.health import chain_state, health_status, log_problems
+from tests.cli_helpers import free_port, spawn_server
+from tests.scale_helpers import build
+from tests.startup_helpers import alter_row, full_replay, state_facts
+
+
+async def _tail(store: EventStore, job_id: str, run_id: str) -> None:
+    """Events after a snapshot: a run queued and finished, settings, a job deleted."""
+    await store.append(job_id, None, [RunQueued(job_id=job_id, run_id=run_id,
+                                                trigger="manual"),
+                                      RunStarted(job_id=job_id, run_id=run_id)])
+    await store.append(job_id, None, [RunSucceeded(job_id=job_id, run_id=run_id,
+                                                   snapshot_id="s-after", files=3, bytes=9,
+                                                   duration=1.5)])
+    await store.append("settings", None, [SettingsChanged(changes={"theme": "dark"})])
+
+
+async def test_a_restart_uses_the_snapshot_and_folds_what_a_full_replay_folds(
+        tmp_path: Path) -> None:
+    data = await build(tmp_path / "data", jobs=40, events=4_000, queued=10)
+    store = await EventStore.open(data.events_db)
+    try:
+        core = build_core(store, CoreConfig(data.data_dir))
+        await core.load()
+        assert core.snapshots.folded == 4_000 and core.snapshots.written_seq == 0
+        await core.stop()  # a clean stop writes the snapshot
+        assert (data.data_dir / SNAPSHOT_FILE).is_file()
+        assert core.snapshots.written_seq == 4_000
+        await _tail(store, data.job_ids[-1], "r-after")
+        await store.append(data.job_ids[3], None, [JobDeleted(job_id=data.job_ids[3])])
+
+        again = build_core(store, CoreConfig(data.data_dir))
+        await again.load()
+        try:
+            assert again.snapshots.written_seq == 4_000  # loaded from the snapshot...
+            assert again.snapshots.folded == store.last_seq - 4_000  # ...plus the tail
+            assert state_facts(again.state) == state_facts(await full_replay(store))
+            assert again.state.runs["r-after"].state == "succeeded"
+            assert data.job_ids[3] not in again.state.jobs
+            assert len(again.state.active_runs()) == 10 + 20  # queued and interrupted
+        finally:
+            await again.stop()
+    finally:
+        await store.close()
+
+
+async def _snapshot_at_head(store: EventStore, path: Path) -> State:
+    keeper = StateSnapshots(store, State(), path)
+    await keeper.load()
+    assert await keeper.write()
+    return keeper.state
+
+
+async def test_a_snapshot_of_another_log_is_not_used(tmp_path: Path) -> None:
+    data = await build(tmp_path / "data", jobs=20, events=1_000, queued=5)
+    other, older = tmp_path / "other.db", tmp_path / "older.db"
+    shutil.copy(data.events_db, other)
+    shutil.copy(data.events_db, older)
+    path = data.data_dir / SNAPSHOT_FILE
+    store = await EventStore.open(data.events_db)
+    try:
+        await _tail(store, data.job_ids[0], "r-one")
+        await _snapshot_at_head(store, path)
+    finally:
+        await store.close()
+    # The log put back from a copy that went another way: same length, other events.
+    store = await EventStore.open(other)
+    try:
+        await _tail(store, data.job_ids[1], "r-two")
+        keeper = StateSnapshots(store, State(), path)
+        await keeper.load()
+        assert keeper.written_seq == 0 and keeper.folded == store.last_seq
+        assert state_facts(keeper.state) == state_facts(await full_replay(store))
+        assert "r-one" not in keeper.state.runs and "r-two" in keeper.state.runs
+    finally:
+        await store.close()
+    # And a log that ends before the snapshot's seq (an older copy, put back as a person
+    # would: without the mark of what the other one acknowledged).
+    store = await EventStore.open(older)
+    try:
+        keeper = StateSnapshots(store, State(), path)
+        await keeper.load()
+        assert keeper.written_seq == 0 and keeper.state.seq == 1_000
+        assert state_facts(keeper.state) == state_facts(await full_replay(store))
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "foreign", "version",
+                                    "empty", "directory"])
+async def test_a_damaged_or_foreign_snapshot_is_ignored(tmp_path: Path, damage: str) -> None:
+    data = await build(tmp_path / "data", jobs=10, events=500, queued=3)
+    path = data.data_dir / SNAPSHOT_FILE
+    store = await EventStore.open(data.events_db)
+    try:
+        await _snapshot_at_head(store, path)
+        raw = path.read_bytes()
+        if damage == "flip":
+            at = len(raw) // 2
+            path.write_bytes(raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:])
+        elif damage == "truncate":
+            path.write_bytes(raw[:len(raw) - 100])
+        elif damage == "garbage":
+            path.write_bytes(b"\x00\xff" * 1000)
+        elif damage == "foreign":
+            path.write_bytes(b'{"format": "something else"}\n{}\n')
+        elif damage == "version":
+            path.write_bytes(raw.replace(b'"version": 1', b'"version": 99', 1))
+        elif damage == "empty":
+            path.write_bytes(b"")
+        else:
+            path.unlink()
+            path.mkdir()
+        keeper = StateSnapshots(store, State(), path)
+        await keeper.load()  # never raises: a full replay instead
+        assert keeper.written_seq == 0 and keeper.folded == 500
+        assert state_facts(keeper.state) == state_facts(await full_replay(store))
+    finally:
+        await store.close()
+
+
+async def test_a_break_in_the_tail_refuses_the_start_one_in_the_old_part_is_found_behind(
+        tmp_path: Path) -> None:
+    data = await build(tmp_path / "data", jobs=10, events=600, queued=3)
+    db = data.events_db
+    intact = tmp_path / "intact.db"
+    shutil.copy(db, intact)
+    alter_row(db, 580)
+    with pytest.raises(ChainBroken, match="damaged at seq 580"):
+        await EventStore.open(db, foreground_check_max=100)  # the newest 100 first
+
+    shutil.copy(intact, db)
+    alter_row(db, 50)
+    store = await EventStore.open(db, foreground_check_max=100)
+    try:
+        assert store.chain.tail_checked == 100  # the tail holds: the server may serve
+        assert health_status(store, log_problems(store)) == "checking"
+        await store.wait_chain_check()
+        assert store.chain.state == "failed" and chain_state(store)["bad_seq"] == 50
+        assert health_status(store, log_problems(store)) == "degraded"
+        with pytest.raises(ChainBroken, match="damaged at seq 50"):
+            await store.append("settings", None, [SettingsChanged(changes={"theme": "x"})])
+    finally:
+        await store.close()
+
+
+def _wait_for_line(log: Path, text: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("when", ["log open", "loading"])
+def test_a_stop_signal_during_start_up_ends_the_server_within_a_second(
+        tmp_path: Path, when: str) -> None:
+    data = tmp_path / "data"
+    from tests.scale_helpers import build_sync
+    build_sync(data, jobs=1_000, events=100_000, queued=900)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = spawn_server(data, free_port(), out)
+        try:
+            # "log open": the store just opened, the state about to load; "loading":
+            # a moment later, deep in folding the log and writing 1,000 YAML files.
+            _wait_for_line(log, "open at seq 100000")
+            if when == "loading":
+                time.sleep(1.5)
+            assert proc.poll() is None, log.read_text()
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert code == 0, log.read_text()[-3000:]
+    assert took < 1.0, (took, log.read_text()[-3000:])
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
