@@ -435,8 +435,7 @@ def test_a_restore_sweeps_only_the_temporary_names_of_what_it_writes(tmp_path: P
     write(target / "src" / temp_name("other.txt"), b"another restore's\n")
     writer = TargetWriter(target, True, lambda _: None, paths=["src/early.txt", "src/late.txt"])
     try:
-        fd, leaf = writer._parent("src/early.txt")  # what every write does first
-        os.close(fd)
+        _, leaf = writer._parent("src/early.txt")  # what every write does first (its fd)
     finally:
         writer.close()
     assert leaf == "early.txt"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import queue
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,6 +20,8 @@ from engines.manifest import CONTENT_HASHES, content_hash
 from engines.progress import ProgressMeter
 
 CHUNK = 1 << 20
+# Decompressed chunks read ahead of the restore or verify.
+AHEAD = 8
 
 
 class Pacer:
@@ -73,6 +77,59 @@ class CountingReader:
         """Nothing to do: the raw file is closed by its owner."""
 
 
+class ReadAhead:
+    """Reads and decompresses the archive on a thread of its own, a few chunks ahead.
+
+    Decompressing and reading the archive release the GIL, so they go on while the
+    reader writes files out (tar and zstd are two processes for the same reason).
+    """
+
+    def __init__(self, inner: _Readable) -> None:
+        self._inner = inner
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(AHEAD)
+        self._stop = threading.Event()
+        self._rest = b""
+        self._at = 0  # how much of _rest was read
+        self._ended = False
+        self._thread = threading.Thread(target=self._fill, name="archive-read", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        item: bytes | BaseException
+        while not self._stop.is_set():
+            try:
+                item = self._inner.read(CHUNK)
+            except BaseException as err:  # raised in the reader, as if read there
+                item = err
+            self._chunks.put(item)
+            if not isinstance(item, bytes) or not item:
+                return
+
+    def read(self, size: int = -1, /) -> bytes:
+        """The next decompressed bytes (at most size; b"" at the end)."""
+        if self._at == len(self._rest) and not self._ended:
+            item = self._chunks.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            self._ended = not item
+            self._rest, self._at = item, 0
+        start, left = self._at, len(self._rest) - self._at
+        take = left if size < 0 else min(size, left)
+        self._at += take
+        if start == 0 and take == len(self._rest):
+            return self._rest  # the whole chunk, as it came: no copy
+        return self._rest[start:start + take]
+
+    def close(self) -> None:
+        """Stop the thread (it may be waiting to hand over a chunk) and wait for it."""
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._chunks.get(timeout=0.05)
+        self._thread.join()
+
+
 @contextlib.contextmanager
 def read_archive(path: Path, compression: str
                  ) -> Iterator[tuple[tarfile.TarFile, CountingReader]]:
@@ -88,9 +145,13 @@ def read_archive(path: Path, compression: str
                                                                read_across_frames=True)
         else:
             inner = gzip.GzipFile(filename="", mode="rb", fileobj=raw)
-        counter = CountingReader(inner)
-        with tarfile.open(fileobj=counter, mode="r|", bufsize=CHUNK) as tar:
-            yield tar, counter
+        ahead = ReadAhead(inner)
+        try:
+            counter = CountingReader(ahead)
+            with tarfile.open(fileobj=counter, mode="r|", bufsize=CHUNK) as tar:
+                yield tar, counter
+        finally:
+            ahead.close()  # before the file it reads is closed
 
 
 def member_kind(member: tarfile.TarInfo) -> str:

@@ -145,10 +145,21 @@ def _check_conflicts(target: Path, entries: Iterable[Mapping[str, Any]],
     """Refuse, before writing anything, a restore that would replace what is in target."""
     clashes: list[str] = []
     blocked: list[str] = []
+    # Folders found missing: nothing under them can clash, so it is not looked up (the
+    # manifest lists each folder before what it holds; into an empty target that is one
+    # lookup in all, not one per entry).
+    missing: set[str] = set()
     for entry in entries:
+        path = entry["path"]
+        if path.rpartition("/")[0] in missing:
+            if entry["type"] == "dir":
+                missing.add(path)
+            continue
         try:
-            st = os.lstat(target / entry["path"])
+            st = os.lstat(target / path)
         except (FileNotFoundError, NotADirectoryError):
+            if entry["type"] == "dir":
+                missing.add(path)
             continue
         except OSError as err:
             raise EngineError(f"restore target {target / entry['path']} cannot be checked: "

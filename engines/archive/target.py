@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from engines.archive.sink import SparseSink
 from engines.errors import EngineError, RestoreConflict
 from engines.filecopy import TMP_PREFIX
 from engines.fsmeta import kept_xattr, refused_message, shown
@@ -37,19 +38,15 @@ from engines.fsmeta import kept_xattr, refused_message, shown
 # as root a user's harmless setuid-to-themselves file would come back setuid-root.
 RESTORE_MODE_MASK = 0o1777
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Runs of zeros at least this long (and aligned to it within a chunk) become holes.
-HOLE_BLOCK = 64 << 10
-_ZERO_BLOCK = bytes(HOLE_BLOCK)
 # The random temporary names restores used before (secrets.token_hex(8)): they cannot be
 # derived from a name, and no restore makes them any more, so the exact pattern (29
 # characters, 16 hex digits) is what is swept. Today's names are derived (temp_name).
 _LEGACY = re.compile(r"\.restore-[0-9a-f]{16}\.tmp")
 _XATTR_REFUSED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM, errno.EACCES,
                   errno.EINVAL, errno.E2BIG, errno.ENOSPC)
-# tarfile's own extraction filter (Python 3.11.4+) is a second opinion on top of the checks
-# here, which do not depend on it.
-_TAR_FILTER: Callable[[tarfile.TarInfo, str], tarfile.TarInfo] | None = getattr(
-    tarfile, "tar_filter", None)
+# Held open at once while writing: a folder is usually done before the next begins.
+_OPEN_FOLDERS = 64
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Reads a member to its end through a sink; returns its size and content hash.
 Consume = Callable[[Callable[[bytes], object]], tuple[int, str]]
@@ -58,43 +55,6 @@ Consume = Callable[[Callable[[bytes], object]], tuple[int, str]]
 def temp_name(leaf: str) -> str:
     """The temporary name `leaf` is written under: 12 bytes, the same on every restore."""
     return f"{TMP_PREFIX}{hashlib.sha256(os.fsencode(leaf)).hexdigest()[:8]}"
-
-
-class SparseSink:
-    """Writes a file's content at increasing offsets, seeking over blocks of zeros."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.pos = 0
-
-    def __call__(self, chunk: bytes) -> None:
-        """Write the next piece of content (blocks of zeros are left as a hole)."""
-        size = len(chunk)
-        data_from = -1  # where the run of data blocks being gathered starts
-        for start in range(0, size, HOLE_BLOCK):
-            end = min(start + HOLE_BLOCK, size)
-            # A first or last byte set settles it cheaply; a bytes slice compares as
-            # memcmp (a memoryview compare was 60 times slower).
-            zero = (not chunk[start] and not chunk[end - 1]
-                    and chunk[start:end] == _ZERO_BLOCK[:end - start])
-            if zero and data_from >= 0:
-                self._write(chunk, data_from, start)
-                data_from = -1
-            elif not zero and data_from < 0:
-                data_from = start
-        if data_from >= 0:
-            self._write(chunk, data_from, size)
-        self.pos += size
-
-    def _write(self, chunk: bytes, start: int, end: int) -> None:
-        view = memoryview(chunk)[start:end]
-        while view:
-            view = view[os.pwrite(self.fd, view, self.pos + start):]
-            start = end - len(view)
-
-    def finish(self) -> None:
-        """Give the file its full length (a trailing hole is a length, not data)."""
-        os.ftruncate(self.fd, self.pos)
 
 
 class TargetWriter:
@@ -111,6 +71,12 @@ class TargetWriter:
         self.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._dirs: list[tuple[str, Mapping[str, Any]]] = []
         self._swept: set[str] = set()
+        # Open folders by path ("" is the target), the most recently used last: files
+        # come folder by folder, so each folder is opened once, not once per file.
+        self._open: dict[str, int] = {}
+        # Folders this restore made: nothing can be in them but what it writes there,
+        # so they need no sweep and no look before each name.
+        self._made: set[str] = set()
         self._leaves: dict[str, set[str]] = {}  # folder -> the names written into it
         for rel in paths:
             folder, _, leaf = rel.rpartition("/")
@@ -118,106 +84,102 @@ class TargetWriter:
         self._may_chown = True  # until the first EPERM: then the server is not allowed to
 
     def close(self) -> None:
-        """Release the target directory."""
+        """Release the target directory and the folders held open."""
+        for fd in self._open.values():
+            if fd != self.root_fd:
+                os.close(fd)
+        self._open.clear()
         os.close(self.root_fd)
 
     def directory(self, member: tarfile.TarInfo, entry: Mapping[str, Any]) -> None:
         """Make a directory (or keep the one there); its metadata is set by finish()."""
         parent_fd, leaf = self._parent(entry["path"])
-        try:
-            exists = self._clear(parent_fd, leaf, entry)
-            self._second_opinion(member)
-            if not exists:
-                os.mkdir(leaf, 0o700, dir_fd=parent_fd)
-        finally:
-            os.close(parent_fd)
+        if not self._clear(parent_fd, leaf, entry):
+            os.mkdir(leaf, 0o700, dir_fd=parent_fd)
+            self._made.add(entry["path"])
         self._dirs.append((entry["path"], entry))
 
     def symlink(self, member: tarfile.TarInfo, entry: Mapping[str, Any]) -> None:
         """Make a symlink, replacing what was there only through a rename."""
         parent_fd, leaf = self._parent(entry["path"])
+        self._clear(parent_fd, leaf, entry)
+        tmp = self._temp(parent_fd, leaf,
+                         lambda tmp: os.symlink(member.linkname, tmp, dir_fd=parent_fd))
         try:
-            self._clear(parent_fd, leaf, entry)
-            self._second_opinion(member)
-            tmp = self._fresh_temp(parent_fd, leaf)
-            os.symlink(member.linkname, tmp, dir_fd=parent_fd)
-            try:
-                self._chown(lambda u, g: os.chown(tmp, u, g, dir_fd=parent_fd,
-                                                  follow_symlinks=False), entry)
-                os.utime(tmp, ns=(entry["mtime_ns"], entry["mtime_ns"]), dir_fd=parent_fd,
-                         follow_symlinks=False)
-                os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=parent_fd)
-                raise
-        finally:
-            os.close(parent_fd)
+            self._chown(lambda u, g: os.chown(tmp, u, g, dir_fd=parent_fd,
+                                              follow_symlinks=False), entry)
+            os.utime(tmp, ns=(entry["mtime_ns"], entry["mtime_ns"]), dir_fd=parent_fd,
+                     follow_symlinks=False)
+            os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=parent_fd)
+            raise
 
     def file(self, member: tarfile.TarInfo, entry: Mapping[str, Any],
              consume: Consume) -> tuple[int, str]:
         """Write a file under a temporary name, set its metadata, rename it into place."""
         parent_fd, leaf = self._parent(entry["path"])
+        self._clear(parent_fd, leaf, entry)
+        fd = -1
+
+        def create(tmp: str) -> None:
+            nonlocal fd
+            fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=parent_fd)
+
+        tmp = self._temp(parent_fd, leaf, create)
         try:
-            self._clear(parent_fd, leaf, entry)
-            self._second_opinion(member)
-            tmp = self._fresh_temp(parent_fd, leaf)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
-            try:
-                sink = SparseSink(fd)
-                size, digest = consume(sink)
-                sink.finish()
-                self._set_meta(fd, entry)
+            sink = SparseSink(fd)
+            size, digest = consume(sink)
+            sink.finish()
+            self._set_meta(fd, entry)
+            os.close(fd)
+            fd = -1
+            os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except BaseException:
+            if fd >= 0:
                 os.close(fd)
-                fd = -1
-                os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            except BaseException:
-                if fd >= 0:
-                    os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=parent_fd)
-                raise
-        finally:
-            os.close(parent_fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=parent_fd)
+            raise
         return size, digest
 
     def hardlink(self, member: tarfile.TarInfo, entry: Mapping[str, Any], leader: str) -> None:
         """Make a later name of a restored file a hard link to it (a copy where the
         filesystem allows no more links)."""
-        src_fd, src_leaf = self._parent(leader)
+        src_folder, src_leaf = self._parent(leader)
+        src_fd = os.dup(src_folder)  # opening the link's folder may close the other
         try:
-            parent_fd, leaf = self._parent(entry["path"])
-            try:
-                self._clear(parent_fd, leaf, entry)
-                self._second_opinion(member)
-                tmp = self._fresh_temp(parent_fd, leaf)
-                try:
-                    try:
-                        os.link(src_leaf, tmp, src_dir_fd=src_fd, dst_dir_fd=parent_fd,
-                                follow_symlinks=False)
-                    except OSError as err:
-                        if err.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV):
-                            raise
-                        self._copy_from(src_fd, src_leaf, parent_fd, tmp, entry)
-                    os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp, dir_fd=parent_fd)
-                    raise
-            finally:
-                os.close(parent_fd)
+            self._link(entry, src_fd, src_leaf)
         finally:
             os.close(src_fd)
+
+    def _link(self, entry: Mapping[str, Any], src_fd: int, src_leaf: str) -> None:
+        parent_fd, leaf = self._parent(entry["path"])
+        self._clear(parent_fd, leaf, entry)
+
+        def make(tmp: str) -> None:
+            try:
+                os.link(src_leaf, tmp, src_dir_fd=src_fd, dst_dir_fd=parent_fd,
+                        follow_symlinks=False)
+            except OSError as err:
+                if err.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV):
+                    raise
+                self._copy_from(src_fd, src_leaf, parent_fd, tmp, entry)
+
+        tmp = self._temp(parent_fd, leaf, make)
+        try:
+            os.rename(tmp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=parent_fd)
+            raise
 
     def finish(self) -> None:
         """Give directories their metadata, deepest first (writing inside changes mtimes)."""
         for rel, entry in reversed(self._dirs):
             parent_fd, leaf = self._parent(rel)
-            try:
-                fd = os.open(leaf, DIR_FLAGS, dir_fd=parent_fd)
-            finally:
-                os.close(parent_fd)
+            fd = os.open(leaf, DIR_FLAGS, dir_fd=parent_fd)
             try:
                 self._set_meta(fd, entry)
             finally:
@@ -274,43 +236,76 @@ class TargetWriter:
 
     # --- where things go ----------------------------------------------------------------
 
-    def _fresh_temp(self, parent_fd: int, leaf: str) -> str:
-        """The temporary name for leaf, with whatever a killed restore left under it gone."""
+    def _temp(self, parent_fd: int, leaf: str, make: Callable[[str], None]) -> str:
+        """Make leaf's temporary name with `make`; what a killed restore left under that
+        name (the sweep of its folder took it, unless it came since) goes first."""
         tmp = temp_name(leaf)
-        with contextlib.suppress(FileNotFoundError):
+        try:
+            make(tmp)
+        except FileExistsError:
             os.unlink(tmp, dir_fd=parent_fd)
+            make(tmp)
         return tmp
 
     def _parent(self, rel: str) -> tuple[int, str]:
-        """Open the directory that holds rel (creating missing ones) and return it and the leaf."""
-        *parents, leaf = rel.split("/")
-        fd = os.dup(self.root_fd)
+        """The open folder that holds rel (missing ones are made) and the leaf. The fd
+        stays the writer's, open until the next call may close it."""
+        folder, _, leaf = rel.rpartition("/")
+        return self._folder(folder), leaf
+
+    def _folder(self, folder: str) -> int:
+        """An open folder of the target ("" is the target itself), made if missing."""
+        fd = self._open.pop(folder, None)
+        if fd is None:
+            fd = self._walk_to(folder)
+        self._open[folder] = fd  # the most recently used go last
+        if len(self._open) > _OPEN_FOLDERS:
+            old = self._open.pop(next(iter(self._open)))
+            if old != self.root_fd:
+                os.close(old)
+        return fd
+
+    def _walk_to(self, folder: str) -> int:
+        """Open a folder from its nearest open ancestor, each step without following a
+        symlink; missing ones are made (and need no sweep), the others are swept once."""
+        parts = folder.split("/") if folder else []
+        start = max(len(parts) - 1, 0)
+        while start > 0 and "/".join(parts[:start]) not in self._open:
+            start -= 1
+        fd = self._open["/".join(parts[:start])] if start > 0 else self.root_fd
+        owned = False  # the folders on the way are closed again
         try:
-            for depth, part in enumerate(parents, 1):
+            for depth in range(start, len(parts)):
+                here = "/".join(parts[:depth + 1])
+                part = parts[depth]
                 try:
                     next_fd = os.open(part, DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
                     os.mkdir(part, 0o777, dir_fd=fd)  # umask applies, as for mkdir -p
+                    self._made.add(here)
                     next_fd = os.open(part, DIR_FLAGS, dir_fd=fd)
                 except OSError as err:
                     if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
-                    where = self.target.joinpath(*parents[:depth])
-                    raise EngineError(f"{shown(where)} is a symlink or a file, not a "
-                                      "directory; restore will not write through it") from err
-                os.close(fd)
-                fd = next_fd
-            folder = "/".join(parents)
-            if folder not in self._swept:
+                    raise EngineError(f"{shown(self.target / here)} is a symlink or a file, "
+                                      "not a directory; restore will not write through "
+                                      "it") from err
+                if owned:
+                    os.close(fd)
+                fd, owned = next_fd, True
+            if folder not in self._swept and folder not in self._made:
                 self._swept.add(folder)
                 _sweep(fd, {temp_name(leaf) for leaf in self._leaves.get(folder, ())})
         except BaseException:
-            os.close(fd)
+            if owned:
+                os.close(fd)
             raise
-        return fd, leaf
+        return fd
 
     def _clear(self, parent_fd: int, leaf: str, entry: Mapping[str, Any]) -> bool:
         """Make way for an entry; return whether a directory it can reuse is already there."""
+        if entry["path"].rpartition("/")[0] in self._made:
+            return False  # a folder this restore made holds only what it wrote there
         try:
             st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -328,16 +323,6 @@ class TargetWriter:
             # stays until the new one is renamed over it, so it is never lost half way.
             os.unlink(leaf, dir_fd=parent_fd)
         return False
-
-    def _second_opinion(self, member: tarfile.TarInfo) -> None:
-        """Ask tarfile's "tar" filter too; its changed modes are not used (it drops g+w)."""
-        if _TAR_FILTER is None:
-            return
-        try:
-            _TAR_FILTER(member, str(self.target))
-        except tarfile.FilterError as err:
-            raise EngineError(f"the archive member {shown(member.name)!r} was refused: {err}; "
-                              "restore stopped") from err
 
 
 def _sweep(dir_fd: int, ours: set[str]) -> None:

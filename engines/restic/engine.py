@@ -56,7 +56,8 @@ from engines.control import RunControl
 from engines.errors import Cancelled, DiskFull, EngineError, Interrupted
 from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.restic.cli import ResticRepo, has_repository, repo_for, restic_binary
-from engines.restic.jobs import backup_tags, tags_of
+from engines.restic.confirm import snapshot_file_intact
+from engines.restic.jobs import backup_tags
 from engines.restic.output import (
     ID_RE,
     SHORT_ID_LEN,
@@ -174,7 +175,7 @@ class ResticEngine(Engine):
         if fin.code in (0, 3) and summary is not None:
             # A snapshot exists, even if cancel came too late to stop it: report it, once
             # restic lists it (a repository that vanished after all is caught there).
-            self._confirm(repo, spec.job_id, summary.get("snapshot_id"), tag)
+            self._confirm(repo, summary.get("snapshot_id"))
             return self._finish(repo, meter, warn, summary, fin, started)
         if fin.stopped == "cancel":
             drop_partial_upload(repo, since, warn)
@@ -191,20 +192,16 @@ class ResticEngine(Engine):
             err = EngineError(f"{err}; run the backup again to resume")
         raise err
 
-    def _confirm(self, repo: ResticRepo, job_id: str, snapshot_id: Any, tag: str) -> None:
-        """Raise unless restic lists the snapshot it reported, with this run's tag."""
+    def _confirm(self, repo: ResticRepo, snapshot_id: Any) -> None:
+        """Raise unless the snapshot restic reported is in the repository, intact."""
         if not isinstance(snapshot_id, str) or not ID_RE.match(snapshot_id):
             raise EngineError("restic backup finished without reporting its snapshot id")
-        why = ""
+        # The snapshot file, checked against its own hash, not listed by another restic
+        # run (a key derivation each); core lists the destination through restic next.
         if not has_repository(repo.path):
             why = f"the repository {repo.path} is gone (it vanished during the backup)"
-        else:
-            try:
-                listed = list_snapshots(repo, job_id, snapshot_id)
-            except EngineError as err:
-                listed, why = [], f"the repository cannot be listed: {err}"
-            if any(tag in tags_of(s) for s in listed):
-                return
+        elif not (why := snapshot_file_intact(repo.path, snapshot_id)):
+            return
         raise EngineError(f"restic reported snapshot {snapshot_id}, but it cannot be found "
                           f"in the repository at {repo.path} afterwards"
                           + (f": {why}" if why else "") + "; nothing of this run can be "
