@@ -135,7 +135,7 @@ class TreeSnapshots(Engine):
                     streamed = StreamedManifest(path)
                     if spec.job_id and streamed.job_id and streamed.job_id != spec.job_id:
                         continue
-                    return snap_id, PreviousFiles(streamed.entries())
+                    return snap_id, PreviousFiles(streamed.entries(), streamed.files)
                 manifest = Manifest.read(path)
             except ManifestError:
                 continue

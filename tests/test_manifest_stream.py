@@ -111,6 +111,11 @@ def test_previous_files_give_back_what_the_manifest_said() -> None:
     assert index.get(entry["path"]) == entry
     assert index.get("src/old") == old
     assert index.get("src") is None and len(index) == 2
+    many = PreviousFiles(_entry(i) for i in range(5_000))
+    assert all(many.get(_entry(i)["path"]) == _entry(i) for i in range(0, 5_000, 7))
+    assert many.get("src/d00/f999999.dat") is None
+    odd = {**old, "path": "src/\udcff name"}  # not UTF-8 on disk
+    assert PreviousFiles([odd]).get(odd["path"]) == odd
 
 
 def _as_format_1(dest: Path, snap_id: str) -> None:
