@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from events import sql
 from events.chain import row_hash
 from events.errors import ConcurrencyError, StoreError
-from events.record import Row, StoredEvent, utc_now_iso
+from events.record import Row, StoredEvent
 from events.types import Event
 from events.watermark import MarkWriter
 
@@ -66,8 +66,9 @@ Accepted = tuple[AppendCall, list[StoredEvent]]
 
 
 def prepare(batch: list[AppendCall], last_seq: int, last_hash: str,
-            committed_versions: dict[str, int]) -> tuple[list[Row], list[Accepted]]:
-    """Check each call's expected version and build the batch's rows after the head.
+            committed_versions: dict[str, int], now: str) -> tuple[list[Row], list[Accepted]]:
+    """Check each call's expected version and build the batch's rows after the head, every
+    event of the batch stamped `now` (they are committed at once).
 
     A call that conflicts, or whose events cannot be stored, fails here (its future is
     given the error) and takes no seq; the others are returned with their stored events.
@@ -76,8 +77,6 @@ def prepare(batch: list[AppendCall], last_seq: int, last_hash: str,
     accepted: list[Accepted] = []
     seq, prev_hash = last_seq, last_hash
     versions: dict[str, int] = {}
-    # One clock reading per transaction: every event of it is committed at once.
-    now = utc_now_iso()
     for call in batch:
         current = versions.get(call.stream)
         if current is None:

@@ -302,7 +302,8 @@ class EventStore(LogReading):
 
     def _prepare(self, batch: list[_AppendCall]) -> tuple[list[Row], list[Accepted]]:
         """Check versions and build rows for a batch; conflicting calls fail here."""
-        return prepare(batch, self._last_seq, self._last_hash, self._versions)
+        # One clock reading per transaction (read here: tests fake this module's clock).
+        return prepare(batch, self._last_seq, self._last_hash, self._versions, utc_now_iso())
 
     def _on_writer_thread(self, work: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
         """Run `work` with the writer's connection on its own thread: one round trip."""
