@@ -14,12 +14,14 @@ import os
 import tarfile
 from pathlib import Path
 
+import blake3
 import pytest
 
 from engines.archive import ArchiveEngine
 from engines.archive.target import _OPEN_FOLDERS
 from engines.base import BackupSpec, EngineError, RestoreConflict, RunControl
 from engines.manifest import Manifest
+from engines.manifest_stream import is_streamed
 from engines.restic.confirm import snapshot_file_intact
 from tests.engine_helpers import RecordingReporter, tree_signature, write
 
@@ -110,3 +112,45 @@ def test_restic_snapshot_file_is_found_only_when_intact(tmp_path: Path) -> None:
     (tmp_path / "snapshots" / full).write_bytes(content[:-1] + b"!")
     assert "damaged" in snapshot_file_intact(tmp_path, full[:8])
     assert "cannot be read" in snapshot_file_intact(tmp_path / "nowhere", full[:8])
+
+
+def test_a_backup_streams_its_manifest_in_scan_order_with_every_hash(tmp_path: Path) -> None:
+    # A large file's hash is set on the hashing thread and a later hard-link name takes
+    # its first name's: entries wait for theirs, and still come out in scan order.
+    src = tmp_path / "src"
+    write(src / "a-big.bin", os.urandom(3 << 20))
+    os.link(src / "a-big.bin", src / "b-link.bin")
+    for i in range(50):
+        write(src / "c" / f"{i:02d}.txt", f"small {i}\n".encode())
+    spec = BackupSpec.build([src], tmp_path / "dest")
+    result = ArchiveEngine().backup(spec, RunControl(), RecordingReporter())
+    path = tmp_path / "dest" / f"{result.snapshot_id}.manifest.json"
+    assert is_streamed(path)  # format 2: written entry by entry, never held whole
+    entries = Manifest.read(path).entries
+    assert [e["path"] for e in entries] == (
+        ["src", "src/a-big.bin", "src/b-link.bin", "src/c"]
+        + [f"src/c/{i:02d}.txt" for i in range(50)])
+    big, link = entries[1], entries[2]
+    assert big["blake3"] == blake3.blake3((src / "a-big.bin").read_bytes()).hexdigest()
+    assert link["link"] == "src/a-big.bin" and link["blake3"] == big["blake3"]
+    assert (result.files, result.bytes) == (52, 2 * (3 << 20) + sum(
+        len(f"small {i}\n") for i in range(50)))
+    assert ArchiveEngine().verify(spec, result.snapshot_id, RunControl(),
+                                  RecordingReporter()).ok
+    listed = ArchiveEngine().snapshots(spec)
+    assert [(s.id, s.files, s.size) for s in listed] == [
+        (result.snapshot_id, result.files, result.bytes)]
+    _restore(spec, result.snapshot_id, tmp_path / "out")
+    assert tree_signature(tmp_path / "out" / "src") == tree_signature(src)
+
+
+def test_an_archive_with_a_whole_manifest_from_before_still_lists_and_restores(
+        tmp_path: Path) -> None:
+    # Archives made before issue 14 carry a format 1 manifest (one JSON document).
+    dest, sid = tmp_path / "dest", "2026-01-01T000000Z"
+    spec = BackupSpec.build([tmp_path / "src"], dest)
+    _plant(dest, sid, [("src/a.txt", b"from an older release\n")])
+    assert not is_streamed(dest / f"{sid}.manifest.json")
+    assert [(s.id, s.files) for s in ArchiveEngine().snapshots(spec)] == [(sid, 1)]
+    _restore(spec, sid, tmp_path / "out")
+    assert (tmp_path / "out" / "src" / "a.txt").read_bytes() == b"from an older release\n"

@@ -61,7 +61,8 @@ from engines.archive.write import write_archive
 from engines.contract import BackupSpec, Engine
 from engines.control import RunControl
 from engines.errors import DestinationNotWritable, SnapshotNotFound
-from engines.manifest import Manifest, ManifestError, check_snapshot_id, unique_snapshot_id
+from engines.manifest import ManifestError, check_snapshot_id, unique_snapshot_id
+from engines.manifest_stream import ManifestWriter, listed_manifest
 from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.results import BackupResult, RestoreResult, Snapshot, VerifyResult
 from engines.scan import scan
@@ -100,9 +101,9 @@ class ArchiveEngine(Engine):
         meter = ProgressMeter(collector)
         meter.update(force=True, phase="scanning", counting=True)
         entries = scan(spec, control, collector)
-        files = [e for e in entries if e.kind == "file"]
-        meter.update(force=True, phase="archiving", counting=False, files_total=len(files),
-                     bytes_total=sum(e.size for e in files))
+        meter.update(force=True, phase="archiving", counting=False,
+                     files_total=sum(1 for e in entries if e.kind == "file"),
+                     bytes_total=sum(e.size for e in entries if e.kind == "file"))
         try:
             raw = open(partial, "xb", buffering=0)  # noqa: SIM115 - closed below, on every path
         except OSError as err:
@@ -110,21 +111,24 @@ class ArchiveEngine(Engine):
         # From here on everything this run created goes if it does not finish.
         ours = [partial, manifest_path, final]
         try:
-            with raw:
+            # The manifest is written entry by entry beside the archive (format 2), under
+            # a temporary name until it is committed: neither is ever held whole.
+            with raw, ManifestWriter(
+                    manifest_path, snapshot_id, self.name,
+                    now.isoformat().replace("+00:00", "Z"),
+                    {name: str(path) for name, path in spec.source_names().items()},
+                    spec.job_id) as manifest:
                 # Held while it is written, so that a discard without a checkpoint (which
                 # cannot tell whose a partial is) leaves another run's archive alone.
                 with contextlib.suppress(OSError):  # no locks there (some network mounts)
                     fcntl.flock(raw.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                records = write_archive(raw, compression, level, entries, control, collector,
-                                        meter, SAFE_POINT_BYTES)
+                write_archive(raw, compression, level, entries, control, collector, meter,
+                              SAFE_POINT_BYTES, manifest)
                 os.fsync(raw.fileno())
-            meter.update(force=True, phase="finalising", current_file="")
-            # The last chance to hold or stop: after this the snapshot becomes visible.
-            control.safe_point()
-            manifest = Manifest(snapshot_id, self.name, now.isoformat().replace("+00:00", "Z"),
-                                {name: str(path) for name, path in spec.source_names().items()},
-                                records, job_id=spec.job_id)
-            manifest.write(manifest_path)
+                meter.update(force=True, phase="finalising", current_file="")
+                # The last chance to hold or stop: after this the snapshot becomes visible.
+                control.safe_point()
+                manifest.commit()
             os.replace(partial, final)
             fsync_dir(dest)
         except OSError as err:
@@ -134,7 +138,7 @@ class ArchiveEngine(Engine):
             remove_all(ours, dest)
             raise
         meter.update(force=True, phase="done", current_file="")
-        return BackupResult(snapshot_id, manifest.files, manifest.size,
+        return BackupResult(snapshot_id, manifest.files, manifest.bytes,
                             time.monotonic() - started, tuple(collector.warnings))
 
     # --- listing and deleting --------------------------------------------------------
@@ -145,7 +149,8 @@ class ArchiveEngine(Engine):
         found: list[Snapshot] = []
         for snapshot_id in complete_snapshots(dest, spec.job_id):
             try:
-                manifest = Manifest.read(manifest_file(dest, snapshot_id))
+                # Checked whole, its entries not held (format 2; format 1 is read whole).
+                manifest = listed_manifest(manifest_file(dest, snapshot_id))
                 when = manifest.time
                 snap = Snapshot(snapshot_id, when if when.tzinfo else when.replace(tzinfo=UTC),
                                 manifest.files, manifest.size)

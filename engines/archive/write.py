@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
-from typing import IO, Any
+from collections import deque
+from collections.abc import Mapping
+from typing import IO, Any, Protocol
 
 import blake3
 
@@ -55,21 +56,33 @@ from engines.scan import Entry
 _ZEROS = memoryview(bytes(READ_CHUNK))
 
 
-def write_archive(raw: IO[bytes], compression: str, level: int, entries: Sequence[Entry],
-                  control: RunControl, reporter: Reporter, meter: ProgressMeter,
-                  safe_point_bytes: int) -> list[dict[str, Any]]:
-    """Stream entries, in scan order, into a compressed tar on raw; return manifest entries.
+class RecordSink(Protocol):
+    """Where manifest entries go, in order, as soon as each is complete."""
 
-    Pause and cancel are checked between entries and every safe_point_bytes inside a
-    large file. Progress and warnings come from this (the calling) thread only.
+    def add(self, entry: Mapping[str, Any]) -> None:
+        """Take one entry."""
+
+
+def write_archive(raw: IO[bytes], compression: str, level: int, entries: list[Entry],
+                  control: RunControl, reporter: Reporter, meter: ProgressMeter,
+                  safe_point_bytes: int, sink: RecordSink) -> None:
+    """Stream entries, in scan order, into a compressed tar on raw; each manifest entry
+    goes to sink as soon as it is complete (in the same order).
+
+    The list is consumed (emptied) as the entries are written, so neither it nor the
+    manifest entries are all held at once (issue 14). Pause and cancel are checked
+    between entries and every safe_point_bytes inside a large file. Progress and
+    warnings come from this (the calling) thread only.
     """
     compressor = Compressor(raw, compression, level)
     try:
         writer = _EntryWriter(TarStream(compressor), reporter, meter, control,
                               safe_point_bytes)
         links = LinkGroups()
-        records: list[dict[str, Any]] = []
-        for entry in entries:
+        pending = _Pending(sink)
+        entries.reverse()  # popped from the end, in scan order
+        while entries:
+            entry = entries.pop()
             control.safe_point()
             record: dict[str, Any] | None
             leader = links.leader_of(entry)
@@ -82,16 +95,44 @@ def write_archive(raw: IO[bytes], compression: str, level: int, entries: Sequenc
             else:
                 record = writer.add_large(entry)
             if record is not None:
-                records.append(record)
+                pending.add(record, leader)
                 if leader is None and entry.kind == "file":
                     links.written(entry, record)
         writer.tar.end()
         compressor.finish()
-        links.finish()  # after the hashing thread has set every leader's hash
+        pending.flush(final=True)  # after the hashing thread has set every hash
     except BaseException:
         compressor.abandon()
         raise
-    return records
+
+
+class _Pending:
+    """Manifest entries waiting, in order, for their content hash (a large file's is set
+    on the hashing thread; a later hard-link name's comes from its first name's)."""
+
+    def __init__(self, sink: RecordSink) -> None:
+        self._sink = sink
+        self._waiting: deque[tuple[dict[str, Any], dict[str, Any] | None]] = deque()
+
+    def add(self, record: dict[str, Any], leader: dict[str, Any] | None) -> None:
+        """Queue one entry, and pass on every entry at the front that is complete."""
+        self._waiting.append((record, leader))
+        self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Pass on the complete entries at the front (with `final`, all of them)."""
+        waiting = self._waiting
+        while waiting:
+            record, leader = waiting[0]
+            source = record if leader is None else leader
+            if not final and source.get("type") == "file" and HASH not in source:
+                return
+            if leader is not None:  # a later name: its leader's size, times, owner, hash
+                for key, value in leader.items():
+                    if key != "path":
+                        record[key] = value
+            waiting.popleft()
+            self._sink.add(record)
 
 
 class _EntryWriter:
