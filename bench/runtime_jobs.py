@@ -2,9 +2,9 @@
 
 Latency: one server on 127.0.0.1 in this process holds BENCH_RUNTIME_JOBS cron jobs
 (none due while the bench runs). Each repeat sends BENCH_RUNTIME_PER_ROUND starts
-(POST /api/jobs/{id}/start), then as many creates (POST /api/jobs), each paired with a
-GET of one job (/api/jobs/{id}) sent right before or after it (the order alternates);
-a repeat's p99 of ours and of the GETs is one sample of each. The started runs end at
+(POST /api/jobs/{id}/start), each beside a GET of one job (/api/jobs/{id}) and a plain
+SQLite commit on the same disk, then as many creates (POST /api/jobs) beside a GET; the
+one going first takes turns. A repeat's p99 of each is one sample. The started runs end at
 "cannot start" in the background (their sources are removed after the jobs are made).
 
 Drain: a log of BENCH_RUNTIME_DRAIN_JOBS hourly jobs whose last change was two hours
@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,10 +41,11 @@ from events.types import JobCreated, RunQueued, SettingsChanged
 from models.ids import SETTINGS_STREAM
 from server.app import create_app
 from server.config import Config
-from server.keys import STATE
+from server.keys import RUNNER, SCHEDULER, STATE
 
 PEER = "GET /api/jobs/{id}"
 CONCURRENT = 32  # max_concurrent_runs: the highest the settings accept
+STALL = 120.0  # seconds without a run queued or ended before a drain is given up
 
 
 def far_cron(i: int, now: datetime) -> str:
@@ -66,18 +69,29 @@ async def _timed(call: Awaitable[Any]) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-async def _paired(ours: Callable[[], Awaitable[Any]], peer: Callable[[], Awaitable[Any]],
-                  count: int) -> tuple[float, float]:
-    """p99 (ms) of `count` calls of ours and of the peer, sent in alternating order."""
-    mine, theirs = [], []
+async def _turns(calls: list[Callable[[], Awaitable[Any]]], count: int) -> list[float]:
+    """p99 (ms) of `count` rounds of each call, the one going first taking turns."""
+    times: list[list[float]] = [[] for _ in calls]
     for index in range(count):
-        if index % 2 == 0:
-            mine.append(await _timed(ours()))
-            theirs.append(await _timed(peer()))
-        else:
-            theirs.append(await _timed(peer()))
-            mine.append(await _timed(ours()))
-    return percentile(mine, 99), percentile(theirs, 99)
+        for step in range(len(calls)):
+            which = (index + step) % len(calls)
+            times[which].append(await _timed(calls[which]()))
+    return [percentile(samples, 99) for samples in times]
+
+
+def _commit_peer(path: Path) -> tuple[Callable[[], Awaitable[Any]], sqlite3.Connection]:
+    """One row committed to a plain SQLite log (WAL, synchronous=FULL) beside ours, as
+    our store commits: the least a durable start can cost on this disk."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, body TEXT)")
+
+    def commit() -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO events (body) VALUES (?)", ('{"type": "RunQueued"}',))
+        db.execute("COMMIT")
+    return (lambda: asyncio.to_thread(commit)), db
 
 
 @contextlib.asynccontextmanager
@@ -109,6 +123,7 @@ async def latency(jobs: int, per_round: int, repeats: int
     now = datetime.now(UTC)
     starts: tuple[list[float], list[float]] = ([], [])
     creates: tuple[list[float], list[float]] = ([], [])
+    commits: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-sched-", dir=TMP_ROOT) as tmp:
         root = Path(tmp)
         extra = per_round * repeats
@@ -138,14 +153,22 @@ async def latency(jobs: int, per_round: int, repeats: int
             def get() -> Awaitable[Any]:
                 return _call(session, "GET", f"/api/jobs/{next(peers)}", None, 200)
 
+            commit, plain_db = _commit_peer(root / "plain.db")
             for _ in range(repeats):
-                for samples, ours in ((starts, start), (creates, create)):
-                    mine, theirs = await _paired(ours, get, per_round)
-                    samples[0].append(mine)
-                    samples[1].append(theirs)
+                mine, theirs, plain = await _turns([start, get, commit], per_round)
+                starts[0].append(mine)
+                starts[1].append(theirs)
+                commits.append(plain)
+                mine, theirs = await _turns([create, get], per_round)
+                creates[0].append(mine)
+                creates[1].append(theirs)
+            plain_db.close()
     label = f"{jobs:,} scheduled jobs"
     return [Comparison(f"start API p99, {label}", "ms", starts[0], starts[1], PEER,
                        target_value=10.0, note=f"{per_round} calls per repeat"),
+            Comparison(f"start API p99 vs a plain commit, {label}", "ms", starts[0],
+                       commits, "one SQLite commit (WAL, synchronous=FULL)",
+                       note="the durable append a start must make, on the same disk"),
             Comparison(f"create API p99, {label}", "ms", creates[0], creates[1], PEER,
                        target_value=20.0, note=f"{per_round} calls per repeat")], made_seconds
 
@@ -191,18 +214,24 @@ async def _build_log(data_dir: Path, jobs: int, queued: bool) -> None:
 
 
 async def _drain_seconds(data_dir: Path, jobs: int) -> float:
-    """Seconds from opening the server until `jobs` runs exist and every one has ended."""
+    """Seconds from opening the server until `jobs` runs exist and every one has ended
+    (NaN, with what was seen, if nothing moves for STALL seconds)."""
     app = create_app(Config(data_dir=data_dir, log_to_file=False, log_level="WARNING"))
     runner = web.AppRunner(app, access_log=None)
     started = time.perf_counter()
     await runner.setup()
     try:
         state = app[STATE]
-        deadline = started + 600
+        seen, moved = (-1, -1), time.perf_counter()
         while len(state.runs) < jobs or state.active_runs():
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"{len(state.runs)} runs, {len(state.active_runs())} "
-                                   "still going after 600 s")
+            now = (len(state.runs), len(state.active_runs()))
+            if now != seen:
+                seen, moved = now, time.perf_counter()
+            elif time.perf_counter() - moved > STALL:
+                print(f"  stalled: {now[0]} runs, {now[1]} not ended, "
+                      f"{len(app[RUNNER].active)} executing, scheduler evaluations "
+                      f"{app[SCHEDULER].evaluations}; sample left out", flush=True)
+                return math.nan
             await asyncio.sleep(0.02)
         return time.perf_counter() - started
     finally:
