@@ -28,6 +28,9 @@ SNAPSHOT_SECONDS = 600.0  # and at most this long between two, if anything happe
 # Events folded on the loop between two chances for it to serve a stop signal (about
 # 50-100 ms of decoding and folding each).
 FOLD_PAGE = 2_000
+# A state this large is moved out of the collector's way once loaded (gc.freeze): it
+# lives as long as the process, and each full collection would walk it again.
+FREEZE_RUNS = 10_000
 
 
 @contextlib.contextmanager
@@ -70,11 +73,11 @@ class StateSnapshots:
     async def load(self) -> None:
         """Fold the state: from the snapshot if the log holds its event, then the tail."""
         # The collector paused meanwhile: building a million objects otherwise sets off
-        # full collections over all of them again and again (4x the time). They live as
-        # long as the process, so they are then moved out of its way for good.
+        # full collections over all of them again and again (4x the time).
         with collector_paused():
             await self._load()
-        gc.freeze()
+        if len(self.state.runs) >= FREEZE_RUNS:
+            gc.freeze()
 
     async def _load(self) -> None:
         started = time.perf_counter()

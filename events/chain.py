@@ -119,6 +119,9 @@ class ChainCheck:
     fault: ChainFault | None = None
     seconds: float = 0.0
     tail_checked: int = 0  # the newest rows, checked before the store opened (run_tail)
+    # Seconds rested per second of checking, between pages: a walk in the background
+    # holds the interpreter lock while it hashes, and the server must stay responsive.
+    pause: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def stop(self) -> None:
@@ -174,7 +177,7 @@ class ChainCheck:
         """Check rows 1..upto on a connection of its own (a thread); LogUnreadable if the
         file itself is damaged."""
         self.state = "running"
-        started = clock()
+        started = worked_from = clock()
         verifier = ChainVerifier(versions={})
         try:
             conn = connect()
@@ -192,6 +195,9 @@ class ChainCheck:
                     if fault is not None:
                         self.fault, self.state = fault, "failed"
                         return fault
+                    if self.pause:  # a background walk: leave the interpreter to the server
+                        self._stop.wait(self.pause * (clock() - worked_from))
+                        worked_from = clock()
             finally:
                 conn.close()
         except sqlite3.DatabaseError as err:

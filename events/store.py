@@ -52,10 +52,10 @@ T = TypeVar("T")
 # appenders share one fsync, small enough that one commit stays short.
 MAX_BATCH_CALLS = 512
 
-# The newest this many events have their chain checked before the store opens (20,000
-# rows: about 0.1 s), so a break in the tail refuses the start; a longer log's whole chain
+# The newest this many events have their chain checked before the store opens (10,000
+# rows: about 0.05 s), so a break in the tail refuses the start; a longer log's whole chain
 # is checked in the background, and /healthz says "checking" until it has passed.
-FOREGROUND_CHECK_MAX = 20_000
+FOREGROUND_CHECK_MAX = 10_000
 
 
 class EventStore(LogReading):
@@ -153,6 +153,7 @@ class EventStore(LogReading):
     def start_chain_check(self) -> None:
         """Start the background walk of the whole chain, if it is still to be done."""
         if self.chain.state == "pending" and self._check_task is None and not self._closed:
+            self.chain.pause = 1.0  # rest as long as it checks: the server stays responsive
             self._check_task = asyncio.create_task(self._check_chain(), name="chain-check")
 
     async def _check_chain(self) -> None:

@@ -54,6 +54,7 @@ SLOW_TESTS = frozenset({
     "test_pause_resume_and_cancel_through_the_api",
     "test_retention_prunes_after_success_and_records_it",
     "test_pause_stops_rsync_resume_continues_cancel_cleans_up",
+    "test_a_stop_signal_during_start_up_ends_the_server_within_a_second",
 })
 
 

@@ -17,7 +17,7 @@ from events.store import ChainBroken, EventStore
 from events.types import JobDeleted, RunQueued, RunStarted, RunSucceeded, SettingsChanged
 from server.health import chain_state, health_status, log_problems
 from tests.cli_helpers import free_port, spawn_server
-from tests.scale_helpers import build
+from tests.scale_helpers import build, build_sync
 from tests.startup_helpers import alter_row, full_replay, state_facts
 
 
@@ -168,13 +168,20 @@ def _wait_for_line(log: Path, text: str, within: float = 60) -> None:
         time.sleep(0.02)
 
 
+@pytest.fixture(scope="module")
+def large(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory of 1,000 jobs and 100,000 events, no YAML and no snapshot yet."""
+    data = tmp_path_factory.mktemp("large") / "data"
+    build_sync(data, jobs=1_000, events=100_000, queued=900)
+    return data
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("when", ["log open", "loading"])
 def test_a_stop_signal_during_start_up_ends_the_server_within_a_second(
-        tmp_path: Path, when: str) -> None:
+        tmp_path: Path, large: Path, when: str) -> None:
     data = tmp_path / "data"
-    from tests.scale_helpers import build_sync
-    build_sync(data, jobs=1_000, events=100_000, queued=900)
+    shutil.copytree(large, data)
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = spawn_server(data, free_port(), out)
