@@ -84,7 +84,8 @@ async def run_chain() -> list[Figure]:
     if shutil.which("sqlite3"):
         variants["sqlite3 .dump > /dev/null"] = _dump
     print(f"\n== chain check: {total:,} events, {rounds} interleaved rounds; the server "
-          f"checks logs up to {FOREGROUND_CHECK_MAX:,} events before serving ==", flush=True)
+          f"checks the newest {FOREGROUND_CHECK_MAX:,} events before serving, the whole "
+          "chain behind ==", flush=True)
     times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-chain-", dir=TMP_ROOT) as tmp:
         db = Path(tmp) / "events.db"
