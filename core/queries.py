@@ -159,7 +159,7 @@ class Queries:
         """The dashboard card figures."""
         now = now or datetime.now(UTC)
         stats = replace(self._job_figures())
-        for run in self.state.active_runs():
+        for run in queue(self.state):  # sorted once per log position
             if run.job_id in self.state.jobs and run.state in ("running", "queued", "paused",
                                                                 "interrupted"):
                 setattr(stats, run.state, getattr(stats, run.state) + 1)

@@ -31,7 +31,7 @@ async def runs_page(request: web.Request) -> web.Response:
                                                           ACTIVE_STATES else {})}
         more = str(base.with_query(query))
     counts = {s: 0 for s in STATE_ORDER}
-    for run in state.active_runs():
+    for run in paging.queue(state):
         if run.job_id in state.jobs:
             counts[run.state] = counts.get(run.state, 0) + 1
     context: dict[str, Any] = {
