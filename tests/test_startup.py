@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import time
@@ -34,23 +35,23 @@ async def _tail(store: EventStore, job_id: str, run_id: str) -> None:
 
 async def test_a_restart_uses_the_snapshot_and_folds_what_a_full_replay_folds(
         tmp_path: Path) -> None:
-    data = await build(tmp_path / "data", jobs=40, events=4_000, queued=10)
+    data = await build(tmp_path / "data", jobs=30, events=2_000, queued=10)
     store = await EventStore.open(data.events_db)
     try:
         core = build_core(store, CoreConfig(data.data_dir))
         await core.load()
-        assert core.snapshots.folded == 4_000 and core.snapshots.written_seq == 0
+        assert core.snapshots.folded == 2_000 and core.snapshots.written_seq == 0
         await core.stop()  # a clean stop writes the snapshot
         assert (data.data_dir / SNAPSHOT_FILE).is_file()
-        assert core.snapshots.written_seq == 4_000
+        assert core.snapshots.written_seq == 2_000
         await _tail(store, data.job_ids[-1], "r-after")
         await store.append(data.job_ids[3], None, [JobDeleted(job_id=data.job_ids[3])])
 
         again = build_core(store, CoreConfig(data.data_dir))
         await again.load()
         try:
-            assert again.snapshots.written_seq == 4_000  # loaded from the snapshot...
-            assert again.snapshots.folded == store.last_seq - 4_000  # ...plus the tail
+            assert again.snapshots.written_seq == 2_000  # loaded from the snapshot...
+            assert again.snapshots.folded == store.last_seq - 2_000  # ...plus the tail
             assert state_facts(again.state) == state_facts(await full_replay(store))
             assert again.state.runs["r-after"].state == "succeeded"
             assert data.job_ids[3] not in again.state.jobs
@@ -203,3 +204,35 @@ def test_a_stop_signal_during_start_up_ends_the_server_within_a_second(
     assert code == 0, log.read_text()[-3000:]
     assert took < 1.0, (took, log.read_text()[-3000:])
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+async def test_a_snapshot_is_written_every_n_events_while_serving(tmp_path: Path) -> None:
+    data = await build(tmp_path / "data", jobs=5, events=200, queued=2)
+    path = data.data_dir / SNAPSHOT_FILE
+    store = await EventStore.open(data.events_db)
+    try:
+        state = State()
+        store.notifier.add_listener(state.apply_all)
+        keeper = StateSnapshots(store, state, path, every_events=50, every_seconds=3600)
+        await keeper.load()
+        keeper.start()  # the load folded 200 events and found no snapshot: one at once
+        for _ in range(200):
+            if keeper.written_seq == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert keeper.written_seq == 200
+        await store.append("settings", None,  # 60 events later: due again
+                           [SettingsChanged(changes={"n": i}) for i in range(60)])
+        for _ in range(200):
+            if keeper.written_seq >= 250:
+                break
+            await asyncio.sleep(0.01)
+        assert keeper.written_seq >= 250
+        await keeper.stop(final=True)  # and the last one at a clean stop
+        assert keeper.written_seq == store.last_seq == 260
+        again = StateSnapshots(store, State(), path)
+        await again.load()
+        assert again.written_seq == 260 and again.folded == 0
+        assert state_facts(again.state) == state_facts(await full_replay(store))
+    finally:
+        await store.close()
