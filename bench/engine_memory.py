@@ -3,8 +3,7 @@ the server runs it (backup, then the listing that confirms the snapshot), in a c
 process of its own, against rsync doing the same. Both peaks are the kernel's maximum
 resident set size of the process (and any it waited for), from wait4.
 
-Run as a child: `python -m bench.engine_memory backup ENGINE SRC DEST` or
-`python -m bench.engine_memory restore ENGINE SRC DEST TARGET`.
+The child is bench.engine_child, which imports only the engines.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from bench.compare import Comparison, interleave
 from bench.engines import Tree, fresh
-from engines.base import BackupSpec, NullReporter, RunControl
+from engines.base import BackupSpec
 from engines.registry import get_engine
 
 MIB = 1024  # time reports KiB
@@ -34,7 +33,7 @@ def peak_mib(argv: list[str]) -> float:
 
 
 def _child(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "bench.engine_memory", *argv]
+    return [sys.executable, "-m", "bench.engine_child", *argv]
 
 
 def memory_comparisons(tree: Tree, work: Path, repeats: int,
@@ -85,22 +84,3 @@ def memory_comparisons(tree: Tree, work: Path, repeats: int,
     for path in (mdest, rdest, mtarget, rtarget):
         shutil.rmtree(path, ignore_errors=True)
     return out
-
-
-def main(argv: list[str]) -> None:
-    """The child: one backup (then the listing that confirms it) or one restore."""
-    action, engine_name, src, dest = argv[:4]
-    engine = get_engine(engine_name)
-    spec = BackupSpec.build([src], dest)
-    ctrl, rep = RunControl(), NullReporter()
-    if action == "backup":
-        snapshot = engine.backup(spec, ctrl, rep).snapshot_id
-        if snapshot not in {s.id for s in engine.snapshots(spec)}:
-            raise SystemExit("the snapshot is not listed back")
-    else:
-        latest = engine.snapshots(spec)[-1].id
-        engine.restore(spec, latest, Path(argv[4]), ctrl, rep)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

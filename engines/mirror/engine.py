@@ -79,15 +79,17 @@ class MirrorEngine(TreeSnapshots):
         created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         try:
             meter.update(force=True, phase="scanning", counting=True)
-            entries = scan(spec, control, warn)
-            files = [e for e in entries if e.kind == "file"]
-            if resuming:
-                _remove_strays(partial, {e.rel for e in entries})
-            meter.update(force=True, phase="copying", counting=False, files_total=len(files),
-                         bytes_total=sum(e.size for e in files))
+            # The previous snapshot first: the memory its manifest's parsing used is then
+            # reused by the scan instead of adding to it.
             previous = self.latest(spec)  # this job's own: never another job's files
             prev_root = dest / previous[0] if previous else None
             prev_files = previous[1] if previous else PreviousFiles()
+            entries = scan(spec, control, warn)
+            if resuming:
+                _remove_strays(partial, {e.rel for e in entries})
+            meter.update(force=True, phase="copying", counting=False,
+                         files_total=sum(1 for e in entries if e.kind == "file"),
+                         bytes_total=sum(e.size for e in entries if e.kind == "file"))
             journal = Journal(journal_path)
             copier = FileCopier(str(partial), str(prev_root) if prev_root else None,
                                 prev_files, journal.done, control, meter, warn, limiter,
