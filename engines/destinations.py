@@ -55,7 +55,11 @@ class DestinationKind(ABC):
 def _local(text: str) -> Path | None:
     """An absolute path, normalised as written (no I/O), or None."""
     stripped = text.strip()
-    return Path(posixpath.normpath(stripped)) if stripped.startswith("/") else None
+    if not stripped.startswith("/"):
+        return None
+    # normpath keeps a leading "//" (POSIX leaves it implementation-defined; Linux reads
+    # it as "/"), so "/" and "//" would be two destinations that are one folder.
+    return Path("/" + posixpath.normpath(stripped).lstrip("/"))
 
 
 @dataclass(frozen=True)

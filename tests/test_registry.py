@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.commands import validate_job
@@ -149,6 +149,8 @@ DESTINATION_TEXT = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(DESTINATION_TEXT)
+@example("/")  # once two keys for the root: "/" and "//"
+@example("//x/")
 def test_every_destination_kind_cleans_any_text_to_a_stable_destination_or_a_message(
         raw: object) -> None:
     for kind in [*catalog().values(), ANY_DESTINATION]:
