@@ -111,24 +111,26 @@ class ArchiveEngine(Engine):
         # From here on everything this run created goes if it does not finish.
         ours = [partial, manifest_path, final]
         try:
-            # The manifest is written entry by entry beside the archive (format 2), under
-            # a temporary name until it is committed: neither is ever held whole.
-            with raw, ManifestWriter(
-                    manifest_path, snapshot_id, self.name,
-                    now.isoformat().replace("+00:00", "Z"),
-                    {name: str(path) for name, path in spec.source_names().items()},
-                    spec.job_id) as manifest:
+            with raw:
                 # Held while it is written, so that a discard without a checkpoint (which
                 # cannot tell whose a partial is) leaves another run's archive alone.
                 with contextlib.suppress(OSError):  # no locks there (some network mounts)
                     fcntl.flock(raw.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                write_archive(raw, compression, level, entries, control, collector, meter,
-                              SAFE_POINT_BYTES, manifest)
-                os.fsync(raw.fileno())
-                meter.update(force=True, phase="finalising", current_file="")
-                # The last chance to hold or stop: after this the snapshot becomes visible.
-                control.safe_point()
-                manifest.commit()
+                # The manifest is written entry by entry beside the archive (format 2),
+                # under a temporary name until committed: neither is ever held whole.
+                manifest = ManifestWriter(
+                    manifest_path, snapshot_id, self.name,
+                    now.isoformat().replace("+00:00", "Z"),
+                    {name: str(path) for name, path in spec.source_names().items()},
+                    spec.job_id)
+                with manifest:
+                    write_archive(raw, compression, level, entries, control, collector, meter,
+                                  SAFE_POINT_BYTES, manifest)
+                    os.fsync(raw.fileno())
+                    meter.update(force=True, phase="finalising", current_file="")
+                    # The last chance to hold or stop: after this the snapshot is visible.
+                    control.safe_point()
+                    manifest.commit()
             os.replace(partial, final)
             fsync_dir(dest)
         except OSError as err:
