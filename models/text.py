@@ -31,6 +31,8 @@ def control_char(text: str) -> str | None:
     A bidi override (U+202E) makes "gpj.exe" read as "exe.jpg"; such characters in a
     job name or a path make what a person sees differ from what is used.
     """
+    if text.isascii() and text.isprintable():
+        return None  # the common case, in C: no control character below U+0080 is printable
     for char in text:
         if char in _ALLOWED:
             continue
