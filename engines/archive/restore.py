@@ -11,14 +11,14 @@ from typing import Any
 
 from engines.archive.compare import content_problems, metadata_problems
 from engines.archive.errors import ArchiveDamaged, counted, some_paths, target_error
-from engines.archive.index import checked_index, entry_for_member
+from engines.archive.index import checked_index, entry_for_member, read_manifest
 from engines.archive.names import Stored
 from engines.archive.read import Pacer, hash_stream, member_data, read_archive
 from engines.archive.target import TargetWriter
 from engines.control import RunControl
 from engines.errors import EngineError, RestoreConflict
 from engines.fsmeta import shown
-from engines.manifest import Manifest, check_rel_path
+from engines.manifest import check_rel_path
 from engines.progress import ProgressMeter, Reporter
 from engines.results import RestoreResult
 
@@ -26,10 +26,10 @@ from engines.results import RestoreResult
 def restore_archive(stored: Stored, target: Path, control: RunControl, reporter: Reporter,
                     path: str | None, overwrite: bool, safe_point_bytes: int) -> RestoreResult:
     """Restore a snapshot, or the entries under `path` in it, to target/<path>."""
-    index = checked_index(Manifest.read(stored.manifest))
+    index = checked_index(read_manifest(stored.manifest))
     prefix = check_rel_path(path) if path else ""
-    wanted = {p: e for p, e in index.items()
-              if not prefix or p == prefix or p.startswith(prefix + "/")}
+    wanted = index if not prefix else {p: e for p, e in index.items()
+                                       if p == prefix or p.startswith(prefix + "/")}
     if not wanted:
         raise EngineError(f"{prefix!r} is not in snapshot {stored.snapshot_id}")
     if not target.is_absolute():
@@ -109,13 +109,13 @@ class _RestoreRun:
             raise EngineError(f"the archive holds {shown(name)!r} twice; restore refused")
         self.problems.extend(metadata_problems(member, entry))
         if entry["type"] == "dir":
-            self.seen.add(name)
+            self.seen.add(entry["path"])  # the index's string (== name), not another
             self.writer.directory(member, entry)
         elif entry["type"] == "symlink":
-            self.seen.add(name)
+            self.seen.add(entry["path"])  # the index's string (== name), not another
             self.writer.symlink(member, entry)
         elif member.islnk():
-            self.seen.add(name)
+            self.seen.add(entry["path"])  # the index's string (== name), not another
             source = self.written.get(member.linkname)
             if source is None:
                 self.problems.append(f"{shown(name)}: a hard link to {shown(member.linkname)}"

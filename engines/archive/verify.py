@@ -10,7 +10,7 @@ from typing import Any
 
 from engines.archive.compare import content_problems, expected_kind, metadata_problems
 from engines.archive.errors import ArchiveDamaged, counted, some_paths
-from engines.archive.index import checked_index
+from engines.archive.index import checked_index, read_manifest
 from engines.archive.names import Stored
 from engines.archive.read import (
     CHUNK,
@@ -22,7 +22,7 @@ from engines.archive.read import (
     read_archive,
 )
 from engines.control import RunControl
-from engines.manifest import Manifest, ManifestError
+from engines.manifest import ManifestError
 from engines.progress import ProgressMeter, Reporter
 from engines.results import VerifyResult
 
@@ -33,7 +33,7 @@ def verify_archive(stored: Stored, control: RunControl, reporter: Reporter,
                    safe_point_bytes: int) -> VerifyResult:
     """Read the whole archive and check every entry, hash and size against the manifest."""
     try:
-        manifest = Manifest.read(stored.manifest)
+        manifest = read_manifest(stored.manifest)
         index = checked_index(manifest)
     except ManifestError as err:
         return VerifyResult(False, (str(err),))
