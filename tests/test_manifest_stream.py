@@ -104,8 +104,9 @@ def test_a_damaged_streamed_manifest_is_refused_before_any_entry_is_used(
 def test_previous_files_give_back_what_the_manifest_said() -> None:
     entry = {**_entry(7), "xattrs": {"user.a": "eA=="}, "ino": (1 << 64) - 1,
              "mtime_ns": -5}
-    old = {"path": "src/old", "type": "file", "size": 3, "mtime_ns": 9, "mode": 0o600,
-           "sha256": "a" * 64}  # before ctime, inode and owner were recorded
+    # Written before ctime, inode and owner were recorded.
+    old: dict[str, Any] = {"path": "src/old", "type": "file", "size": 3, "mtime_ns": 9,
+                           "mode": 0o600, "sha256": "a" * 64}
     index = PreviousFiles([entry, old, {"path": "src", "type": "dir", "mode": 0o755,
                                         "mtime_ns": 1}])
     assert index.get(entry["path"]) == entry
