@@ -7,7 +7,6 @@ build_core, points its application keys at the Core's parts, and calls start and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +92,9 @@ class Core:
                                                     name="projector-start")
         self._projector_start.add_done_callback(self._projector_started)
         self._projecting = True
+        # Every job's next time on a worker thread before the first page asks for it
+        # (the dashboard reads them all; worked out one by one they hold the loop).
+        await self.scheduler.plan()
         await asyncio.wait({self._projector_start}, timeout=PROJECTOR_START_WAIT)
         self._loaded = True
 
@@ -125,17 +127,13 @@ class Core:
             await self._stop_projector()
         self._projecting = self._loaded = self._started = False
 
-
     async def _stop_projector(self) -> None:
-        """Stop the projector; one still loading its files is cancelled instead (its
-        files stay as last flushed, and the next start catches up from there)."""
+        """Stop the projector; one still loading its files or catching up ends within
+        milliseconds (its thread looks at the stop flag between files and every 1,000
+        events), its files stay as last flushed, and the next start goes on from there."""
         starting = self._projector_start
-        if starting is not None and not starting.done():
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-            return
-        if starting is not None and (starting.cancelled() or starting.exception()):
+        if starting is not None and starting.done() and (
+                starting.cancelled() or starting.exception()):
             return  # said when it ended (_projector_started)
         await self.projector.stop()
 

@@ -39,6 +39,7 @@ async def healthz(request: web.Request) -> web.Response:
         "write_error_since": store.write_error_since,
         "projector_seq": projector.seq,
         "projector_lag": projector.lag,
+        "projector_catching_up": projector.catching_up,
         "projector_error": str(projector.error) if projector.error else None,
         "websocket_clients": len(request.app[WEBSOCKETS]),
     }

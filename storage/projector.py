@@ -54,9 +54,17 @@ class Projector:
         return max(0, self.store.last_seq - self.projection.flushed_seq)
 
     @property
+    def catching_up(self) -> bool:
+        """Whether start() is still loading the files and catching up (the server serves
+        meanwhile; the files trail the log until it is done)."""
+        return self._starting is not None and not self._starting.is_set()
+
+    @property
     def healthy(self) -> bool:
-        """Whether the projector is running and its last write succeeded."""
-        return self.error is None and self._task is not None and not self._task.done()
+        """Whether the projector is catching up or following, and its last write succeeded."""
+        if self.error is not None:
+            return False
+        return self.catching_up or (self._task is not None and not self._task.done())
 
     async def start(self) -> None:
         """Load the files, rebuild any that were damaged, catch up, then follow the log.
@@ -73,7 +81,11 @@ class Projector:
             self._starting.set()
 
     async def _start(self) -> None:
-        projection, broken = await asyncio.to_thread(Projection.load, self.root)
+        projection, broken = await asyncio.to_thread(Projection.load, self.root,
+                                                     self._stopping.is_set)
+        if self._stopping.is_set():  # the load may have ended early: use none of it
+            self.interrupted = True
+            return
         if projection.seq > self.store.last_seq:
             # Files written from events this log does not have (a position file edited,
             # or a log put back from an older copy): trust none of them, rebuild all.

@@ -236,3 +236,25 @@ async def test_a_snapshot_is_written_every_n_events_while_serving(tmp_path: Path
         assert state_facts(again.state) == state_facts(await full_replay(store))
     finally:
         await store.close()
+
+
+async def test_healthz_stays_ok_while_the_projector_catches_up_and_a_stop_ends_its_load(
+        tmp_path: Path) -> None:
+    # Once the projector started behind the served pages, /healthz answered 503 ("the
+    # YAML projector is not running") for as long as its files loaded: minutes on a
+    # large data directory, and a service manager would restart a healthy server.
+    data = await build(tmp_path / "data", jobs=30, events=2_000, queued=10)
+    store = await EventStore.open(data.events_db)
+    try:
+        first = build_core(store, CoreConfig(data.data_dir))
+        await first.load()
+        await first.stop()  # the YAML files written, so the next start loads them
+        core = build_core(store, CoreConfig(data.data_dir))
+        starting = asyncio.create_task(core.projector.start())
+        await asyncio.sleep(0)  # start() is now loading the files in its thread
+        assert core.projector.catching_up and core.projector.healthy
+        await core.projector.stop()  # the load sees the flag between files
+        assert starting.done() and core.projector.interrupted
+        assert not core.projector.catching_up
+    finally:
+        await store.close()
