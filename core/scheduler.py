@@ -188,6 +188,10 @@ class Scheduler:
 
     # --- keeping the plans current ----------------------------------------------------
 
+    async def plan(self) -> None:
+        """Work out every job's next time now, off the loop (pages then read plans)."""
+        await self._settle()
+
     async def _settle(self) -> None:
         """Plan every job once (off the loop), then the jobs whose events came since."""
         async with self._settling:
