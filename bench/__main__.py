@@ -4,14 +4,16 @@ runtime,pages]` (`make bench`).
 Every speed figure is ours against a peer run interleaved in the same invocation (see
 bench/compare.py), printed with its ratio and spread and merged into bench/results.json.
 
-Knobs (environment): BENCH_APPEND_SECONDS (3), BENCH_REPLAY_EVENTS (1000000),
-BENCH_WS_CLIENTS (500), BENCH_WS_EVENTS (200), BENCH_WS_SPACING_MS (10),
-BENCH_WS_CLIENT_PROCS (2, for the aiohttp-client run); engines: BENCH_ENGINE_REPEATS (5),
-BENCH_SMALL_FILES (20000), BENCH_LARGE_MB (50, three such files), BENCH_NOCHANGE_FILES
-(100000), BENCH_DATA (/tmp/bm-bench-data, where generated data is kept between runs);
-runtime: BENCH_RUNTIME_RUNS (50), BENCH_RUNTIME_JOBS (1000), BENCH_RUNTIME_STARTS (200);
-pages: BENCH_PAGES_JOBS (1000), BENCH_PAGES_EVENTS (100000), BENCH_PAGES_REQUESTS (200);
-startup: see bench/startup.py.
+Knobs (environment): log: BENCH_APPEND_SECONDS (3), BENCH_LOG_REPEATS (5),
+BENCH_REPLAY_EVENTS (1000000), BENCH_WS_CLIENTS (500), BENCH_WS_EVENTS (200),
+BENCH_WS_SPACING_MS (10), BENCH_WS_CLIENT_PROCS (2); startup: BENCH_STARTUP_EVENTS
+(1000000), BENCH_STARTUP_DATA, BENCH_STARTUP_SIGNAL_AT (0.3); engines:
+BENCH_ENGINE_REPEATS (5), BENCH_SMALL_FILES (20000), BENCH_LARGE_FILES (3), BENCH_LARGE_MB
+(50), BENCH_MANY_FILES (100000), BENCH_TREES (mixed,many), BENCH_ENGINE_PARTS
+(mirror,archive,restic,memory), BENCH_DATA (/tmp/bm-bench-data, generated data kept
+between runs); runtime: BENCH_RUNTIME_RUNS (50), BENCH_RUNTIME_JOBS (1000),
+BENCH_RUNTIME_PER_ROUND (40), BENCH_RUNTIME_REPEATS (5), BENCH_RUNTIME_DRAIN_JOBS (1000);
+pages: BENCH_PAGES_JOBS (1000), BENCH_PAGES_EVENTS (100000), BENCH_PAGES_REQUESTS (200).
 """
 
 from __future__ import annotations
