@@ -76,6 +76,9 @@ class ManifestWriter:
 
     def add(self, entry: Mapping[str, Any]) -> None:
         """Append one entry (a dict as Manifest.entries holds them)."""
+        # Refused here, failing the backup: the checksum covers whatever is written, so
+        # an entry restore cannot use would otherwise pass the listing and fail later.
+        check_entry_shape(dict(entry))
         self._write(self._sep + entry_line(entry).encode())
         self._sep = b",\n"
         if entry["type"] == "file":

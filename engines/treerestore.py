@@ -116,8 +116,14 @@ class _Workers:
         self.pending: set[Future[None]] = set()
         self.chunk: list[tuple[str, dict[str, Any], bool]] = []
         self.meter, self.reporter, self.root = meter, reporter, root
+        # Temporary names of the files handed out since the last finish(). Two names in
+        # one folder can share one (8 hex digits of a hash); written at once on two
+        # threads, each would remove or rename the other's bytes.
+        self.in_flight: set[str] = set()
 
     def add(self, out: str, entry: dict[str, Any], fresh: bool) -> None:
+        self.wait_for(out)
+        self.in_flight.add(_tmp_name(out))
         self.chunk.append((out, entry, fresh))
         if len(self.chunk) >= CHUNK_FILES:
             self.flush()
@@ -141,9 +147,15 @@ class _Workers:
                 self.reporter.warning(refused_message(entry["path"], refused))
             self.meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
 
+    def wait_for(self, out: str) -> None:
+        """Let every file in flight land first if one of them shares out's temp name."""
+        if _tmp_name(out) in self.in_flight:
+            self.finish()
+
     def finish(self) -> None:
         self.flush()
         self._collect(ALL_COMPLETED)
+        self.in_flight.clear()
 
     def close(self) -> None:
         for fut in self.pending:
@@ -194,6 +206,11 @@ def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
                 continue
             fresh = rel.rpartition("/")[0] in made
             if kind == "symlink":
+                if os.path.lexists(out):
+                    # It replaces what stands there (a folder, a link): files queued
+                    # under that path must land before it can point elsewhere.
+                    workers.finish()
+                workers.wait_for(out)
                 refused = _place(out, entry, root, fresh)
                 if refused:
                     reporter.warning(refused_message(rel, refused))
@@ -207,9 +224,10 @@ def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
             if len(made) > MADE_LIMIT:
                 made.clear()  # only a shortcut: bound it
         workers.finish()
-        for out, entry in links:
+        for _queued, entry in links:
             control.safe_point()
-            leader = inside.out(entry["link"])
+            # Worked out again: a symlink placed since it was queued may stand on its path.
+            out, leader = inside.out(entry["path"]), inside.out(entry["link"])
             if not link_into(leader, out, restore_tmp(out)):
                 refused = _place(out, entry, root, False)
                 if refused:
@@ -279,6 +297,8 @@ def _copy_small(src: str, dst: str, entry: Mapping[str, Any]) -> list[str] | Non
         data = os.read(fd, st.st_size + 1)
     finally:
         os.close(fd)
+    if len(data) != st.st_size:
+        return None  # it changed while read: copy_file reads it to its end
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
