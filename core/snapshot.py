@@ -25,6 +25,7 @@ from typing import Any
 
 from core import state as state_module
 from core.state import JOB_FIELDS, RUN_FIELDS, State
+from events import types as event_types
 from models.atomic import write_atomic
 
 SNAPSHOT_FILE = "state-snapshot.json"
@@ -65,7 +66,9 @@ class Loaded:
 def fingerprint() -> str:
     """What a snapshot must have been folded by: the State's fields and its code."""
     try:
-        code = inspect.getsource(state_module)
+        # The fold and the decoding of the events it folds (a payload read differently
+        # by a newer release must not be trusted from an older snapshot).
+        code = inspect.getsource(state_module) + inspect.getsource(event_types)
     except (OSError, TypeError):  # a build without sources: the fields alone
         code = ""
     text = json.dumps([VERSION, RUN_FIELDS, JOB_FIELDS, code])
