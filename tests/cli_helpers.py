@@ -117,6 +117,11 @@ class Api:
                 await asyncio.sleep(0.05)
 
 
+def _has_partial(dest: Path) -> bool:
+    """Whether a partial snapshot is in the destination."""
+    return dest.is_dir() and any(n.endswith(".partial") for n in os.listdir(dest))
+
+
 async def start_paused_run(api: Api, src: Path, dest: Path) -> tuple[str, str]:
     """Create a mirror job, start it and pause it mid-way; return job and run ids."""
     job = await api.call("POST", "/api/jobs", {"name": "Big", "engine": "mirror",
@@ -127,6 +132,14 @@ async def start_paused_run(api: Api, src: Path, dest: Path) -> tuple[str, str]:
                                                "options": {"bwlimit": 16384}})
     run_id = (await api.call("POST", f"/api/jobs/{job['id']}/start", {}))["run_id"]
     await api.wait_state(run_id, {"running"})
+    # Running is recorded as the engine is handed the run; paused only once its partial
+    # snapshot is there, so the run is truly mid-way (not paused before it began).
+    for _ in range(1500):  # 30 s
+        if await asyncio.to_thread(_has_partial, dest):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError(f"run {run_id} is running but has no partial snapshot in {dest}")
     await api.call("POST", f"/api/runs/{run_id}/pause", {})
     return job["id"], run_id
 

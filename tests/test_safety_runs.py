@@ -281,8 +281,8 @@ async def test_a_run_cancelled_while_held_at_its_end_leaves_no_snapshot(
     await asyncio.sleep(0.3)
     run = await (await app_client.get(f"/api/runs/{run_id}")).json()
     assert run["state"] == "cancelled", run
-    assert (await (await app_client.get(f"/api/jobs/{job_id}/snapshots")).json()) == \
-        {"snapshots": []}
+    assert (await (await app_client.get(f"/api/jobs/{job_id}/snapshots")).json()
+            )["snapshots"] == []
 
 
 @pytest.fixture
