@@ -227,6 +227,10 @@ async def test_a_discarded_restore_sweeps_its_temporary_names_only(
     write(target / "src" / "dir0" / ".bm-deadbeef", b"half a file")
     write(target / ".restic-restore-x1y2z3" / "src" / "a", b"staged")
     stopping = asyncio.create_task(app_client.app[RUNNER].stop())
+    # Released only once the stop has asked the run to interrupt (before the stop's first
+    # await): released earlier, a quick restore could finish in between and never be
+    # interrupted.
+    await asyncio.sleep(0)
     hold.release.set()
     await stopping
     run = await wait_run(app_client, run_id, {"interrupted"})
