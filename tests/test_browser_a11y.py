@@ -48,10 +48,12 @@ def seed(live_server: LiveServer, tmp_path: Path) -> str:
     live_server.start()
     wait_state(live_server, cut_run, "interrupted")
 
-    # And one running slowly, so the pages show a live progress bar too.
+    # And one running slowly, so the pages show a live progress bar too: 8 MiB at
+    # 64 KiB/s outlasts the four passes over every page (at 256 KiB/s, 32 s, it ended
+    # during the last pass on a quiet machine).
     _, busy = live_server.request_json("POST", "/api/jobs", {
         "name": "Busy", "engine": "mirror", "sources": [str(slow)],
-        "destination": str(tmp_path / "dest4"), "options": {"bwlimit": 256}})
+        "destination": str(tmp_path / "dest4"), "options": {"bwlimit": 64}})
     busy_run = live_server.request_json("POST", f"/api/jobs/{busy['id']}/start", {})[1]["run_id"]
     wait_state(live_server, busy_run, "running")
     return str(busy["id"])
