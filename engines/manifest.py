@@ -277,6 +277,11 @@ def read_head(path: Path, limit: int = HEAD_LIMIT) -> dict[str, Any]:
     Listing a destination of many snapshots needs only whose each one is; this reads a
     line, not the whole manifest. An unreadable head is ManifestError.
     """
+    return read_head_line(path, limit)[0]
+
+
+def read_head_line(path: Path, limit: int = HEAD_LIMIT) -> tuple[dict[str, Any], int]:
+    """The head as read_head gives it, and the offset where the entries start."""
     try:
         with open(path, "rb") as fh:
             line = fh.readline(limit)
@@ -290,7 +295,7 @@ def read_head(path: Path, limit: int = HEAD_LIMIT) -> dict[str, Any]:
         raise ManifestError(f"manifest {shown(path)} is missing") from err
     except (OSError, ValueError) as err:
         raise ManifestError(f"manifest {shown(path)} is damaged: {err}") from err
-    return data
+    return data, len(line)
 
 
 _KINDS = {"file", "dir", "symlink"}

@@ -32,12 +32,12 @@ from typing import IO, Any
 
 from engines.fsmeta import shown
 from engines.manifest import (
-    HEAD_LIMIT,
     Manifest,
     ManifestError,
     check_entry_shape,
     entry_line,
     head_text,
+    read_head_line,
 )
 from models.atomic import fsync_dir
 
@@ -119,20 +119,7 @@ def is_streamed(path: Path) -> bool:
 
 def _head(path: Path) -> tuple[dict[str, Any], int]:
     """The head as a dict and the offset where the entries start."""
-    try:
-        with open(path, "rb") as fh:
-            line = fh.readline(HEAD_LIMIT)
-        text = line.decode("utf-8")
-        if not text.endswith('"entries": [\n'):
-            raise ValueError("no head line")
-        data = json.loads(text[:-len('"entries": [\n')].rstrip().rstrip(",") + "}")
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-    except FileNotFoundError as err:
-        raise ManifestError(f"manifest {shown(path)} is missing") from err
-    except (OSError, ValueError) as err:
-        raise ManifestError(f"manifest {shown(path)} is damaged: {err}") from err
-    return data, len(line)
+    return read_head_line(path)
 
 
 class StreamedManifest:
