@@ -31,22 +31,9 @@ from aiohttp import web
 from bench.compare import Comparison, interleave
 from bench.eventlog import TMP_ROOT, Figure, env_int
 from bench.page_data import plan_log, write_log
-from core.build import CoreConfig, build_core
 from events.store import MAX_BATCH_CALLS, EventStore
 from events.types import RunQueued
-from server import app as app_module
-from server.config import Config
-from server.keys import (
-    COMMANDS,
-    CONFIG,
-    LIVE,
-    PROJECTOR,
-    QUERIES,
-    RUNNER,
-    SCHEDULER,
-    STATE,
-    STORE,
-)
+from tests.scale_helpers import scale_app
 
 QUEUED = 900  # of 1,000 jobs (fewer jobs: nine in ten of them)
 PAGES = (("dashboard", "/dashboard", "html"), ("jobs list", "/jobs", "html"),
@@ -73,29 +60,11 @@ async def build(root: Path, jobs: int, events: int, queued: int) -> Path:
     return data_dir
 
 
-async def _folded_core(app: web.Application) -> AsyncIterator[None]:
-    """The app's core with the log folded and followed, and nothing run or scheduled."""
-    store = app[STORE]
-    core = build_core(store, CoreConfig(app[CONFIG].data_dir))
-    app[PROJECTOR], app[STATE], app[COMMANDS] = core.projector, core.state, core.commands
-    app[RUNNER], app[SCHEDULER], app[QUERIES] = core.runner, core.scheduler, core.queries
-    app[LIVE] = core.live
-    try:
-        async for page in store.iterate(since=0, verify=False):
-            core.state.apply_all(page)
-        store.notifier.add_listener(core.state.apply_all)
-        yield
-    finally:
-        await core.stop()
-
-
 @contextlib.asynccontextmanager
 async def serve(data_dir: Path, peer_dir: Path) -> AsyncIterator[str]:
     """The app on loopback with a route serving files of `peer_dir`; yields its base URL."""
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    app = app_module.create_app(Config(data_dir=data_dir, log_to_file=False,
-                                       log_level="WARNING"))
-    app.cleanup_ctx[app.cleanup_ctx.index(app_module.core_ctx)] = _folded_core
+    app = scale_app(data_dir)  # the core folded and followed; nothing runs or fires
 
     async def peer(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(peer_dir / request.match_info["name"])
