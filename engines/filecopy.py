@@ -1,4 +1,4 @@
-"""Copying one file's content, holes kept, and the short temporary names it is written under.
+"""Copying one file's content, holes kept, under a temporary name (engines.tmpnames).
 
 Sparse files (a disk image, a database with holes) keep their holes: the copy walks the
 source's data regions with SEEK_DATA/SEEK_HOLE and leaves the gaps unwritten. Measured
@@ -8,49 +8,25 @@ zeros, so a 10 GiB file holding 6 bytes would take 10 GiB.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+# Re-exported: the name rule lives in engines.tmpnames.
+from engines.tmpnames import TMP_LEN, TMP_PREFIX, is_tmp_name, restore_tmp, tmp_name
+
+__all__ = ["TMP_LEN", "TMP_PREFIX", "copy_file", "is_tmp_name", "link_into", "restore_tmp",
+           "symlink_into", "tmp_beside", "tmp_name"]
+
 COPY_CHUNK = 4 << 20
-# Temporary names are short and fixed-length (".bm-" and 8 hex digits) so a name near
-# NAME_MAX (255 bytes) never grows past it while it is written (issue 12, item 4).
-TMP_PREFIX = ".bm-"
-TMP_LEN = len(TMP_PREFIX) + 8
 # copy_file_range cannot be used here (another filesystem, an old kernel): read/write.
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
-
-
-def tmp_name() -> str:
-    """A new temporary file name (random, so two writers never pick the same one)."""
-    return f"{TMP_PREFIX}{secrets.token_hex(4)}"
-
-
-def is_tmp_name(name: str) -> bool:
-    """Whether a name looks like one of tmp_name's (or the longer ones used before)."""
-    return (len(name) == TMP_LEN and name.startswith(TMP_PREFIX)) or \
-        name.startswith(".bm-tmp-")
 
 
 def tmp_beside(path: str | Path) -> str:
     """A temporary path in the same directory as `path`."""
     return os.path.join(os.path.dirname(os.fspath(path)), tmp_name())
-
-
-def restore_tmp(out: str | Path) -> str:
-    """The temporary name a restore writes `out` under: short, and the same every time,
-    so restoring again removes what a killed restore left (random names would stay in
-    the user's folder). Whatever is there under that name is removed first."""
-    head, name = os.path.split(os.fspath(out))
-    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
-    tmp = os.path.join(head, f"{TMP_PREFIX}{digest}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    return tmp
 
 
 def symlink_into(target: str, out: str | Path, tmp: str | None = None) -> str:

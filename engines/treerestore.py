@@ -12,7 +12,6 @@ files and symlinks, and a symlink restored over a path drops what was proven und
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -21,13 +20,14 @@ from typing import Any
 
 from engines.control import RunControl
 from engines.errors import EngineError, SnapshotNotFound
-from engines.filecopy import TMP_PREFIX, copy_file, link_into, restore_tmp, symlink_into
+from engines.filecopy import copy_file, link_into, symlink_into
 from engines.fsmeta import apply_meta, refused_message, shown
 from engines.fsutil import is_disk_full, refuse_clashes
 from engines.manifest import Manifest, check_rel_path
 from engines.manifest_stream import StreamedManifest, is_streamed
 from engines.progress import ProgressMeter, Reporter
 from engines.results import RestoreResult
+from engines.tmpnames import derived_tmp_path, restore_tmp
 
 # Small dense files are read and written in one call each, not through copy_file's
 # hole-seeking loop (most of a restore of many small files was that loop's syscalls).
@@ -123,7 +123,7 @@ class _Workers:
 
     def add(self, out: str, entry: dict[str, Any], fresh: bool) -> None:
         self.wait_for(out)
-        self.in_flight.add(_tmp_name(out))
+        self.in_flight.add(derived_tmp_path(out))
         self.chunk.append((out, entry, fresh))
         if len(self.chunk) >= CHUNK_FILES:
             self.flush()
@@ -149,7 +149,7 @@ class _Workers:
 
     def wait_for(self, out: str) -> None:
         """Let every file in flight land first if one of them shares out's temp name."""
-        if _tmp_name(out) in self.in_flight:
+        if derived_tmp_path(out) in self.in_flight:
             self.finish()
 
     def finish(self) -> None:
@@ -256,7 +256,7 @@ def _place(out: str, entry: Mapping[str, Any], root: Path, fresh: bool) -> list[
     the filesystem refused. In a folder this restore created (`fresh`), no earlier
     restore left a temporary file to remove first.
     """
-    tmp = _tmp_name(out) if fresh else restore_tmp(out)
+    tmp = derived_tmp_path(out) if fresh else restore_tmp(out)
     try:
         if entry["type"] == "symlink":
             symlink_into(entry["target"], out, tmp)
@@ -274,12 +274,6 @@ def _place(out: str, entry: Mapping[str, Any], root: Path, fresh: bool) -> list[
             os.unlink(tmp)
         raise
     return refused
-
-
-def _tmp_name(out: str) -> str:
-    """restore_tmp's name for `out`, without the removal a fresh folder does not need."""
-    head, name = os.path.split(out)
-    return os.path.join(head, f"{TMP_PREFIX}{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}")
 
 
 def _copy_small(src: str, dst: str, entry: Mapping[str, Any]) -> list[str] | None:
