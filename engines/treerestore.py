@@ -12,7 +12,9 @@ files and symlinks, and a symlink restored over a path drops what was proven und
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -190,19 +192,9 @@ def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
             rel, kind = entry["path"], entry["type"]
             out = inside.out(rel)
             if kind == "dir":
-                if overwrite and os.path.lexists(out) and not os.path.isdir(out):
-                    # Asked to overwrite: a file (or link) where the snapshot has a
-                    # folder is replaced like any file, not left to fail half-way.
-                    os.unlink(out)
-                try:
-                    os.mkdir(out)
+                if _make_folder(out, overwrite):
                     made.add(rel)
-                except FileExistsError:
-                    if not os.path.isdir(out):
-                        raise
-                except FileNotFoundError:
-                    os.makedirs(out, exist_ok=True)
-                folders.append((out, entry))
+                folders.append((rel, entry))
                 continue
             fresh = rel.rpartition("/")[0] in made
             if kind == "symlink":
@@ -233,10 +225,10 @@ def restore_tree(root: Path, manifest: Path, target: Path, control: RunControl,
                 if refused:
                     reporter.warning(refused_message(entry["path"], refused))
             meter.add(files=1, nbytes=entry["size"], current_file=shown(entry["path"]))
-        for out, entry in reversed(folders):  # deepest first: their mtimes stick
-            refused = apply_meta(out, entry)
+        for rel, entry in reversed(folders):  # deepest first: their mtimes stick
+            refused = _folder_meta(inside.out(rel), entry)
             if refused:
-                reporter.warning(refused_message(entry["path"], refused))
+                reporter.warning(refused_message(rel, refused))
     except OSError as err:
         if is_disk_full(err):
             from engines.treestore import disk_full
@@ -274,6 +266,41 @@ def _place(out: str, entry: Mapping[str, Any], root: Path, fresh: bool) -> list[
             os.unlink(tmp)
         raise
     return refused
+
+
+def _make_folder(out: str, overwrite: bool) -> bool:
+    """Make a folder (or keep the real one there); True if this restore made it.
+
+    Asked to overwrite, a file or a symlink where the snapshot has a folder is replaced
+    like any file: a symlink to a folder is never kept, or its mode and times (and the
+    files under it) would go to wherever it points, outside the target.
+    """
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            return False
+        if not overwrite:
+            raise FileExistsError(errno.EEXIST, "not a folder", out)
+        os.unlink(out)  # a symlink itself goes, never what it points at
+    try:
+        os.mkdir(out)
+    except FileNotFoundError:
+        os.makedirs(out, exist_ok=True)
+        return False
+    return True
+
+
+def _folder_meta(out: str, entry: Mapping[str, Any]) -> list[str]:
+    """apply_meta on a restored folder through an fd opened without following a symlink,
+    so a link put in its place since cannot send the mode and times elsewhere."""
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return apply_meta(fd, entry)
+    finally:
+        os.close(fd)
 
 
 def _copy_small(src: str, dst: str, entry: Mapping[str, Any]) -> list[str] | None:
