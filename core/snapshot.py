@@ -1,9 +1,10 @@
 """A verified snapshot of the folded State at a seq, so a start folds only the log's tail.
 
 The file (state-snapshot.json in the data directory) is one header line, then the body:
-a line of settings and counters, then the jobs and the runs as JSON arrays of at most
-ROWS_PER_LINE rows each (parsing one line holds the interpreter for milliseconds, so a
-stop signal is seen while a large snapshot loads). The header carries a format version,
+a line of settings and counters, then the jobs as JSON arrays of at most ROWS_PER_LINE
+rows each, then the runs as columns (core/snapshot_columns.py), ROWS_PER_LINE runs a
+line (parsing one line holds the interpreter for milliseconds, so a stop signal is seen
+while a large snapshot loads). The header carries a format version,
 a fingerprint of the fold (the State's fields and code: another version's snapshot is
 never trusted), the seq, the hash of the event at that seq, and the SHA-256 and size of
 the body. It is written whole or not at all (models/atomic.py) and read back after
@@ -23,6 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from core import snapshot_columns
 from core import state as state_module
 from core.state import JOB_FIELDS, RUN_FIELDS, State
 from events import types as event_types
@@ -30,8 +32,8 @@ from models.atomic import write_atomic
 
 SNAPSHOT_FILE = "state-snapshot.json"
 FORMAT = "backup-manager state snapshot"
-VERSION = 1
-ROWS_PER_LINE = 5_000
+VERSION = 2  # 2: runs as columns
+ROWS_PER_LINE = 10_000
 
 
 class SnapshotUnusable(Exception):
@@ -68,7 +70,8 @@ def fingerprint() -> str:
     try:
         # The fold and the decoding of the events it folds (a payload read differently
         # by a newer release must not be trusted from an older snapshot).
-        code = inspect.getsource(state_module) + inspect.getsource(event_types)
+        code = inspect.getsource(state_module) + inspect.getsource(event_types) + \
+            inspect.getsource(snapshot_columns)
     except (OSError, TypeError):  # a build without sources: the fields alone
         code = ""
     text = json.dumps([VERSION, RUN_FIELDS, JOB_FIELDS, code])
@@ -83,7 +86,8 @@ def capture(state: State) -> Captured:
 
 def _lines(kind: str, rows: Sequence[tuple[Any, ...]]) -> Iterator[bytes]:
     for start in range(0, len(rows), ROWS_PER_LINE):
-        yield json.dumps([kind, rows[start:start + ROWS_PER_LINE]],
+        part = rows[start:start + ROWS_PER_LINE]
+        yield json.dumps([kind, snapshot_columns.encode(part) if kind == "runs" else part],
                          separators=(",", ":")).encode() + b"\n"
 
 
@@ -161,7 +165,7 @@ def read(path: Path, stop: threading.Event) -> Loaded | None:
             if kind == "jobs":
                 state.add_rows(rows, ())
             elif kind == "runs":
-                state.add_rows((), rows)
+                state.add_run_columns(snapshot_columns.decode(rows))
             else:
                 raise SnapshotUnusable(f"it holds rows of an unknown kind {kind!r}")
     except (ValueError, KeyError, TypeError, IndexError) as err:

@@ -246,6 +246,14 @@ class State:
             if run.state in ACTIVE_STATES:  # active_runs sorts them by queued_seq
                 active[run.run_id] = run
 
+    def add_run_columns(self, columns: Sequence[Iterable[Any]]) -> None:
+        """Put back runs given as one sequence of values per RUN_FIELDS field."""
+        runs, active = self.runs, self._active
+        for run in map(RunView, *columns):  # no row tuple per run
+            runs[run.run_id] = run
+            if run.state in ACTIVE_STATES:
+                active[run.run_id] = run
+
     def take_over(self, other: State) -> None:
         """Become `other` (a state loaded off the loop): every holder of this object sees it."""
         self.__dict__.update(other.__dict__)

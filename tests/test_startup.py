@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core import snapshot
 from core.build import CoreConfig, build_core
 from core.snapshot import SNAPSHOT_FILE
 from core.snapshots import StateSnapshots
@@ -123,7 +124,9 @@ async def test_a_damaged_or_foreign_snapshot_is_ignored(tmp_path: Path, damage: 
         elif damage == "foreign":
             path.write_bytes(b'{"format": "something else"}\n{}\n')
         elif damage == "version":
-            path.write_bytes(raw.replace(b'"version": 1', b'"version": 99', 1))
+            version = f'"version": {snapshot.VERSION}'.encode()
+            assert version in raw
+            path.write_bytes(raw.replace(version, b'"version": 99', 1))
         elif damage == "empty":
             path.write_bytes(b"")
         else:
