@@ -29,8 +29,11 @@ from storage.projector import Projector
 
 log = logging.getLogger(__name__)
 
-# How long load() waits for the YAML projector to catch up before going on without it.
+# How long load() waits for the YAML projector to catch up before going on without it,
+# for a log of at most PROJECTOR_WAIT_EVENTS events. A larger one's files take seconds to
+# load (never done within the wait): the wait would only hold back serving.
 PROJECTOR_START_WAIT = 0.5
+PROJECTOR_WAIT_EVENTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Core:
         # The YAML files after the state: with a large data directory, loading them
         # takes minutes, and the log (not they) is what serving needs. The projector
         # reads what it lacks from the log whenever it starts, so it goes on behind;
-        # a small one is done within the wait, as before.
+        # a small log's is done within the wait, as before.
         self._projector_start = asyncio.create_task(self.projector.start(),
                                                     name="projector-start")
         self._projector_start.add_done_callback(self._projector_started)
@@ -95,7 +98,8 @@ class Core:
         # Every job's next time on a worker thread before the first page asks for it
         # (the dashboard reads them all; worked out one by one they hold the loop).
         await self.scheduler.plan()
-        await asyncio.wait({self._projector_start}, timeout=PROJECTOR_START_WAIT)
+        if self.store.last_seq <= PROJECTOR_WAIT_EVENTS:
+            await asyncio.wait({self._projector_start}, timeout=PROJECTOR_START_WAIT)
         self._loaded = True
 
     async def start(self) -> None:
