@@ -47,6 +47,7 @@ def test_runs_decode_as_they_were_with_containers_of_their_own() -> None:
     # Shared in the file, each run's own in memory: the runner hands a checkpoint on.
     assert back[10].checkpoint is not back[11].checkpoint
     assert back[10].params is not back[11].params
+    assert back[4].checkpoint is not None and back[5].checkpoint is not None
     assert back[4].checkpoint["nested"] is not back[5].checkpoint["nested"]
     assert back[10].warning_samples is not back[11].warning_samples
 
