@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
-from events.record import StoredEvent
 from events.types import (
+    AnyEvent,
     AnyRunEvent,
     Event,
     JobCreated,
@@ -44,6 +44,22 @@ from models.settings import DEFAULT_SETTINGS
 
 Doc = dict[str, Any]
 
+
+class FoldEvent(Protocol):
+    """What a fold reads of a stored event (a StoredEvent, or a replay's lighter row)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def time(self) -> str: ...
+    @property
+    def event(self) -> AnyEvent: ...
+
+
 # What each fold does with each event type (tests/test_event_dispatch.py holds them to it).
 JOB_HANDLED: frozenset[type[Event]] = frozenset({
     JobCreated, JobUpdated, JobEnabled, JobDisabled, JobDeleted, RunQueued, RunStarted,
@@ -69,7 +85,7 @@ def initial_settings() -> Doc:
             "last_seq": 0}
 
 
-def fold_settings(doc: Doc, ev: StoredEvent) -> Doc:
+def fold_settings(doc: Doc, ev: FoldEvent) -> Doc:
     """Apply one settings-stream event to the settings document."""
     e = ev.event
     if isinstance(e, SettingsChanged):  # nothing else belongs on the settings stream
@@ -79,7 +95,7 @@ def fold_settings(doc: Doc, ev: StoredEvent) -> Doc:
     return doc
 
 
-def _new_job(ev: StoredEvent, e: JobCreated) -> Doc:
+def _new_job(ev: FoldEvent, e: JobCreated) -> Doc:
     spec = dict(e.spec)
     return {
         "id": ev.stream,
@@ -117,7 +133,7 @@ def _trim_runs(doc: Doc) -> None:
     doc["runs"] = kept
 
 
-def _fold_run(doc: Doc, ev: StoredEvent, e: AnyRunEvent) -> None:
+def _fold_run(doc: Doc, ev: FoldEvent, e: AnyRunEvent) -> None:
     if isinstance(e, RunQueued):
         entry: Doc = {"run_id": e.run_id, "state": "queued", "trigger": e.trigger,
                       "queued": ev.time}
@@ -168,7 +184,7 @@ def _fold_run(doc: Doc, ev: StoredEvent, e: AnyRunEvent) -> None:
         _trim_runs(doc)
 
 
-def _succeeded(doc: Doc, run: Doc, ev: StoredEvent, e: RunSucceeded) -> None:
+def _succeeded(doc: Doc, run: Doc, ev: FoldEvent, e: RunSucceeded) -> None:
     stats = {"snapshot_id": e.snapshot_id, "files": e.files, "bytes": e.bytes,
              "duration": e.duration}
     run.update(stats)
@@ -189,7 +205,7 @@ def _snapshot(doc: Doc, snapshot_id: str) -> Doc | None:
     return next((s for s in doc["snapshots"] if s["id"] == snapshot_id), None)
 
 
-def fold_job(doc: Doc | None, ev: StoredEvent) -> Doc | None:
+def fold_job(doc: Doc | None, ev: FoldEvent) -> Doc | None:
     """Apply one job-stream event to a job document; None means the job does not exist."""
     e = ev.event
     if isinstance(e, JobCreated):

@@ -5,16 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
-from events.record import StoredEvent
 from models.atomic import remove_durable, write_atomic, write_many_atomic
 from models.ids import SETTINGS_STREAM, is_job_id
-from storage.fold import Doc, fold_job, fold_settings, initial_settings
+from storage.fold import Doc, FoldEvent, fold_job, fold_settings, initial_settings
 from storage.yamltext import render_mapping
 
 log = logging.getLogger(__name__)
@@ -30,8 +29,9 @@ HEADER = (
 _JOB_KEYS = ("id", "name", "enabled", "spec", "created", "updated", "runs", "last_success",
              "last_restore", "snapshots", "totals", "version", "last_seq")
 _SETTINGS_KEYS = ("settings", "updated", "version", "last_seq")
-# Files written at once by a flush of many files.
+# Files written at once by a flush of many files, and the most files in one batch.
 WRITE_THREADS = 8
+WRITE_BATCH = 64
 # libyaml's parser when PyYAML was built with it (the same safe constructor; 1,000 job
 # files parse in a fraction of the pure-Python loader's time at start-up).
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -46,17 +46,31 @@ def render_yaml(doc: Doc, key_order: Iterable[str]) -> bytes:
     return (HEADER + render_mapping(ordered)).encode("utf-8")
 
 
-def write_files(writes: list[tuple[Path, bytes]]) -> None:
-    """Write files atomically and durably, many at once: each fsync waits on the disk, and
-    several in flight share its journal commits (a rebuild writes a file per job)."""
-    if len(writes) < 2 * WRITE_THREADS:
-        write_many_atomic(writes)
+def write_files(writes: Iterable[tuple[Path, bytes]], count: int) -> None:
+    """Write `count` files atomically and durably, many at once: each fsync waits on the
+    disk, and several in flight share its journal commits (a rebuild writes a file per
+    job). `writes` may render each file as it is asked for: the first files are then
+    being written while the next are rendered."""
+    if count < 2 * WRITE_THREADS:
+        write_many_atomic(list(writes))
         return
-    # Each share is written whole (every file fsynced, renamed, its directory fsynced)
-    # before this returns, so the position written next never runs ahead of a file.
-    shares = [writes[i::WRITE_THREADS] for i in range(WRITE_THREADS)]
+    # Batches of a few dozen files: each costs one fsync of its directory, and the
+    # writers start on the first batch while the rest are still being rendered.
+    size = max(1, min(WRITE_BATCH, count // (2 * WRITE_THREADS)))
     with ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="projection-write") as pool:
-        for done in [pool.submit(write_many_atomic, share) for share in shares]:
+        # Each batch is written whole (every file fsynced, renamed, its directory
+        # fsynced) before this returns, so the position written next never runs ahead of
+        # a file. Leaving the `with` waits for every batch, even when rendering failed.
+        started: list[Future[None]] = []
+        batch: list[tuple[Path, bytes]] = []
+        for write in writes:
+            batch.append(write)
+            if len(batch) >= size:
+                started.append(pool.submit(write_many_atomic, batch))
+                batch = []
+        if batch:
+            started.append(pool.submit(write_many_atomic, batch))
+        for done in started:
             done.result()
 
 
@@ -91,7 +105,7 @@ class Projection:
         doc = self.jobs.get(stream)
         return int(doc["version"]) if doc else 0
 
-    def apply_to_stream(self, ev: StoredEvent) -> None:
+    def apply_to_stream(self, ev: FoldEvent) -> None:
         """Fold one event into its stream's document unless that document already has it."""
         if ev.stream == SETTINGS_STREAM:
             if ev.version > self.settings["version"]:
@@ -115,12 +129,12 @@ class Projection:
             self._dirty.add(ev.stream)
 
     @staticmethod
-    def _warn_not_a_job(ev: StoredEvent) -> None:
+    def _warn_not_a_job(ev: FoldEvent) -> None:
         """Say that an event of a stream that is not a job was skipped."""
         log.warning("event %d has stream %r, which is not a job id; skipped",
                     ev.seq, ev.stream)
 
-    def apply(self, events: Iterable[StoredEvent]) -> None:
+    def apply(self, events: Iterable[FoldEvent]) -> None:
         """Fold events in seq order; events at or below the applied seq change nothing."""
         for ev in events:
             if ev.seq <= self.seq:
@@ -160,19 +174,22 @@ class Projection:
         """Whether some document changed since the last flush."""
         return bool(self._dirty)
 
-    def flush(self) -> None:
-        """Write changed files atomically, then the position they reflect (blocking I/O)."""
-        writes: list[tuple[Path, bytes]] = []
-        for stream in sorted(self._dirty):
+    def _rendered(self, streams: list[str]) -> Iterator[tuple[Path, bytes]]:
+        """Render changed files one by one, removing those of jobs that no longer exist."""
+        for stream in streams:
             rel = self._relpath(stream)
             data = self.render(stream)
             if data is None:
                 remove_durable(self.root / rel)
                 self._written.pop(rel, None)
             else:
-                writes.append((self.root / rel, data))
                 self._written[rel] = _sha(data)
-        write_files(writes)
+                yield self.root / rel, data
+
+    def flush(self) -> None:
+        """Write changed files atomically, then the position they reflect (blocking I/O)."""
+        streams = sorted(self._dirty)
+        write_files(self._rendered(streams), len(streams))
         # The position is written after the files: after a crash in between, the files
         # are ahead of it, and applying those events again changes nothing (versions).
         seq = self.seq

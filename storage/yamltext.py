@@ -35,6 +35,10 @@ def dump_yaml(doc: dict[str, Any]) -> str:
 
 _values: dict[tuple[type, Any], str | None] = {}
 _keys: dict[str, str | None] = {}
+# Simple strings already written: the resolver's regexes run once per distinct string
+# (a third of a render), and the live projector writes the same job's strings every flush.
+_strs: dict[str, str] = {}
+_STRS_MAX = 100_000
 
 
 # Strings PyYAML writes plain (or, when they read as another type, single-quoted) with no
@@ -60,8 +64,14 @@ def _scalar(value: Any) -> str | None:
     """One line of YAML for a scalar value as PyYAML writes it, or None if it is more."""
     kind = type(value)
     if kind is str:
+        line = _strs.get(value)
+        if line is not None:
+            return line
         line = _simple_str(value)
         if line is not None:
+            if len(_strs) >= _STRS_MAX:
+                _strs.clear()
+            _strs[value] = line
             return line
     elif kind is int:
         return str(value)
