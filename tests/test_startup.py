@@ -20,7 +20,13 @@ from events.types import JobDeleted, RunQueued, RunStarted, RunSucceeded, Settin
 from server.health import chain_state, health_status, log_problems
 from tests.cli_helpers import free_port, spawn_server
 from tests.scale_helpers import build, build_sync
-from tests.startup_helpers import alter_row, full_replay, state_facts
+from tests.startup_helpers import (
+    alter_row,
+    full_replay,
+    restart,
+    start_and_stop,
+    state_facts,
+)
 
 
 async def _tail(store: EventStore, job_id: str, run_id: str) -> None:
@@ -39,12 +45,7 @@ async def test_a_restart_uses_the_snapshot_and_folds_what_a_full_replay_folds(
     data = await build(tmp_path / "data", jobs=30, events=2_000, queued=10)
     store = await EventStore.open(data.events_db)
     try:
-        core = build_core(store, CoreConfig(data.data_dir))
-        await core.load()
-        assert core.snapshots.folded == 2_000 and core.snapshots.written_seq == 0
-        await core.stop()  # a clean stop writes the snapshot
-        assert (data.data_dir / SNAPSHOT_FILE).is_file()
-        assert core.snapshots.written_seq == 2_000
+        await start_and_stop(store, data.data_dir)  # a clean stop writes the snapshot
         await _tail(store, data.job_ids[-1], "r-after")
         await store.append(data.job_ids[3], None, [JobDeleted(job_id=data.job_ids[3])])
 
@@ -86,21 +87,15 @@ async def test_a_snapshot_of_another_log_is_not_used(tmp_path: Path) -> None:
     store = await EventStore.open(other)
     try:
         await _tail(store, data.job_ids[1], "r-two")
-        keeper = StateSnapshots(store, State(), path)
-        await keeper.load()
-        assert keeper.written_seq == 0 and keeper.folded == store.last_seq
-        assert state_facts(keeper.state) == state_facts(await full_replay(store))
-        assert "r-one" not in keeper.state.runs and "r-two" in keeper.state.runs
+        state = await restart(store, path, written_seq=0, folded=store.last_seq)
+        assert "r-one" not in state.runs and "r-two" in state.runs
     finally:
         await store.close()
     # And a log that ends before the snapshot's seq (an older copy, put back as a person
     # would: without the mark of what the other one acknowledged).
     store = await EventStore.open(older)
     try:
-        keeper = StateSnapshots(store, State(), path)
-        await keeper.load()
-        assert keeper.written_seq == 0 and keeper.state.seq == 1_000
-        assert state_facts(keeper.state) == state_facts(await full_replay(store))
+        assert (await restart(store, path, written_seq=0, folded=1_000)).seq == 1_000
     finally:
         await store.close()
 
@@ -132,10 +127,7 @@ async def test_a_damaged_or_foreign_snapshot_is_ignored(tmp_path: Path, damage: 
         else:
             path.unlink()
             path.mkdir()
-        keeper = StateSnapshots(store, State(), path)
-        await keeper.load()  # never raises: a full replay instead
-        assert keeper.written_seq == 0 and keeper.folded == 500
-        assert state_facts(keeper.state) == state_facts(await full_replay(store))
+        await restart(store, path, written_seq=0, folded=500)  # never raises: a full replay
     finally:
         await store.close()
 
@@ -233,10 +225,7 @@ async def test_a_snapshot_is_written_every_n_events_while_serving(tmp_path: Path
         assert keeper.written_seq >= 250
         await keeper.stop(final=True)  # and the last one at a clean stop
         assert keeper.written_seq == store.last_seq == 260
-        again = StateSnapshots(store, State(), path)
-        await again.load()
-        assert again.written_seq == 260 and again.folded == 0
-        assert state_facts(again.state) == state_facts(await full_replay(store))
+        await restart(store, path, written_seq=260, folded=0)
     finally:
         await store.close()
 
@@ -249,9 +238,7 @@ async def test_healthz_stays_ok_while_the_projector_catches_up_and_a_stop_ends_i
     data = await build(tmp_path / "data", jobs=30, events=2_000, queued=10)
     store = await EventStore.open(data.events_db)
     try:
-        first = build_core(store, CoreConfig(data.data_dir))
-        await first.load()
-        await first.stop()  # the YAML files written, so the next start loads them
+        await start_and_stop(store, data.data_dir)  # the YAML files written for the next
         core = build_core(store, CoreConfig(data.data_dir))
         starting = asyncio.create_task(core.projector.start())
         await asyncio.sleep(0)  # start() is now loading the files in its thread
