@@ -88,19 +88,29 @@ class Core:
         self.store.notifier.add_listener(self.state.apply_all)
         self.store.notifier.add_listener(self.scheduler.on_events)
         # The YAML files after the state: with a large data directory, loading them
-        # takes minutes, and the log (not they) is what serving needs. The projector
-        # reads what it lacks from the log whenever it starts, so it goes on behind;
-        # a small log's is done within the wait, as before.
+        # takes seconds to minutes, and the log (not they) is what serving needs. The
+        # projector reads what it lacks from the log whenever it starts, so it goes on
+        # behind. A small log's is done within the wait, as before; a large one's starts
+        # at the end of start(), as its load holds the interpreter lock for seconds and
+        # would slow every step of the start-up it ran beside.
+        small = self.store.last_seq <= PROJECTOR_WAIT_EVENTS
+        if small:
+            self._start_projector()
+        # Every job's next time on a worker thread before the first page asks for it
+        # (the dashboard reads them all; worked out one by one they hold the loop).
+        await self.scheduler.plan()
+        if small and self._projector_start is not None:
+            await asyncio.wait({self._projector_start}, timeout=PROJECTOR_START_WAIT)
+        self._loaded = True
+
+    def _start_projector(self) -> None:
+        """Start the projector's load and catch-up behind (once)."""
+        if self._projecting:
+            return
         self._projector_start = asyncio.create_task(self.projector.start(),
                                                     name="projector-start")
         self._projector_start.add_done_callback(self._projector_started)
         self._projecting = True
-        # Every job's next time on a worker thread before the first page asks for it
-        # (the dashboard reads them all; worked out one by one they hold the loop).
-        await self.scheduler.plan()
-        if self.store.last_seq <= PROJECTOR_WAIT_EVENTS:
-            await asyncio.wait({self._projector_start}, timeout=PROJECTOR_START_WAIT)
-        self._loaded = True
 
     async def start(self) -> None:
         """Load, stop programs and recover runs a crash cut off, then run and schedule."""
@@ -111,6 +121,7 @@ class Core:
         self.runner.start()
         self.scheduler.start()
         self.snapshots.start()
+        self._start_projector()  # a large log's, now that the state is served
         self._started = True
 
     async def stop(self) -> None:
