@@ -8,15 +8,12 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeVar, cast
+from typing import NoReturn
 
 import aiosqlite
 
 from events import sql
-from events.batch import Accepted, commit_rows, prepare
-from events.batch import AppendCall as _AppendCall
 from events.chain import (
     ChainCheck,
     ChainFault,
@@ -36,21 +33,15 @@ from events.errors import (
 )
 from events.notifier import Notifier
 from events.reading import LogReading
-from events.record import GENESIS_HASH, Row, StoredEvent, utc_now_iso
-from events.types import Event
+from events.record import GENESIS_HASH, utc_now_iso
 from events.watermark import MarkWriter, mark_path, missing_events, read_mark
+from events.writer import MAX_BATCH_CALLS, LogWriting
 
-__all__ = ["ChainBroken", "ConcurrencyError", "EventStore", "EventsMissing", "LogTooNew",
-           "LogUnreadable", "MarkUnreadable", "StoreClosed", "StoreError", "StoreUnavailable",
-           "WriteFailed"]
+__all__ = ["MAX_BATCH_CALLS", "ChainBroken", "ConcurrencyError", "EventStore", "EventsMissing",
+           "LogTooNew", "LogUnreadable", "MarkUnreadable", "StoreClosed", "StoreError",
+           "StoreUnavailable", "WriteFailed"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-# How many append calls one transaction may carry. Large enough that 100 concurrent
-# appenders share one fsync, small enough that one commit stays short.
-MAX_BATCH_CALLS = 512
 
 # The newest this many events have their chain checked before the store opens (10,000
 # rows: about 0.05 s), so a break in the tail refuses the start; a longer log's whole chain
@@ -58,7 +49,7 @@ MAX_BATCH_CALLS = 512
 FOREGROUND_CHECK_MAX = 10_000
 
 
-class EventStore(LogReading):
+class EventStore(LogReading, LogWriting):
     """Append-only event log in SQLite (WAL, synchronous=FULL) with a hash chain."""
 
     def __init__(self, path: Path, writer: aiosqlite.Connection,
@@ -67,7 +58,7 @@ class EventStore(LogReading):
         self._writer = writer
         self._reader = reader
         self.notifier = Notifier()
-        self._calls: asyncio.Queue[_AppendCall | None] = asyncio.Queue()
+        self._init_writing()
         self._versions: dict[str, int] = {}
         self._last_seq = 0
         self._last_hash = GENESIS_HASH
@@ -200,7 +191,7 @@ class EventStore(LogReading):
         self.chain.stop()
         if self._check_task is not None:
             await self._check_task
-        self._calls.put_nowait(None)
+        self._stop_writing()
         if self._writer_task is not None:
             await self._writer_task
         self.notifier.close_all()
@@ -236,130 +227,12 @@ class EventStore(LogReading):
         async with self._writer.execute(sql.SELECT_STREAM_VERSIONS) as cur:
             self._versions = {stream: version for stream, version in await cur.fetchall()}
 
-    # --- writing ------------------------------------------------------------------
+    # --- writing (events/writer.py) ----------------------------------------------
 
-    async def append(self, stream: str, expected_version: int | None,
-                     events: Sequence[Event]) -> list[StoredEvent]:
-        """Append events to a stream atomically and return them as stored.
-
-        `expected_version` is the stream's current version as the caller saw it (0 for
-        a new stream), or None to append whatever the version is. A mismatch raises
-        ConcurrencyError and writes nothing.
-        """
-        if self._closed:
-            raise StoreClosed("the event log is closed")
-        if self.chain_fault is not None:
-            raise ChainBroken(self.path, self.chain_fault)
-        if not events:
-            return []
-        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._calls.put_nowait(_AppendCall(stream, expected_version, list(events), future))
-        # shield: a caller that is cancelled after its call was queued must not leave the
-        # writer with a dead future; the append still happens or fails as one.
-        return await asyncio.shield(future)
-
-    def stream_version(self, stream: str) -> int:
-        """Return a stream's current version as committed (0 if it has no events)."""
-        return self._versions.get(stream, 0)
-
-    @property
-    def last_seq(self) -> int:
-        """The seq of the newest committed event (0 for an empty log)."""
-        return self._last_seq
-
-    async def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._calls.get()
-            if first is None:
-                break
-            batch: list[_AppendCall] = [first]
-            while len(batch) < MAX_BATCH_CALLS and not self._calls.empty():
-                nxt = self._calls.get_nowait()
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            try:
-                if self.chain_fault is not None:  # found broken after these were queued
-                    raise ChainBroken(self.path, self.chain_fault)
-                await self._write_batch(batch)
-            except ChainBroken as err:
-                for call in batch:
-                    if not call.future.done():
-                        call.future.set_exception(err)
-            except Exception as err:  # keep the writer alive: fail the calls, not the log
-                log.exception("event log write failed")
-                self._write_failed(err)
-                for call in batch:
-                    if not call.future.done():
-                        call.future.set_exception(WriteFailed(
-                            f"event log write failed, nothing was written: {err}"))
-        # Fail whatever arrived after close was asked for.
-        while not self._calls.empty():
-            late = self._calls.get_nowait()
-            if late is not None and not late.future.done():
-                late.future.set_exception(StoreClosed("the event log is closed"))
-
-    def _prepare(self, batch: list[_AppendCall]) -> tuple[list[Row], list[Accepted]]:
-        """Check versions and build rows for a batch; conflicting calls fail here."""
-        # One clock reading per transaction (read here: tests fake this module's clock).
-        return prepare(batch, self._last_seq, self._last_hash, self._versions, utc_now_iso())
-
-    def _on_writer_thread(self, work: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
-        """Run `work` with the writer's connection on its own thread: one round trip."""
-        # aiosqlite queues functions to its thread through _execute (what its every public
-        # method uses); it has no public way to run several statements in one trip.
-        run = cast(Callable[[Callable[[], T]], Awaitable[T]], self._writer._execute)
-        conn = self._writer._conn
-        return run(lambda: work(conn))
-
-    async def _write_batch(self, batch: list[_AppendCall]) -> None:
-        rows, accepted = self._prepare(batch)
-        if not rows:
-            return
-        try:
-            mark_error = await self._on_writer_thread(
-                functools.partial(commit_rows, rows=rows, mark=self._mark))
-        except sqlite3.Error as err:
-            # Someone else wrote to the file (another process), or the disk failed: our
-            # cached heads may be stale. Reload them, then give each call its own
-            # transaction so one bad call cannot take the others down with it.
-            await self._load_heads()
-            if len(accepted) == 1:
-                call = accepted[0][0]
-                message = f"append to {call.stream!r} failed, nothing was written: {err}"
-                if isinstance(err, sqlite3.IntegrityError):
-                    call.future.set_exception(ConcurrencyError(message))
-                else:
-                    self._write_failed(err)
-                    call.future.set_exception(WriteFailed(message))
-                return
-            for call, _ in accepted:
-                await self._write_batch([call])
-            return
-        self.commits += 1
-        if self.write_error is not None:
-            log.info("event log %s writable again (failing since %s)", self.path,
-                     self.write_error_since)
-            self.write_error = self.write_error_since = None
-        committed = [ev for _, stored in accepted for ev in stored]
-        if mark_error is not None:  # the events are committed; only the check is weaker
-            log.warning("cannot record the acknowledged seq: %s", mark_error)
-        for call, stored in accepted:
-            self._versions[call.stream] = stored[-1].version
-            if not call.future.done():
-                call.future.set_result(stored)
-        self._last_seq, self._last_hash = committed[-1].seq, committed[-1].hash
-        self.notifier.publish(committed)
+    def _now(self) -> str:
+        # One clock reading per group commit, read here: tests fake this module's clock.
+        return utc_now_iso()
 
     def _refuse_read(self, fault: ChainFault) -> NoReturn:
         self._chain_failed(fault)
         raise ChainBroken(self.path, fault)
-
-    def _write_failed(self, err: BaseException) -> None:
-        """Remember that the log cannot be written, and since when (for /healthz)."""
-        if self.write_error is None:
-            self.write_error_since = utc_now_iso()
-            log.error("cannot write to the event log %s: %s", self.path, err)
-        self.write_error = f"cannot write to the event log {self.path}: {err}"

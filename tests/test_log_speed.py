@@ -4,7 +4,9 @@ kept, a catch-up that stops when asked, YAML text unchanged, and one encoding pe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
+import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
@@ -16,8 +18,10 @@ import yaml
 from core import live as live_module
 from events import record
 from events.audit import open_readonly, verify
+from events.batch import canonical_text, encode_events
+from events.registry import event_classes
 from events.store import EventsMissing, EventStore
-from events.types import RunCheckpointed, RunQueued
+from events.types import RunCheckpointed, RunQueued, SettingsChanged
 from server.keys import LIVE, STORE
 from storage.projection import Projection
 from storage.projector import Projector
@@ -187,3 +191,95 @@ async def test_a_projector_stopped_before_it_starts_writes_nothing(store: EventS
     await asyncio.wait_for(projector.start(), 1.0)
     assert projector.interrupted and not projector.healthy
     assert not (tmp_path / "projections").exists()
+
+
+def _sample(annotation: object) -> object:
+    """A value for a field of this (string) annotation, with what JSON must get right."""
+    text = str(annotation)
+    if text.startswith("dict"):
+        return {"b": [1, 2.5, None, True], "a": "é \u2603", "z": {"k": -0.0, "e": 1e-7}}
+    if text.startswith(("list", "tuple")):
+        return ["x", 1]
+    return {"int": 7, "float": 2.5, "bool": True}.get(text.split(" ")[0], "s-é")
+
+
+def test_every_event_type_is_stored_as_the_canonical_text_of_its_payload() -> None:
+    # The writer encodes fields in place with a reused encoder: the text (which the hash
+    # chain covers) must stay what canonical_text(payload()) gives.
+    for cls in event_classes():
+        event = cls(**{f.name: _sample(f.type) for f in dataclasses.fields(cls)
+                       if f.default is dataclasses.MISSING
+                       and f.default_factory is dataclasses.MISSING})
+        assert encode_events([event]) == [(cls.type_name, canonical_text(event.payload()))]
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    for bad, error in ((float("nan"), ValueError), (loop, ValueError), (object(), TypeError)):
+        with pytest.raises(error):
+            encode_events([SettingsChanged(changes={"x": bad})])
+
+
+async def test_calls_that_arrive_during_a_commit_go_out_together_next(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    store = await EventStore.open(db)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        before = store.commits
+        blocker.execute("BEGIN IMMEDIATE")  # the writer's commit waits on this lock
+        first = asyncio.ensure_future(store.append("job-0", 0, [created("job-0")]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(store.append(f"job-{i}", 0, [created(f"job-{i}")]))
+                for i in range(1, 51)]
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        blocker.execute("ROLLBACK")
+        stored = [(await first)[0]] + [(await call)[0] for call in rest]
+        assert [ev.seq for ev in stored] == list(range(1, 52))
+        assert store.commits - before == 2  # the first call, then the 50 gathered behind it
+        assert len({ev.time for ev in stored[1:]}) == 1  # one group, one clock reading
+    finally:
+        blocker.close()
+        await store.close()
+
+
+async def test_a_group_behind_a_refused_commit_is_built_on_what_was_committed(
+        tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    store = await EventStore.open(db)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        await store.append("job-0", 0, [created("job-0")])
+        blocker.execute("BEGIN IMMEDIATE")
+        first = asyncio.gather(*(store.append(s, 0, [created(s)]) for s in ("a-1", "b-1")))
+        await asyncio.sleep(0.05)
+        behind = asyncio.gather(*(store.append(f"c-{i}", 0, [created(f"c-{i}")])
+                                  for i in range(10)))
+        await asyncio.sleep(0.05)
+        # Another process takes seq 2 while the first group waits: that group's commit is
+        # refused, retried call by call, and the group behind it must follow the new head.
+        blocker.execute("INSERT INTO events VALUES (2, 'x-1', 1, 't', 'JobDeleted', '{}', "
+                        "'f00d')")
+        blocker.execute("COMMIT")
+        seqs = [ev.seq for stored in [*await first, *await behind] for ev in stored]
+        assert sorted(seqs) == list(range(3, 15))
+        rows = await store.read(since=2, verify=False)
+        prev = "f00d"
+        for row in rows:  # each row hashed onto the one before it, from the foreign row on
+            assert row.expected_hash(prev) == row.hash
+            prev = row.hash
+    finally:
+        blocker.close()
+        await store.close()
+
+
+async def test_a_cancelled_caller_has_its_append_written_whole(store: EventStore) -> None:
+    waiting = asyncio.ensure_future(store.append("docs-1", 0, [
+        created("docs-1"), RunQueued(job_id="docs-1", run_id="r-000000000001")]))
+    await asyncio.sleep(0)  # queued
+    waiting.cancel()
+    others = await asyncio.gather(*(store.append(f"j-{i}", 0, [created(f"j-{i}")])
+                                    for i in range(3)))
+    assert waiting.cancelled() and len(others) == 3
+    assert store.stream_version("docs-1") == 2
+    assert [ev.type for ev in await store.read_stream("docs-1")] == ["JobCreated", "RunQueued"]
+    nxt = await store.append("docs-1", 2, [RunQueued(job_id="docs-1", run_id="r-000000000002")])
+    assert nxt[0].seq == store.last_seq
