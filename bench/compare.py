@@ -114,14 +114,14 @@ class Comparison:
         if self.target_ratio is not None:
             parts.append(f"ratio {sign} {self.target_ratio:.2f}")
         if self.target_value is not None:
-            parts.append(f"{sign} {_fmt(self.target_value, self.unit)}")
+            parts.append(f"{sign} {format_value(self.target_value, self.unit)}")
         return ", ".join(parts) or "-"
 
     def line(self) -> str:
         """One printed line: ours, peer, ratio with its spread, targets and verdict."""
         low, high = self.spread
-        return (f"{self.name}: ours {_fmt(self.ours_median, self.unit)}, "
-                f"{self.peer_name} {_fmt(self.peer_median, self.unit)}, "
+        return (f"{self.name}: ours {format_value(self.ours_median, self.unit)}, "
+                f"{self.peer_name} {format_value(self.peer_median, self.unit)}, "
                 f"ratio {self.ratio:.2f} (spread {low:.2f}-{high:.2f}, n={len(self.ratios)}); "
                 f"target {self.targets_text()} {self.verdict}".rstrip())
 
@@ -136,9 +136,12 @@ class Comparison:
                 "verdict": self.verdict, "note": self.note, "measured": self.measured}
 
 
-def _fmt(value: float, unit: str) -> str:
+def format_value(value: float, unit: str) -> str:
+    """A figure's value with its unit, as every line of `make bench` prints it."""
     if math.isnan(value):
         return "n/a"
+    if math.isinf(value):
+        return "never"
     if unit in ("ev/s", "events/s"):
         return f"{value:,.0f} {unit}"
     if unit == "ms":
@@ -154,8 +157,8 @@ def format_comparisons(comparisons: Sequence[Comparison]) -> str:
     rows = [header]
     for c in comparisons:
         low, high = c.spread
-        rows.append((c.name, _fmt(c.ours_median, c.unit),
-                     f"{_fmt(c.peer_median, c.unit)} ({c.peer_name})", f"{c.ratio:.2f}",
+        rows.append((c.name, format_value(c.ours_median, c.unit),
+                     f"{format_value(c.peer_median, c.unit)} ({c.peer_name})", f"{c.ratio:.2f}",
                      f"{low:.2f}-{high:.2f}", c.targets_text(), c.verdict))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.compare import Comparison
+from bench.compare import Comparison, format_value
 from events.store import EventStore
 from events.types import (
     Event,
@@ -123,25 +123,10 @@ class Figure:
     target: float | None = None
     higher_is_better: bool = True
 
-    @staticmethod
-    def _fmt(value: float, unit: str) -> str:
-        if math.isnan(value):
-            return "n/a"
-        if math.isinf(value):
-            return "never"
-        if unit in ("ev/s", "events", "commits"):
-            return f"{value:,.0f} {unit}" if value >= 100 or value == int(value) \
-                else f"{value:,.1f} {unit}"
-        if unit == "ms":
-            return f"{value:,.2f} ms"
-        if unit == "s":
-            return f"{value:,.1f} s"
-        return f"{value:,.1f} {unit}"
-
     @property
     def value_text(self) -> str:
         """The value with its unit."""
-        return self._fmt(self.value, self.unit)
+        return format_value(self.value, self.unit)
 
     @property
     def target_text(self) -> str:
@@ -149,7 +134,7 @@ class Figure:
         if self.target is None:
             return "-"
         sign = ">=" if self.higher_is_better else "<"
-        return f"{sign} {self._fmt(self.target, self.unit)}"
+        return f"{sign} {format_value(self.target, self.unit)}"
 
     @property
     def verdict(self) -> str:
