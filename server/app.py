@@ -55,6 +55,12 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_BODY = 1024 * 1024  # a form or JSON body larger than this gets 413
+# The walk of a log of more than CHAIN_CHECK_DEFER_EVENTS events starts CHAIN_CHECK_DELAY
+# seconds after serving begins: it holds the interpreter lock for seconds, and the pages
+# asked for right after a start are served without it beside them. /healthz says
+# "checking" meanwhile, as during the walk.
+CHAIN_CHECK_DELAY = 2.0
+CHAIN_CHECK_DEFER_EVENTS = 100_000
 
 
 async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -122,6 +128,14 @@ def _on_sighup(levels: LogLevel) -> Callable[[], None]:
     return undo
 
 
+def _start_chain_check(store: EventStore) -> asyncio.TimerHandle | None:
+    """Start the background walk of the chain, a large log's a little later (the handle)."""
+    if store.last_seq <= CHAIN_CHECK_DEFER_EVENTS:
+        store.start_chain_check()
+        return None
+    return asyncio.get_running_loop().call_later(CHAIN_CHECK_DELAY, store.start_chain_check)
+
+
 async def core_ctx(app: web.Application) -> AsyncIterator[None]:
     """Build the core on the open log, point the app's keys at its parts, and run it."""
     core = build_core(app[STORE], CoreConfig(app[CONFIG].data_dir))
@@ -144,11 +158,14 @@ async def core_ctx(app: web.Application) -> AsyncIterator[None]:
 
         app[STORE].notifier.add_listener(on_settings)
         stop_reload = _on_sighup(levels)
+        checking: asyncio.TimerHandle | None = None
         try:
             await core.start()
-            app[STORE].start_chain_check()
+            checking = _start_chain_check(app[STORE])
             yield
         finally:
+            if checking is not None:
+                checking.cancel()
             stop_reload()
     finally:
         await core.stop()
