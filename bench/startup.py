@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from bench.compare import Comparison, interleave
 from bench.eventlog import REPO_ROOT, TMP_ROOT, env_float, env_int
+from core import snapshot
 from core.snapshot import SNAPSHOT_FILE
 
 # `backup-manager serve` as the venv's entry point runs it: this tree's code.
@@ -104,16 +106,30 @@ def stopped_after(data: Path, log: Path, signal_at: float) -> float:
     return _stop(proc)
 
 
-def _build(base: Path, events: int) -> None:
-    """The data directory, once: a log of `events` events, its YAML and a snapshot."""
-    if (base / SNAPSHOT_FILE).is_file():
-        return
-    from bench.startup_data import build_data_dir
+def _usable(path: Path) -> bool:
+    """Whether this version of the server would start from the snapshot at `path`."""
+    try:
+        return snapshot.read(path, threading.Event()) is not None
+    except snapshot.SnapshotUnusable:
+        return False
 
-    shutil.rmtree(base, ignore_errors=True)
-    print(f"  building {events:,} events under {base} (once; kept for the next run)",
-          flush=True)
-    build_data_dir(base, events)
+
+def _build(base: Path, events: int) -> None:
+    """The data directory, once: a log of `events` events, its YAML and a snapshot (made
+    again when this version cannot use the one there: else the timed start is cold)."""
+    if (base / SNAPSHOT_FILE).is_file() and _usable(base / SNAPSHOT_FILE):
+        return
+    if (base / "events.db").is_file() and (base / SNAPSHOT_FILE).is_file():
+        print(f"  the snapshot under {base} is of another version: making it again",
+              flush=True)
+        (base / SNAPSHOT_FILE).unlink()
+    else:
+        from bench.startup_data import build_data_dir
+
+        shutil.rmtree(base, ignore_errors=True)
+        print(f"  building {events:,} events under {base} (once; kept for the next run)",
+              flush=True)
+        build_data_dir(base, events)
     # One start and clean stop leaves the snapshot (the cold start writes it at once).
     port, log = _free_port(), base.parent / "build-serve.log"
     proc = _spawn(base, port, log)
@@ -124,10 +140,10 @@ def _build(base: Path, events: int) -> None:
         _stop(proc)
 
 
-def _fresh(base: Path, into: Path, snapshot: bool) -> Path:
+def _fresh(base: Path, into: Path, with_snapshot: bool) -> Path:
     shutil.rmtree(into, ignore_errors=True)
     shutil.copytree(base, into, ignore=shutil.ignore_patterns("*.lock", "logs"))
-    if not snapshot:
+    if not with_snapshot:
         (into / SNAPSHOT_FILE).unlink()
     return into
 
@@ -137,6 +153,9 @@ def run_startup() -> list[Comparison]:
     events = env_int("BENCH_STARTUP_EVENTS", 1_000_000)
     repeats = env_int("BENCH_STARTUP_REPEATS", 5)
     signal_at = env_float("BENCH_STARTUP_SIGNAL_AT", 0.3)
+    # BENCH_STARTUP_COLD=0 leaves out the starts without a snapshot (minutes at 1M).
+    kinds = (("with its snapshot", True), ("cold, no snapshot", False))[
+        :1 if os.environ.get("BENCH_STARTUP_COLD") == "0" else 2]
     base = Path(os.environ.get("BENCH_STARTUP_DATA", f"{TMP_ROOT}/bm-startup-{events}")) / "base"
     base.parent.mkdir(parents=True, exist_ok=True)
     _build(base, events)
@@ -150,23 +169,23 @@ def run_startup() -> list[Comparison]:
             shutil.rmtree(work / "empty", ignore_errors=True)
             return work / "empty"
 
-        def timed(snapshot: bool) -> float:
-            return served_after(_fresh(base, work / "data", snapshot), log)
+        def timed(with_snapshot: bool) -> float:
+            return served_after(_fresh(base, work / "data", with_snapshot), log)
 
         comparisons = []
-        for name, snapshot in (("with its snapshot", True), ("cold, no snapshot", False)):
-            ours, peer = interleave(functools.partial(timed, snapshot),
+        for name, with_snapshot in kinds:
+            ours, peer = interleave(functools.partial(timed, with_snapshot),
                                     lambda: served_after(empty(), log), repeats)
             comparisons.append(Comparison(
                 f"start-up to a served dashboard, {events:,} events, {name}", "s", ours,
                 peer, "the same server on an empty data directory",
-                target_value=TARGET_SECONDS if snapshot else None,
+                target_value=TARGET_SECONDS if with_snapshot else None,
                 note="spawn of `backup-manager serve` until GET /dashboard answers 200"))
             print("  " + comparisons[-1].line(), flush=True)
-        for name, snapshot in (("with its snapshot", True), ("cold, no snapshot", False)):
+        for name, with_snapshot in kinds:
             ours, peer = interleave(
                 functools.partial(lambda s: stopped_after(_fresh(base, work / "data", s),
-                                                          log, signal_at), snapshot),
+                                                          log, signal_at), with_snapshot),
                 lambda: stopped_after(empty(), log, signal_at), repeats)
             comparisons.append(Comparison(
                 f"SIGTERM during start-up to exit, {events:,} events, {name}", "s", ours,
