@@ -210,9 +210,8 @@ class LogWriting(ABC):
     def _acknowledge(self, flight: Flight) -> None:
         """Answer a committed group's callers, then tell the notifier, in seq order."""
         committed: list[StoredEvent] = []
-        from_row = StoredEvent.from_row
         for call, call_rows in flight.accepted:
-            stored = [from_row(row) for row in call_rows]
+            stored = [StoredEvent(*row) for row in call_rows]
             committed += stored
             if not call.future.done():
                 call.future.set_result(stored)
