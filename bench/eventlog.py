@@ -190,8 +190,9 @@ async def _appender(store: EventStore, stream: str, deadline: float,
     """Append single-event calls to one stream, tracking its version, until the deadline."""
     version = store.stream_version(stream)
     count = 0
+    rid = run_id(0, 1)  # a run knows its id: worked out once, not per checkpoint
     while time.perf_counter() < deadline:
-        ev = RunCheckpointed(job_id=stream, run_id=run_id(0, 1), checkpoint=checkpoint(count))
+        ev = RunCheckpointed(job_id=stream, run_id=rid, checkpoint=checkpoint(count))
         started = time.perf_counter()
         await store.append(stream, version, [ev])
         latencies.append(time.perf_counter() - started)
