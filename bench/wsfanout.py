@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,6 +220,66 @@ def ws_clients_main(argv: Sequence[str]) -> int:
     return 0
 
 
+async def run_clients(port: int, clients: int, count: int, since: int, kind: str,
+                      procs: int, patience: float,
+                      drive: Callable[[], Awaitable[None]]) -> list[list[list[float]]]:
+    """Connect `clients` WebSockets from `procs` other processes to the server on `port`,
+    run `drive` (it sends the events) once all are connected, and return what each
+    client received: [seq, receive time] pairs."""
+    children: list[asyncio.subprocess.Process] = []
+    try:
+        # Clients run in other processes so their receive work does not share the
+        # server's event loop; both sides read time.time() on the same machine clock.
+        shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+        for share in shares:
+            children.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.wsfanout", "ws-clients", kind, str(port),
+                str(share), str(count), str(since), str(patience),
+                cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE))
+        for child in children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), timeout=120)
+            if line.strip() != b"READY":
+                raise RuntimeError(f"WebSocket client process did not get ready: {line!r}")
+        await asyncio.sleep(0.5)  # let every server-side handler settle into its tail
+        await drive()
+        received: list[list[list[float]]] = []
+        for child in children:
+            out, _ = await asyncio.wait_for(child.communicate(), timeout=patience + 60)
+            if child.returncode != 0:
+                raise RuntimeError(f"WebSocket client process exited {child.returncode}")
+            received += json.loads(out)
+        return received
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+
+
+def summarize(received: list[list[list[float]]], commit_times: dict[int, float],
+              first_seq: int, clients: int, count: int, spacing: float, kind: str,
+              procs: int) -> FanoutResult:
+    """Latencies (receive minus commit) of every delivery; a missing one counts as late."""
+    latencies: list[float] = []
+    slowest: dict[int, float] = {}
+    reached: dict[int, int] = {}
+    for client in received:
+        for seq_f, at in client:
+            seq = int(seq_f)
+            lat = at - commit_times[seq]
+            latencies.append(lat)
+            slowest[seq] = max(slowest.get(seq, lat), lat)
+            reached[seq] = reached.get(seq, 0) + 1
+    missing = clients * count - len(latencies)
+    # A delivery that never came counts as infinitely late, so it cannot flatter p99.
+    latencies += [math.inf] * missing
+    last_client = [slowest[seq] if reached.get(seq) == clients else math.inf
+                   for seq in sorted(commit_times) if seq > first_seq]
+    return FanoutResult(clients, count, spacing, kind, procs, latencies, last_client, missing)
+
+
 async def bench_fanout(clients: int, count: int, spacing: float, kind: str = "raw",
                        procs: int = 1) -> FanoutResult:
     """Serve the app, connect `clients` WebSockets from `procs` other processes, append
@@ -230,7 +290,6 @@ async def bench_fanout(clients: int, count: int, spacing: float, kind: str = "ra
                                 log_level="WARNING"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        children: list[asyncio.subprocess.Process] = []
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
             await site.start()
@@ -256,58 +315,20 @@ async def bench_fanout(clients: int, count: int, spacing: float, kind: str = "ra
             store.notifier.publish = timed_publish  # type: ignore[method-assign]
             first_seq = store.last_seq
 
-            # Clients run in other processes so their receive work does not share the
-            # server's event loop; both sides read time.time() on the same machine clock.
-            patience = 30.0 + count * spacing
-            shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-            for share in shares:
-                children.append(await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bench.wsfanout", "ws-clients", kind, str(port),
-                    str(share), str(count), str(first_seq), str(patience),
-                    cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE))
-            for child in children:
-                assert child.stdout is not None
-                line = await asyncio.wait_for(child.stdout.readline(), timeout=120)
-                if line.strip() != b"READY":
-                    raise RuntimeError(f"WebSocket client process did not get ready: {line!r}")
-            await asyncio.sleep(0.5)  # let every server-side handler settle into its tail
-            version = store.stream_version(stream)
-            for step in range(count):
-                ev = RunCheckpointed(job_id=stream, run_id=run_id(1, 1),
-                                     checkpoint=checkpoint(step))
-                await store.append(stream, version, [ev])
-                version += 1
-                await asyncio.sleep(spacing)
-            received: list[list[list[float]]] = []
-            for child in children:
-                out, _ = await asyncio.wait_for(child.communicate(), timeout=patience + 60)
-                if child.returncode != 0:
-                    raise RuntimeError(f"WebSocket client process exited {child.returncode}")
-                received += json.loads(out)
-        finally:
-            for child in children:
-                if child.returncode is None:
-                    child.kill()
-                    await child.wait()
-            await runner.cleanup()
+            async def drive() -> None:
+                version = store.stream_version(stream)
+                for step in range(count):
+                    ev = RunCheckpointed(job_id=stream, run_id=run_id(1, 1),
+                                         checkpoint=checkpoint(step))
+                    await store.append(stream, version, [ev])
+                    version += 1
+                    await asyncio.sleep(spacing)
 
-    latencies: list[float] = []
-    slowest: dict[int, float] = {}
-    reached: dict[int, int] = {}
-    for client in received:
-        for seq_f, at in client:
-            seq = int(seq_f)
-            lat = at - commit_times[seq]
-            latencies.append(lat)
-            slowest[seq] = max(slowest.get(seq, lat), lat)
-            reached[seq] = reached.get(seq, 0) + 1
-    missing = clients * count - len(latencies)
-    # A delivery that never came counts as infinitely late, so it cannot flatter p99.
-    latencies += [math.inf] * missing
-    last_client = [slowest[seq] if reached.get(seq) == clients else math.inf
-                   for seq in sorted(commit_times) if seq > first_seq]
-    return FanoutResult(clients, count, spacing, kind, procs, latencies, last_client, missing)
+            received = await run_clients(port, clients, count, first_seq, kind, procs,
+                                         30.0 + count * spacing, drive)
+        finally:
+            await runner.cleanup()
+    return summarize(received, commit_times, first_seq, clients, count, spacing, kind, procs)
 
 
 if __name__ == "__main__":

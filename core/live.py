@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 Message = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 # How many live messages were turned into JSON (each once, however many read it).
 STATS = {"encoded": 0}
@@ -103,6 +106,16 @@ class LiveFeed:
 
     def __init__(self) -> None:
         self._subscriptions: set[LiveSubscription] = set()
+        self._listeners: list[Callable[[Published], None]] = []
+        self._audiences: list[Callable[[], int]] = []
+
+    def add_listener(self, listener: Callable[[Published], None],
+                     audience: Callable[[], int]) -> None:
+        """Call `listener` with each published message, synchronously, on publish (the
+        WebSocket's direct fan-out writes it to caught-up clients there and then);
+        `audience` says how many readers it currently serves."""
+        self._listeners.append(listener)
+        self._audiences.append(audience)
 
     def subscribe(self, limit: int = 1000, clock: Callable[[], int] | None = None,
                   wake: asyncio.Event | None = None) -> LiveSubscription:
@@ -122,15 +135,23 @@ class LiveFeed:
 
     @property
     def subscriber_count(self) -> int:
-        """How many subscriptions are open."""
-        return len(self._subscriptions)
+        """How many readers there are: open subscriptions, and those listeners serve."""
+        return len(self._subscriptions) + sum(audience() for audience in self._audiences)
 
     def publish(self, message: Message) -> None:
-        """Deliver a message to every subscriber, never waiting."""
-        if not self._subscriptions:
+        """Deliver a message to every listener and subscriber, never waiting."""
+        if not self._subscriptions and not self._listeners:
             return
         shared = Published(message)
-        for sub in list(self._subscriptions):
+        # Taken before the listeners run: a subscription a listener opens (a client handed
+        # back to its own queue) starts after this message, which the listener delivered.
+        subscriptions = list(self._subscriptions)
+        for listener in self._listeners:
+            try:
+                listener(shared)
+            except Exception:  # a reader's bug must not stop the publisher
+                log.exception("live listener %r failed", listener)
+        for sub in subscriptions:
             sub.offer(shared)
 
     def close_all(self) -> None:
