@@ -337,8 +337,7 @@ class Scheduler:
     def on_events(self, events: Sequence[StoredEvent]) -> None:
         """Note the jobs a committed batch changes and wake the loop (a listener)."""
         wake = False
-        for ev in events:
-            e = ev.event
+        for e in (ev.event for ev in events):
             if e.wakes_scheduler:
                 wake = True
                 job_id = getattr(e, "job_id", None)
@@ -369,8 +368,11 @@ class Scheduler:
             # Cleared after the tick, before planning: whatever changed before this
             # point is already in the plans, or in the dirty set the sleep looks at.
             self._wake.clear()
+            # Not wait_for: on 3.11 a wake in the step stop() cancels it returned the
+            # wake and dropped the cancel, so stop() waited for good.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._seconds_to_sleep())
+                async with asyncio.timeout(self._seconds_to_sleep()):
+                    await self._wake.wait()
 
     def _seconds_to_sleep(self) -> float:
         """Seconds until the head of the heap, within MIN_SLEEP..MAX_SLEEP."""
@@ -389,8 +391,7 @@ class Scheduler:
         return min(max(seconds, MIN_SLEEP), MAX_SLEEP)
 
     def _stale(self, entry: tuple[datetime, str, int]) -> bool:
-        plan = self._plans.get(entry[1])
-        return plan is None or plan.gen != entry[2]
+        return (plan := self._plans.get(entry[1])) is None or plan.gen != entry[2]
 
 
 def _key(job: JobView) -> tuple[Any, ...]:

@@ -326,3 +326,24 @@ async def test_loop_survives_a_failing_tick_and_stops_cleanly(
     env.clock.set(datetime(2025, 3, 10, 11, 0, tzinfo=UTC))
     await asyncio.sleep(0.2)
     assert len(env.runs(job)) == 1
+
+
+async def test_a_stop_that_meets_a_wake_still_stops_the_loop(env: Env) -> None:
+    # A run's event can wake the sleeping loop in the very step that stop() cancels it
+    # (runs end while the server shuts down). Python 3.11's wait_for then returned the
+    # wake and dropped the cancel: the loop went on and the server's stop hung for good.
+    await env.job("hourly", "0 * * * *")
+    await env.scheduler.plan()
+    env.scheduler.start()
+    await asyncio.sleep(0.2)  # asleep until the job's slot
+    loop_task = env.scheduler._task
+    env.scheduler._wake.set()  # what a committed run event does (on_events)
+    stopping = asyncio.ensure_future(env.scheduler.stop())
+    try:
+        # asyncio.wait, not wait_for: a timeout must not cancel the loop on stop's behalf.
+        done, _ = await asyncio.wait({stopping}, timeout=2)
+        assert stopping in done, "the scheduler's loop did not stop"
+    finally:
+        if loop_task is not None:  # (without the fix) end the loop that kept going
+            loop_task.cancel()
+        await asyncio.wait({stopping}, timeout=1)
