@@ -125,8 +125,11 @@ def _head(path: Path) -> tuple[dict[str, Any], int]:
 class StreamedManifest:
     """A format 2 manifest, checked whole on open, its entries read one at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fh: IO[bytes] | None = None) -> None:
+        # With `fh` (the manifest opened by the caller), every read goes through it: a
+        # restore that reads the entries twice reads the same file both times.
         self.path = path
+        self._fh = fh
         head, self._start = _head(path)
         try:
             if head.get("format") != STREAM_FORMAT:
@@ -155,7 +158,7 @@ class StreamedManifest:
     def _check(self) -> tuple[int, int, int]:
         """Hash the raw bytes against the trailer's checksum; return files, bytes and
         where the entries end."""
-        with open(self.path, "rb") as fh:
+        with self._open() as fh:
             total = os.fstat(fh.fileno()).st_size
             fh.seek(max(0, total - _TAIL_READ))
             match = _TRAILER.search(fh.read())
@@ -175,11 +178,20 @@ class StreamedManifest:
             raise ValueError("its content does not match its checksum (changed or damaged)")
         return int(match.group(1)), int(match.group(2)), total - len(match.group(0))
 
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[IO[bytes]]:
+        """The manifest file: the caller's, or opened here for this read."""
+        if self._fh is not None:
+            yield self._fh
+            return
+        with open(self.path, "rb") as fh:
+            yield fh
+
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every entry in order, each checked for the keys restore and verify need."""
         files = size = 0
         try:
-            with open(self.path, "rb") as fh:
+            with self._open() as fh:
                 fh.seek(self._start)
                 pos = self._start
                 while pos < self._end:

@@ -40,6 +40,7 @@ SLOW_MODULES = frozenset({
 SLOW_TESTS = frozenset({
     "test_two_files_sharing_a_temporary_name_restore_each_with_its_own_bytes",
     "test_writing_and_reading_100000_entries_holds_memory_flat",
+    "test_a_restore_holds_nothing_per_file",
     "test_a_10_gib_sparse_file_backs_up_and_restores_with_its_holes",
     "test_a_sparse_file_larger_than_the_destination_keeps_its_holes",
     "test_a_paused_rsync_dies_with_its_killed_worker_and_the_resume_completes",

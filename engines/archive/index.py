@@ -38,21 +38,7 @@ def checked_index(manifest: Manifest) -> dict[str, dict[str, Any]]:
     """
     index: dict[str, dict[str, Any]] = {}
     for entry in manifest.entries:
-        if not isinstance(entry, dict):
-            raise ManifestError("the manifest has an entry that is not an object")
-        path, kind = entry.get("path"), entry.get("type")
-        if not isinstance(path, str) or not _is_snapshot_path(path):
-            raise ManifestError(f"the manifest lists {path!r}, which is not a safe path "
-                                "inside the snapshot")
-        if kind not in ("file", "dir", "symlink"):
-            raise ManifestError(f"the manifest gives {path!r} an unknown type {kind!r}")
-        numbers = [entry.get(k) for k in ("size", "mtime_ns", "mode")]
-        if any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
-            raise ManifestError(f"the manifest entry for {path!r} lacks size, mtime or mode")
-        if kind == "file" and content_hash(entry) is None:
-            raise ManifestError(f"the manifest entry for {path!r} has no content hash")
-        if kind == "symlink" and not isinstance(entry.get("target"), str):
-            raise ManifestError(f"the manifest entry for {path!r} has no link target")
+        path = check_entry(entry)
         if path in index:
             raise ManifestError(f"the manifest lists {path!r} twice")
         index[path] = entry
@@ -65,6 +51,26 @@ def checked_index(manifest: Manifest) -> dict[str, dict[str, Any]]:
                 raise ManifestError(f"the manifest lists {path!r} under a {parent['type']}; "
                                     "restoring it would write outside the target")
     return index
+
+
+def check_entry(entry: Any) -> str:
+    """Refuse an entry that is malformed or whose path is unsafe; return its path."""
+    if not isinstance(entry, dict):
+        raise ManifestError("the manifest has an entry that is not an object")
+    path, kind = entry.get("path"), entry.get("type")
+    if not isinstance(path, str) or not _is_snapshot_path(path):
+        raise ManifestError(f"the manifest lists {path!r}, which is not a safe path "
+                            "inside the snapshot")
+    if kind not in ("file", "dir", "symlink"):
+        raise ManifestError(f"the manifest gives {path!r} an unknown type {kind!r}")
+    numbers = [entry.get(k) for k in ("size", "mtime_ns", "mode")]
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
+        raise ManifestError(f"the manifest entry for {path!r} lacks size, mtime or mode")
+    if kind == "file" and content_hash(entry) is None:
+        raise ManifestError(f"the manifest entry for {path!r} has no content hash")
+    if kind == "symlink" and not isinstance(entry.get("target"), str):
+        raise ManifestError(f"the manifest entry for {path!r} has no link target")
+    return path
 
 
 def _is_snapshot_path(path: str) -> bool:
@@ -91,17 +97,28 @@ def check_links(index: Mapping[str, Mapping[str, Any]]) -> None:
 def entry_for_member(member: tarfile.TarInfo,
                      index: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     """The manifest entry a member stands for; refuse a member that could escape the target."""
-    name = member.name
-    if name.startswith("/") or ".." in name.split("/") or "\x00" in name:
-        raise EngineError(f"the archive holds {name!r}, which points outside the restore "
-                          "target; restore refused (the archive may have been tampered with)")
+    name = check_member_name(member)
     entry = index.get(name)
     if entry is None:
         raise EngineError(f"the archive holds {name!r}, which its manifest does not list; "
                           "restore refused (the archive may have been tampered with)")
+    check_member_kind(member, entry)
+    return entry
+
+
+def check_member_name(member: tarfile.TarInfo) -> str:
+    """A member's name, refused if it could point outside the target."""
+    name = member.name
+    if name.startswith("/") or ".." in name.split("/") or "\x00" in name:
+        raise EngineError(f"the archive holds {name!r}, which points outside the restore "
+                          "target; restore refused (the archive may have been tampered with)")
+    return name
+
+
+def check_member_kind(member: tarfile.TarInfo, entry: Mapping[str, Any]) -> None:
+    """Refuse a member of another kind than its manifest entry (a device, say)."""
     kind = member_kind(member)
     if kind != expected_kind(entry):
-        raise EngineError(f"{name!r} is a {kind} in the archive but a {expected_kind(entry)} "
-                          "in the manifest; restore refused (the archive may have been "
-                          "tampered with)")
-    return entry
+        raise EngineError(f"{member.name!r} is a {kind} in the archive but a "
+                          f"{expected_kind(entry)} in the manifest; restore refused (the "
+                          "archive may have been tampered with)")

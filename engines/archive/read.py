@@ -159,6 +159,17 @@ def read_archive(path: Path, compression: str
             ahead.close()  # before the file it reads is closed
 
 
+def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """The stream's next member, or None at its end. tarfile keeps every member it has
+    read in tar.members (for getmembers and link look-ups, neither of which a stream
+    needs): 100,000 of them were most of a restore's memory, so they are let go."""
+    member = tar.next()
+    held = getattr(tar, "members", None)  # not in tarfile's type stubs
+    if isinstance(held, list):
+        held.clear()
+    return member
+
+
 def member_kind(member: tarfile.TarInfo) -> str:
     if member.islnk():
         return "hardlink"

@@ -94,7 +94,9 @@ class TargetWriter:
     def directory(self, member: tarfile.TarInfo, entry: Mapping[str, Any]) -> None:
         """Make a directory (or keep the one there); its metadata is set by finish()."""
         parent_fd, leaf = self._parent(entry["path"])
-        if not self._clear(parent_fd, leaf, entry):
+        # A folder this restore made already (on the way to a hard link's stand-in, whose
+        # first name came earlier in the archive) is kept, not made again.
+        if entry["path"] not in self._made and not self._clear(parent_fd, leaf, entry):
             os.mkdir(leaf, 0o700, dir_fd=parent_fd)
             self._made.add(entry["path"])
         self._dirs.append((entry["path"], entry))

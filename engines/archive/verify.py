@@ -19,6 +19,7 @@ from engines.archive.read import (
     hash_stream,
     member_data,
     member_kind,
+    next_member,
     read_archive,
 )
 from engines.control import RunControl
@@ -49,7 +50,7 @@ def verify_archive(stored: Stored, control: RunControl, reporter: Reporter,
     checked = 0
     try:
         with read_archive(stored.archive, stored.compression) as (tar, counter):
-            while (member := tar.next()) is not None:
+            while (member := next_member(tar)) is not None:
                 control.safe_point()
                 checked += _verify_member(tar, member, index, seen, problems, meter, pacer)
             problems.extend(_end_problems(tar, counter))
