@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from engines.contract import BackupSpec
@@ -59,15 +60,22 @@ def _kind_of(st: os.stat_result) -> str:
 
 
 def scan(spec: BackupSpec, control: RunControl, reporter: Reporter) -> list[Entry]:
-    """List every entry the job takes, sources in order, each tree depth-first and sorted.
+    """Every entry walk() yields, as a list (for callers that need them all at once)."""
+    return list(walk(spec, control, reporter))
 
-    A file or directory that vanishes or cannot be read during the walk is a warning,
-    not an error: the run goes on with what is there. Names that are not UTF-8 (valid on
-    Linux) are taken too: paths are str with surrogate escapes, as os.fsdecode makes them,
-    and every message shows them with \\xNN escapes (engines.fsmeta.shown).
+
+def walk(spec: BackupSpec, control: RunControl, reporter: Reporter) -> Iterator[Entry]:
+    """Yield every entry the job takes, sources in order, each tree depth-first and sorted,
+    parents before what they hold.
+
+    A stream, so a backup holds one folder's listing at a time, not the whole tree (memory
+    flat in the number of files). A file or directory that vanishes or cannot be read
+    during the walk is a warning, not an error: the run goes on with what is there. Names
+    that are not UTF-8 (valid on Linux) are taken too: paths are str with surrogate
+    escapes, as os.fsdecode makes them, and every message shows them with \\xNN escapes
+    (engines.fsmeta.shown).
     """
     selector = Selector(spec.include, spec.exclude)
-    entries: list[Entry] = []
     for name, src in spec.source_names().items():
         try:
             top = _entry(name, str(src), src.lstat())
@@ -78,36 +86,41 @@ def scan(spec: BackupSpec, control: RunControl, reporter: Reporter) -> list[Entr
             reporter.warning(f"{shown(src)} is {_kind_of(src.lstat())}; skipped (only files, "
                              "directories and symlinks are backed up)")
             continue
-        entries.append(top)
+        yield top
         if top.kind == "dir":
-            _walk(str(src), name, "", selector, False, entries, control, reporter)
-    return entries
+            yield from _walk(str(src), name, "", selector, False, control, reporter)
 
 
-def _walk(directory: str, rel_dir: str, inner_dir: str, selector: Selector,
-          parent_included: bool, out: list[Entry], control: RunControl,
-          reporter: Reporter) -> None:
-    control.safe_point()
+def _listing(directory: str, reporter: Reporter) -> list[tuple[os.DirEntry[str], os.stat_result]]:
+    """A folder's children, sorted by name, each with its lstat; all of them stat'ed
+    before any is used (a folder at a time: what was there when it was read)."""
     try:
         with os.scandir(directory) as it:
             children = sorted(it, key=lambda e: e.name)
     except FileNotFoundError:
         reporter.warning(f"folder {shown(directory)} vanished during the backup; skipped")
-        return
+        return []
     except OSError as err:
         reporter.warning(f"folder {shown(directory)} cannot be read ({err.strerror}); its "
                          "contents were skipped")
-        return
+        return []
+    out = []
     for child in children:
-        inner = f"{inner_dir}/{child.name}" if inner_dir else child.name
         try:
-            st = child.stat(follow_symlinks=False)
+            out.append((child, child.stat(follow_symlinks=False)))
         except FileNotFoundError:
             reporter.warning(f"{shown(child.path)} vanished during the backup; skipped")
-            continue
         except OSError as err:
             reporter.warning(f"{shown(child.path)} cannot be read ({err.strerror}); skipped")
-            continue
+    return out
+
+
+def _walk(directory: str, rel_dir: str, inner_dir: str, selector: Selector,
+          parent_included: bool, control: RunControl,
+          reporter: Reporter) -> Iterator[Entry]:
+    control.safe_point()
+    for child, st in _listing(directory, reporter):
+        inner = f"{inner_dir}/{child.name}" if inner_dir else child.name
         is_dir = stat.S_ISDIR(st.st_mode)
         if selector.excluded(inner, is_dir):
             continue
@@ -123,16 +136,17 @@ def _walk(directory: str, rel_dir: str, inner_dir: str, selector: Selector,
                                  "files, directories and symlinks are backed up)")
             continue
         if is_dir:
+            below = _walk(child.path, entry.rel, inner, selector, taken, control, reporter)
             if taken or not selector.include:
-                out.append(entry)
-                _walk(child.path, entry.rel, inner, selector, taken, out, control, reporter)
+                yield entry
+                yield from below
             else:
-                # Not included itself, but something below may be: walk, and add the
-                # directory only if anything under it was taken.
-                mark = len(out)
-                out.append(entry)
-                _walk(child.path, entry.rel, inner, selector, False, out, control, reporter)
-                if len(out) == mark + 1:
-                    out.pop()
+                # Not included itself, but something below may be: the directory is
+                # yielded only once something under it is, just before it.
+                first = next(below, None)
+                if first is not None:
+                    yield entry
+                    yield first
+                    yield from below
         elif taken:
-            out.append(entry)
+            yield entry

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,10 +35,10 @@ from engines.manifest_stream import ManifestWriter
 from engines.mirror.copier import FileCopier, tree_record
 from engines.mirror.journal import Journal
 from engines.previndex import PreviousFiles
-from engines.progress import CollectingReporter, ProgressMeter, Reporter
+from engines.progress import CollectingReporter, NullReporter, ProgressMeter, Reporter
 from engines.ratelimit import RateLimiter
 from engines.results import BackupResult
-from engines.scan import Entry, scan
+from engines.scan import Entry, walk
 from engines.treestore import (
     TreeSnapshots,
     disk_full,
@@ -84,12 +84,11 @@ class MirrorEngine(TreeSnapshots):
             previous = self.latest(spec)  # this job's own: never another job's files
             prev_root = dest / previous[0] if previous else None
             prev_files = previous[1] if previous else PreviousFiles()
-            entries = scan(spec, control, warn)
             if resuming:
-                _remove_strays(partial, {e.rel for e in entries})
-            meter.update(force=True, phase="copying", counting=False,
-                         files_total=sum(1 for e in entries if e.kind == "file"),
-                         bytes_total=sum(e.size for e in entries if e.kind == "file"))
+                # A first walk for the names alone: what the source no longer has goes.
+                _remove_strays(partial, {e.rel for e in walk(spec, control, NullReporter())})
+            # The scan is a stream, consumed as it is read: totals grow while it runs.
+            entries = walk(spec, control, warn)
             journal = Journal(journal_path)
             copier = FileCopier(str(partial), str(prev_root) if prev_root else None,
                                 prev_files, journal.done, control, meter, warn, limiter,
@@ -100,17 +99,16 @@ class MirrorEngine(TreeSnapshots):
                                 {n: str(p) for n, p in spec.source_names().items()},
                                 spec.job_id) as manifest:
                 try:
-                    folders = self._copy_all(entries, partial, copier, journal, checkpoint,
-                                             threads, manifest)
+                    folders = _Placer(partial, copier, journal, checkpoint, threads,
+                                      manifest).run(entries)
                 finally:
                     journal.close()
                 control.safe_point()  # a pause or cancel asked for now still takes effect
                 meter.update(force=True, phase="finalising", current_file="")
-                for entry in reversed(entries):  # deepest first so parents' mtimes stick
-                    if entry.kind == "dir":
-                        refused = set_meta(partial / entry.rel, folders[entry.rel])
-                        if refused:
-                            warn.warning(refused_message(entry.path, refused))
+                for rel, path, record in reversed(folders):  # deepest first: mtimes stick
+                    refused = set_meta(partial / rel, record)
+                    if refused:
+                        warn.warning(refused_message(path, refused))
                 # Data first, then the manifest, then the rename that makes it complete.
                 # Only the destination's filesystem: os.sync() waited for every other
                 # program's writes too.
@@ -133,106 +131,120 @@ class MirrorEngine(TreeSnapshots):
         return BackupResult(snap_id, manifest.files, manifest.bytes,
                             time.monotonic() - started, tuple(warn.warnings))
 
-    def _copy_all(self, entries: list[Entry], partial: Path, copier: FileCopier,
-                  journal: Journal, checkpoint: dict[str, Any], threads: int,
-                  manifest: ManifestWriter) -> dict[str, dict[str, Any]]:
-        """Create directories and symlinks, copy or link files on worker threads, then
-        make the other names of files hard-linked in the source links again. Every
-        record goes to the manifest as it is made (parents before what they hold);
-        only the folders' records are returned, for their times at the end."""
-        folders: dict[str, dict[str, Any]] = {}
-        for entry in entries:
-            if entry.kind == "file":
-                continue
-            out = partial / entry.rel
-            made = tree_record(entry, copier.warn)
-            manifest.add(made)
-            if entry.kind == "dir":
-                folders[entry.rel] = made
-                out.mkdir(exist_ok=True)
-            elif entry.kind == "symlink":
-                if not out.is_symlink() or os.readlink(out) != entry.target:
-                    os.replace(symlink_into(entry.target, out), out)
-                set_meta(out, made)
-        leaders, followers = _link_groups(entries)
-        wanted = {leader.rel for _, leader in followers}
-        linked: dict[str, dict[str, Any]] = {}  # records of first names with other names
-        last_checkpoint = time.monotonic()
-        chunks = _chunks(leaders)
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror") as pool:
-            pending: set[Future[list[dict[str, Any] | None]]] = set()
+
+class _Placer:
+    """One run's walk turned into a snapshot: directories and symlinks made as the scan
+    yields them, files copied or linked on worker threads in chunks, then the other names
+    of files hard-linked in the source linked again. Every record goes to the manifest
+    as it is made (parents before what they hold). Nothing is kept per file but what
+    hard links need, so memory stays flat in the number of files."""
+
+    def __init__(self, partial: Path, copier: FileCopier, journal: Journal,
+                 checkpoint: dict[str, Any], threads: int, manifest: ManifestWriter) -> None:
+        self.partial, self.copier, self.journal = partial, copier, journal
+        self.checkpoint, self.threads, self.manifest = checkpoint, threads, manifest
+        self.folders: list[tuple[str, str, dict[str, Any]]] = []  # rel, source, record
+        self.first: dict[tuple[int, int], str] = {}  # (dev, ino) -> first name's rel
+        self.leaders: set[str] = set()  # those first names
+        self.followers: list[tuple[Entry, str]] = []  # other names, with the first's rel
+        self.linked: dict[str, dict[str, Any]] = {}  # records of first names of links
+        self.pending: set[Future[list[dict[str, Any] | None]]] = set()
+        self.pool: ThreadPoolExecutor | None = None
+        self.files = self.bytes = 0
+        self.last_checkpoint = time.monotonic()
+
+    def run(self, entries: Iterable[Entry]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Place every entry; return the folders' (rel, source path, record)."""
+        copier = self.copier
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="mirror") as pool:
+            self.pool = pool
             try:
-                while True:
-                    # A few chunks in flight, not all of them: memory stays flat.
-                    while len(pending) < threads * 4:
-                        chunk = next(chunks, None)
-                        if chunk is None:
-                            break
-                        pending.add(pool.submit(copier.copy_chunk, chunk))
-                    if not pending:
-                        break
-                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        for placed in fut.result():
-                            if placed is not None:
-                                journal.record(placed)
-                                manifest.add(placed)
-                                if placed["path"] in wanted:
-                                    linked[placed["path"]] = placed
-                    if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
-                        journal.sync()
-                        state = copier.meter.state
-                        copier.warn.checkpoint({**checkpoint, "files_done": state.files_done,
-                                                "bytes_done": state.bytes_done})
-                        last_checkpoint = time.monotonic()
+                chunk: list[Entry] = []
+                size = 0
+                for entry in entries:
+                    if entry.kind != "file":
+                        self._tree_entry(entry)
+                        continue
+                    self.files += 1
+                    self.bytes += entry.size
+                    if entry.nlink > 1:
+                        key = (entry.dev, entry.ino)
+                        if key in self.first:
+                            self.followers.append((entry, self.first[key]))
+                            continue
+                        self.first[key] = entry.rel
+                        self.leaders.add(entry.rel)
+                    chunk.append(entry)
+                    size += entry.size
+                    if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+                        self._submit(chunk)
+                        chunk, size = [], 0
+                if chunk:
+                    self._submit(chunk)
+                copier.meter.update(force=True, phase="copying", counting=False,
+                                    files_total=self.files, bytes_total=self.bytes)
+                while self.pending:
+                    self._collect(0.5)
             except BaseException:
-                for fut in pending:
+                for fut in self.pending:
                     fut.cancel()
                 raise
-        for entry, leader in followers:
+        for entry, leader in self.followers:
             copier.control.safe_point()
-            record = _link_follower(partial, entry, linked.get(leader.rel))
+            record = _link_follower(self.partial, entry, self.linked.get(leader))
             if record is None:  # the first name was skipped, or no link possible: copy
                 record = copier.copy_chunk([entry])[0]
             else:
                 copier.meter.add(files=1, nbytes=entry.size, current_file=shown(entry.rel))
             if record is not None:
-                manifest.add(record)
-        journal.sync()
-        return folders
+                self.manifest.add(record)
+        self.journal.sync()
+        return self.folders
 
+    def _tree_entry(self, entry: Entry) -> None:
+        """Make a directory or a symlink in the snapshot, and record it."""
+        out = self.partial / entry.rel
+        made = tree_record(entry, self.copier.warn)
+        self.manifest.add(made)
+        if entry.kind == "dir":
+            self.folders.append((entry.rel, entry.path, made))
+            out.mkdir(exist_ok=True)
+        elif entry.kind == "symlink":
+            if not out.is_symlink() or os.readlink(out) != entry.target:
+                os.replace(symlink_into(entry.target, out), out)
+            set_meta(out, made)
 
-def _chunks(files: list[Entry]) -> Iterator[list[Entry]]:
-    """Files in chunks of at most CHUNK_FILES files or about CHUNK_BYTES bytes."""
-    chunk: list[Entry] = []
-    size = 0
-    for entry in files:
-        if chunk and (len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(entry)
-        size += entry.size
-    if chunk:
-        yield chunk
+    def _submit(self, chunk: list[Entry]) -> None:
+        """Hand a chunk to the workers; a few chunks in flight, not all: memory stays flat."""
+        # Copying starts with the first chunk; the totals so far are still counting.
+        meter = self.copier.meter
+        meter.update(force=meter.state.phase != "copying", phase="copying", counting=True,
+                     files_total=self.files, bytes_total=self.bytes)
+        assert self.pool is not None
+        self.pending.add(self.pool.submit(self.copier.copy_chunk, chunk))
+        while len(self.pending) >= self.threads * 4:
+            self._collect(None)
+        self._maybe_checkpoint()
 
+    def _collect(self, timeout: float | None) -> None:
+        """Write the records of the chunks done (the manifest is this thread's alone)."""
+        done, self.pending = wait(self.pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        for fut in done:
+            for placed in fut.result():
+                if placed is not None:
+                    self.journal.record(placed)
+                    self.manifest.add(placed)
+                    if placed["path"] in self.leaders:
+                        self.linked[placed["path"]] = placed
+        self._maybe_checkpoint()
 
-def _link_groups(entries: list[Entry]) -> tuple[list[Entry], list[tuple[Entry, Entry]]]:
-    """Split files into those copied (the first name of each inode) and the other names
-    of inodes hard-linked in the source, each with its first name."""
-    first: dict[tuple[int, int], Entry] = {}
-    leaders: list[Entry] = []
-    followers: list[tuple[Entry, Entry]] = []
-    for entry in entries:
-        if entry.kind != "file":
-            continue
-        if entry.nlink > 1:
-            key = (entry.dev, entry.ino)
-            if key in first:
-                followers.append((entry, first[key]))
-                continue
-            first[key] = entry
-        leaders.append(entry)
-    return leaders, followers
+    def _maybe_checkpoint(self) -> None:
+        if time.monotonic() - self.last_checkpoint >= CHECKPOINT_EVERY:
+            self.journal.sync()
+            state = self.copier.meter.state
+            self.copier.warn.checkpoint({**self.checkpoint, "files_done": state.files_done,
+                                         "bytes_done": state.bytes_done})
+            self.last_checkpoint = time.monotonic()
 
 
 def _link_follower(partial: Path, entry: Entry,
