@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import hashlib
 import os
 import re
 import stat
@@ -31,8 +30,8 @@ from typing import Any
 
 from engines.archive.sink import SparseSink
 from engines.errors import EngineError, RestoreConflict
-from engines.filecopy import TMP_PREFIX
 from engines.fsmeta import kept_xattr, refused_message, shown
+from engines.tmpnames import derived_tmp
 
 # Without its owner restored, a file never gets setuid/setgid back: under an app running
 # as root a user's harmless setuid-to-themselves file would come back setuid-root.
@@ -52,9 +51,9 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Consume = Callable[[Callable[[bytes], object]], tuple[int, str]]
 
 
-def temp_name(leaf: str) -> str:
-    """The temporary name `leaf` is written under: 12 bytes, the same on every restore."""
-    return f"{TMP_PREFIX}{hashlib.sha256(os.fsencode(leaf)).hexdigest()[:8]}"
+# The temporary name `leaf` is written under: 12 bytes, the same on every restore (the
+# one rule of engines.tmpnames, shared with the mirror and rsync restores).
+temp_name = derived_tmp
 
 
 class TargetWriter:
