@@ -15,10 +15,10 @@ import logging
 import sqlite3
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import aiosqlite
 
@@ -170,8 +170,8 @@ class LogWriting(ABC):
                                      self._now())
             if not rows:
                 return None
-            commit = asyncio.ensure_future(self._on_writer_thread(
-                functools.partial(commit_rows, rows=rows, mark=self._mark)))
+            commit = self._on_writer_thread(
+                functools.partial(commit_rows, rows=rows, mark=self._mark))
         except ChainBroken as err:
             for call in batch:
                 _fail(call, err)
@@ -246,13 +246,18 @@ class LogWriting(ABC):
         for call in batch:
             _fail(call, WriteFailed(f"event log write failed, nothing was written: {err}"))
 
-    def _on_writer_thread(self, work: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
-        """Run `work` with the writer's connection on its own thread: one round trip."""
-        # aiosqlite queues functions to its thread through _execute (what its every public
-        # method uses); it has no public way to run several statements in one trip.
-        run = cast(Callable[[Callable[[], T]], Awaitable[T]], self._writer._execute)
-        conn = self._writer._conn
-        return run(lambda: work(conn))
+    def _on_writer_thread(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `work` with the writer's connection to its own thread now: one round trip."""
+        # aiosqlite has no public way to run several statements in one trip. Its _execute
+        # puts (future, function) on the thread's queue only once a task first runs it (two
+        # more turns of the loop per commit); the same pair is put here at once.
+        writer = self._writer
+        conn = writer._connection
+        if not writer._running or conn is None:
+            raise ValueError("Connection closed")  # as aiosqlite's _execute says
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        writer._tx.put_nowait((future, lambda: work(conn)))
+        return future
 
     def _write_failed(self, err: BaseException) -> None:
         """Remember that the log cannot be written, and since when (for /healthz)."""
