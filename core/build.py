@@ -71,7 +71,8 @@ class Core:
         self._stop_log_broadcast: Callable[[], None] | None = None
 
     async def load(self) -> None:
-        """Catch the YAML projections up, fold the log into the state and follow it.
+        """Fold the log into the state and follow it; a small log's YAML projections are
+        caught up too (a large log's start behind, at the end of start()).
 
         Runs nothing: start() does that. A caller that must read the loaded state (the
         settings) before runs start calls this first; start() calls it otherwise.
