@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core import build as core_build
 from core import snapshot
 from core.build import CoreConfig, build_core
 from core.snapshot import SNAPSHOT_FILE
@@ -248,5 +249,26 @@ async def test_healthz_stays_ok_while_the_projector_catches_up_and_a_stop_ends_i
         await core.projector.stop()  # the load sees the flag between files
         assert starting.done() and core.projector.interrupted
         assert not core.projector.catching_up
+    finally:
+        await store.close()
+
+
+async def test_a_large_log_loads_without_its_projector_a_small_one_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At 1,000,000 events the YAML files take seconds to load: load() waited 0.5 s for
+    # them in vain, and their load held the interpreter lock beside the rest of the start.
+    data = await build(tmp_path / "data", jobs=10, events=500, queued=3)
+    store = await EventStore.open(data.events_db)
+    try:
+        small = build_core(store, CoreConfig(data.data_dir))
+        await small.load()
+        assert small.projector.healthy  # started in load, and waited for
+        await small.stop()
+        monkeypatch.setattr(core_build, "PROJECTOR_WAIT_EVENTS", 100)  # 500 is large now
+        large = build_core(store, CoreConfig(data.data_dir))
+        await large.load()
+        assert not large.projector.healthy and not large.projector.catching_up
+        await large.stop()  # nothing to stop: it never started
+        assert not large.projector.interrupted
     finally:
         await store.close()
