@@ -305,7 +305,9 @@ _HEAD_KEYS = {"format", "snapshot_id", "engine", "created", "sources", "files", 
 
 def entry_line(entry: Mapping[str, Any]) -> str:
     """One entry as the JSON text a manifest holds (sorted keys, surrogates escaped)."""
-    return _escape_surrogates(_ENCODER.encode(entry))
+    text = _ENCODER.encode(entry)
+    # Nearly every line is ASCII, which holds no surrogate: the search is skipped.
+    return text if text.isascii() else _escape_surrogates(text)
 
 
 def head_text(head: Mapping[str, Any]) -> str:

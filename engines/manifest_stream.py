@@ -46,6 +46,7 @@ _TRAILER = re.compile(rb'\n\], "files": (\d+), "bytes": (\d+)'
                       rb'(, "checksum": "([0-9a-f]{64})"\}\n)\Z')
 _TAIL_READ = 256
 _BUFFER = 256 << 10
+_GATHER = 256
 
 
 class ManifestWriter:
@@ -67,7 +68,10 @@ class ManifestWriter:
                                          suffix=".tmp")
         self._fh: IO[bytes] = os.fdopen(fd, "wb", buffering=_BUFFER)
         self._hash = hashlib.sha256()
-        self._sep = b""
+        # Entry lines gathered, then hashed and written _GATHER at a time (a hash update
+        # and a write per line were a third of the cost of adding one).
+        self._lines: list[str] = []
+        self._sep = ""
         self._write(head_text(head).encode())
 
     def _write(self, data: bytes) -> None:
@@ -78,15 +82,25 @@ class ManifestWriter:
         """Append one entry (a dict as Manifest.entries holds them)."""
         # Refused here, failing the backup: the checksum covers whatever is written, so
         # an entry restore cannot use would otherwise pass the listing and fail later.
-        check_entry_shape(dict(entry))
-        self._write(self._sep + entry_line(entry).encode())
-        self._sep = b",\n"
+        check_entry_shape(entry if isinstance(entry, dict) else dict(entry))
+        lines = self._lines
+        lines.append(entry_line(entry))
+        if len(lines) >= _GATHER:
+            self._flush_lines()
         if entry["type"] == "file":
             self.files += 1
             self.bytes += int(entry.get("size", 0))
 
+    def _flush_lines(self) -> None:
+        """Hash and write the gathered lines (after a separator if lines came before)."""
+        if self._lines:
+            self._write((self._sep + ",\n".join(self._lines)).encode())
+            self._sep = ",\n"
+            self._lines.clear()
+
     def commit(self) -> None:
         """Write the counts and checksum, fsync, rename into place, fsync the folder."""
+        self._flush_lines()
         self._write(f'\n], "files": {self.files}, "bytes": {self.bytes}'.encode())
         self._fh.write(f', "checksum": "{self._hash.hexdigest()}"}}\n'.encode())
         self._fh.flush()
