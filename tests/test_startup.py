@@ -18,6 +18,7 @@ from core.snapshots import StateSnapshots
 from core.state import State
 from events.store import ChainBroken, EventStore
 from events.types import JobDeleted, RunQueued, RunStarted, RunSucceeded, SettingsChanged
+from server import app as server_app
 from server.health import chain_state, health_status, log_problems
 from tests.cli_helpers import free_port, spawn_server
 from tests.scale_helpers import build, build_sync
@@ -270,5 +271,26 @@ async def test_a_large_log_loads_without_its_projector_a_small_one_with_it(
         assert not large.projector.healthy and not large.projector.catching_up
         await large.stop()  # nothing to stop: it never started
         assert not large.projector.interrupted
+    finally:
+        await store.close()
+
+
+async def test_a_large_logs_background_check_starts_a_moment_after_serving(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The walk of a million rows holds the interpreter lock beside the first pages.
+    data = await build(tmp_path / "data", jobs=10, events=500, queued=3)
+    monkeypatch.setattr(server_app, "CHAIN_CHECK_DEFER_EVENTS", 100)
+    monkeypatch.setattr(server_app, "CHAIN_CHECK_DELAY", 0.2)
+    store = await EventStore.open(data.events_db, foreground_check_max=100,
+                                  check_later=True)
+    try:
+        handle = server_app._start_chain_check(store)
+        assert handle is not None and store.chain.state == "pending"
+        assert health_status(store, log_problems(store)) == "checking"
+        await asyncio.sleep(0.3)
+        assert store.chain.state != "pending"  # the timer started it
+        await store.wait_chain_check()
+        assert store.chain.state == "passed"
+        assert health_status(store, log_problems(store)) == "ok"
     finally:
         await store.close()
