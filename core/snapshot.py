@@ -33,7 +33,7 @@ from models.atomic import write_atomic
 SNAPSHOT_FILE = "state-snapshot.json"
 FORMAT = "backup-manager state snapshot"
 VERSION = 2  # 2: runs as columns
-ROWS_PER_LINE = 10_000
+ROWS_PER_LINE = 10_000  # at most snapshot_columns.MAX_ROWS
 
 
 class SnapshotUnusable(Exception):
@@ -68,8 +68,8 @@ class Loaded:
 def fingerprint() -> str:
     """What a snapshot must have been folded by: the State's fields and its code."""
     try:
-        # The fold and the decoding of the events it folds (a payload read differently
-        # by a newer release must not be trusted from an older snapshot).
+        # The fold, the decoding of the events it folds (a payload read differently by
+        # a newer release must not be trusted from an older snapshot) and the columns.
         code = inspect.getsource(state_module) + inspect.getsource(event_types) + \
             inspect.getsource(snapshot_columns)
     except (OSError, TypeError):  # a build without sources: the fields alone
