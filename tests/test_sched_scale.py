@@ -8,6 +8,7 @@ costs without timing anything.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from core.commands import Commands
-from core.ownership import Owner, Resolver, owner_conflict
+from core.ownership import LIST_AT, Owner, Resolver, _forms_relation, _Near, owner_conflict
 from core.scheduler import Scheduler
 from core.state import State
 from events.store import EventStore
@@ -188,3 +189,38 @@ def test_the_owner_check_resolves_like_realpath(tmp_path: Path) -> None:
     found = owner_conflict(str(tmp_path / "disk" / "rel"), others, "mirror")
     assert found is not None and "twin" in found
     assert owner_conflict(str(tmp_path / "disk" / "own"), others, "mirror") is None
+
+
+def test_the_quick_overlap_screen_agrees_with_relation() -> None:
+    """owner_conflict skips an owner only when relation() finds nothing for any pair."""
+    parts = ["", "a", "b", "ab", "a/b", "a/", "b/a", "a//b"]
+    paths = sorted({"/" + p for p in parts} | {"/" + p + "/" + q for p in parts for q in parts})
+    for mine in itertools.combinations(paths, 2):
+        near = _Near(mine)
+        for theirs in itertools.combinations(paths, 2):
+            assert near.any(theirs) == (_forms_relation(mine, theirs) is not None), (
+                mine, theirs)
+
+
+def test_one_listing_resolves_a_folder_of_destinations_like_realpath(tmp_path: Path) -> None:
+    """The folder listing gives the answers of realpath: symlinks, missing names, loops."""
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    names = [f"d{i}" for i in range(2 * LIST_AT)]
+    for i, name in enumerate(names):
+        if i % 3 == 0:
+            (tmp_path / "dest" / name).mkdir()
+        elif i % 3 == 1:
+            os.symlink(tmp_path / "elsewhere", tmp_path / "dest" / name)
+    os.symlink("loop", tmp_path / "dest" / "loop")
+    names += ["loop", "missing", "D0"]
+    paths = [str(tmp_path / "dest" / name) for name in names]
+    resolver = Resolver()
+    resolver.prime(paths)
+    assert [resolver.real(p) for p in paths] == [os.path.realpath(p) for p in paths]
+    # A symlinked folder of destinations: listed where it really is.
+    os.symlink(tmp_path / "dest", tmp_path / "via")
+    via = [str(tmp_path / "via" / name) for name in names]
+    resolver = Resolver()
+    resolver.prime(via)
+    assert [resolver.real(p) for p in via] == [os.path.realpath(p) for p in via]
