@@ -12,23 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from bench.compare import Comparison
 from bench.eventlog import TMP_ROOT, Figure, env_int, percentile
 from bench.runtime_jobs import run_jobs_comparisons
-from server.app import create_app
-from server.config import Config
+from bench.serving import call, serve
 
 PATIENCE = 30.0  # seconds to wait for any one event, response or run before giving up
 RUN_ENDS = frozenset({"RunSucceeded", "RunFailed", "RunCancelled", "RunInterrupted"})
@@ -47,38 +42,10 @@ def _summary(latencies: list[float]) -> str:
             f"max {_ms(max(latencies, default=math.nan)):.2f} ms")
 
 
-@contextlib.asynccontextmanager
-async def _serve(data_dir: Path) -> AsyncIterator[aiohttp.ClientSession]:
-    """Serve a fresh app on a free loopback port; yield a JSON client session bound to it."""
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    app = create_app(Config(data_dir=data_dir, log_to_file=False, log_level="WARNING"))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = int(runner.addresses[0][1])
-        timeout = aiohttp.ClientTimeout(total=PATIENCE)
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as session:
-            yield session
-    finally:
-        await runner.cleanup()
-
-
-async def _call(session: aiohttp.ClientSession, method: str, path: str,
-                body: dict[str, Any] | None, expect: int) -> dict[str, Any]:
-    """Send one API request (JSON body when given); return the JSON answer or raise."""
-    async with session.request(method, path, json=body) as resp:
-        answer: dict[str, Any] = await resp.json()
-        if resp.status != expect:
-            raise RuntimeError(f"{method} {path} answered {resp.status}: {answer}")
-        return answer
-
-
 async def _set_concurrency(session: aiohttp.ClientSession) -> None:
     """Let as many runs go at once as the settings allow."""
-    await _call(session, "PUT", "/api/settings", {"max_concurrent_runs": MAX_CONCURRENT_RUNS},
-                200)
+    await call(session, "PUT", "/api/settings", {"max_concurrent_runs": MAX_CONCURRENT_RUNS},
+               200)
 
 
 class _Tail:
@@ -153,11 +120,11 @@ async def bench_start_to_event(runs: int) -> tuple[list[float], Counter[str]]:
     with tempfile.TemporaryDirectory(prefix="bench-runtime-", dir=TMP_ROOT) as tmp:
         root = Path(tmp)
         pairs = await asyncio.to_thread(_make_sources, root, runs)
-        async with _serve(root / "data") as session:
+        async with serve(root / "data", PATIENCE) as session:
             await _set_concurrency(session)
             job_ids = []
             for i, (src, dest) in enumerate(pairs):
-                job = await _call(session, "POST", "/api/jobs", {
+                job = await call(session, "POST", "/api/jobs", {
                     "name": f"runtime bench {i}", "engine": "mirror", "sources": [str(src)],
                     "destination": str(dest)}, 201)
                 job_ids.append(str(job["id"]))
@@ -168,7 +135,7 @@ async def bench_start_to_event(runs: int) -> tuple[list[float], Counter[str]]:
                 try:
                     for job_id in job_ids:
                         started = time.perf_counter()
-                        run = await _call(session, "POST", f"/api/jobs/{job_id}/start", {}, 202)
+                        run = await call(session, "POST", f"/api/jobs/{job_id}/start", {}, 202)
                         run_id = str(run["run_id"])
                         seen = await tail.wait("started", run_id, PATIENCE)
                         latencies.append(seen[1] - started if seen else math.inf)
