@@ -1,15 +1,65 @@
-"""Helpers for scheduler tests at scale: a hand-set clock and jobs written in bulk."""
+"""Helpers for scheduler tests: the real pieces on a hand-set clock, and jobs in bulk."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from core.commands import validate_job
+import pytest
+
+from core.commands import Commands, validate_job
+from core.scheduler import Scheduler
+from core.state import State
 from events.store import EventStore
 from events.types import JobCreated
+
+
+class Clock(Protocol):
+    """A UTC clock a test sets by hand, which also gives the time as the log stamps it."""
+
+    def __call__(self) -> datetime:
+        """The time now."""
+
+    def iso(self) -> str:
+        """The time as the log stamps it."""
+
+
+@dataclass
+class SchedEnv:
+    """The real pieces, with the scheduler listening to the log as the server's does."""
+
+    clock: Clock
+    store: EventStore
+    state: State
+    commands: Commands
+    scheduler: Scheduler
+    tmp: Path
+
+
+E = TypeVar("E", bound=SchedEnv)
+
+
+@contextlib.asynccontextmanager
+async def sched_env(make: Callable[..., E], clock: Clock, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[E]:
+    """A fresh log, state, commands and a listening scheduler, all on `clock`."""
+    monkeypatch.setattr("events.store.utc_now_iso", clock.iso)
+    store = await EventStore.open(tmp_path / "events.db")
+    state = State()
+    store.notifier.add_listener(state.apply_all)
+    commands = Commands(store, state)
+    scheduler = Scheduler(state, commands, clock=clock)
+    store.notifier.add_listener(scheduler.on_events)
+    try:
+        yield make(clock, store, state, commands, scheduler, tmp_path)
+    finally:
+        await scheduler.stop()
+        await store.close()
 
 
 class SetClock:

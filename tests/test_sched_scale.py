@@ -17,43 +17,26 @@ from pathlib import Path
 
 import pytest
 
-from core.commands import Commands
 from core.ownership import LIST_AT, Owner, Resolver, _forms_relation, _Near, owner_conflict
 from core.scheduler import Scheduler
-from core.state import State
-from events.store import EventStore
-from tests.sched_helpers import SetClock, cron_of, write_jobs
+from tests.sched_helpers import SchedEnv, SetClock, cron_of, sched_env, write_jobs
 
 T0 = datetime(2025, 3, 10, 9, 17, tzinfo=UTC)  # a Monday morning, on no job's slot here
 MANY = 1_000
 
 
 @dataclass
-class Env:
-    """The real pieces, with the scheduler listening to the log as the server's does."""
+class Env(SchedEnv):
+    """The real pieces, on a clock set by hand."""
 
     clock: SetClock
-    store: EventStore
-    state: State
-    commands: Commands
-    scheduler: Scheduler
-    tmp: Path
 
 
 @pytest.fixture
 async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     """A fresh log, state, commands and a listening scheduler on a clock at T0."""
-    clock = SetClock(T0)
-    monkeypatch.setattr("events.store.utc_now_iso", clock.iso)
-    store = await EventStore.open(tmp_path / "events.db")
-    state = State()
-    store.notifier.add_listener(state.apply_all)
-    commands = Commands(store, state)
-    scheduler = Scheduler(state, commands, clock=clock)
-    store.notifier.add_listener(scheduler.on_events)
-    yield Env(clock, store, state, commands, scheduler, tmp_path)
-    await scheduler.stop()
-    await store.close()
+    async with sched_env(Env, SetClock(T0), tmp_path, monkeypatch) as made:
+        yield made
 
 
 def _runs(env: Env, job_id: str) -> list[str]:

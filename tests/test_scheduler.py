@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from core.commands import Commands
 from core.scheduler import Scheduler
-from core.state import JobView, RunView, State
-from events.store import EventStore
+from core.state import JobView, RunView
 from events.types import JobUpdated, RunQueued, RunStarted, RunSucceeded
+from tests.sched_helpers import SchedEnv, sched_env
 
 T0 = datetime(2025, 3, 10, 9, 17, tzinfo=UTC)  # a Monday morning, not on any slot
 
@@ -50,15 +49,10 @@ class FakeClock:
 
 
 @dataclass
-class Env:
-    """The real pieces the scheduler works with."""
+class Env(SchedEnv):
+    """The real pieces the scheduler works with, and steps a test takes with them."""
 
     clock: FakeClock
-    store: EventStore
-    state: State
-    commands: Commands
-    scheduler: Scheduler
-    tmp: Path
 
     async def job(self, name: str, schedule: str | None, **extra: Any) -> JobView:
         """Create a job through the command, as the API would (its source exists)."""
@@ -91,17 +85,8 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     """A fresh log, state and commands, with a scheduler on a fake clock at T0."""
-    clock = FakeClock(T0)
-    monkeypatch.setattr("events.store.utc_now_iso", clock.iso)
-    store = await EventStore.open(tmp_path / "events.db")
-    state = State()
-    store.notifier.add_listener(state.apply_all)
-    commands = Commands(store, state)
-    scheduler = Scheduler(state, commands, clock=clock)
-    store.notifier.add_listener(scheduler.on_events)
-    yield Env(clock, store, state, commands, scheduler, tmp_path)
-    await scheduler.stop()
-    await store.close()
+    async with sched_env(Env, FakeClock(T0), tmp_path, monkeypatch) as made:
+        yield made
 
 
 # --- ticks -----------------------------------------------------------------------------
