@@ -19,19 +19,10 @@ from bench.eventlog import TMP_ROOT, checkpoint, job_id, raise_fd_limit, run_id
 from bench.wsfanout import FanoutResult, run_clients, summarize
 from events.record import StoredEvent
 from events.types import RunCheckpointed, canonical_json
+from server.wsdirect import text_frame  # the app's own framing: the same bytes
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _KEY = re.compile(rb"(?im)^sec-websocket-key:\s*(\S+)")
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final text frame (as a server sends it)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
 
 
 class _Peer(asyncio.Protocol):
