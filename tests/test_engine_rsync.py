@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,12 +269,11 @@ def test_a_file_that_vanishes_is_a_warning_not_a_failure(
     write(src / "stays.txt", b"here\n")
     write(src / "gone.txt", b"soon gone\n")
     def scan_then_delete(spec: BackupSpec, control: RunControl,
-                         reporter: Any) -> list[Entry]:
-        entries = scan(spec, control, reporter)
+                         reporter: Any) -> Iterator[Entry]:
+        yield from scan(spec, control, reporter)
         (src / "gone.txt").unlink()  # between the scan and rsync's own look
-        return entries
 
-    monkeypatch.setattr(rsync_engine, "scan", scan_then_delete)
+    monkeypatch.setattr(rsync_engine, "walk", scan_then_delete)
     spec = BackupSpec.build([src], tmp_path / "dest")
     reporter = RecordingReporter()
     result = run_backup(spec, reporter)

@@ -28,7 +28,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from engines.fsmeta import ACL_NAMES, read_xattrs, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest_stream import ManifestWriter
 from engines.previndex import PreviousFiles
-from engines.progress import CollectingReporter, ProgressMeter, Reporter
+from engines.progress import CollectingReporter, NullReporter, ProgressMeter, Reporter
 from engines.ratelimit import bwlimit_option
 from engines.results import BackupResult
 from engines.rsync.args import (
@@ -57,14 +57,14 @@ from engines.rsync.args import (
 from engines.rsync.links import link_across_sources
 from engines.rsync.manifest import (
     SnapshotWalk,
-    content_suspects,
     describe,
     hash_readable,
     linked_hash,
 )
 from engines.rsync.output import TransferTally, check_outcome
+from engines.rsync.plan import Details, ListPlan, SourceDetails
 from engines.rsync.process import Checkpointer, run_rsync
-from engines.scan import Entry, scan
+from engines.scan import Entry, walk
 from engines.treestore import (
     TreeSnapshots,
     disk_full,
@@ -124,42 +124,51 @@ class RsyncEngine(TreeSnapshots):
             options = CopyOptions(probe_destination(work), bwlimit, checksum)
             lost = LostExtras(options.keeps)
             # Scan first: the same selection as mirror, exact totals before copying (so
-            # progress never has to guess), and the list rsync copies. rsync's own totals
-            # cover entries of every kind and grow while it lists; ours are final.
+            # progress never has to guess), and the lists rsync copies. rsync's own totals
+            # cover entries of every kind and grow while it lists; ours are final. The
+            # scan is a stream written to files as it goes (engines.rsync.plan).
             meter.update(force=True, phase="scanning", counting=True)
-            entries = scan(spec, control, warn)
-            files = [e for e in entries if e.kind == "file"]
-            meter.update(force=True, phase="copying", counting=False, files_total=len(files),
-                         bytes_total=sum(e.size for e in files))
             if resuming:
-                _prune_stale(partial, entries)
+                _prune_stale(partial, {e.rel: e.kind
+                                       for e in walk(spec, control, NullReporter())})
             previous = self.latest(spec)
             prev_root = dest / previous[0] if previous else None
             prev_entries = previous[1] if previous else PreviousFiles()
+            names = list(spec.source_names())
             # Files whose content may have changed behind an unchanged size and mtime get
             # their contents compared (all of them with the job's checksum option).
-            recheck = set() if checksum else content_suspects(entries, prev_entries)
-            self._copy_sources(rsync, spec, entries, recheck, partial, work, prev_root,
-                               options, control, meter, warn, checkpointer)
+            plan = ListPlan(work, names, prev_entries, checksum)
+            try:
+                for entry in walk(spec, control, warn):
+                    plan.add(entry)
+                plan.finish()
+            finally:
+                plan.close()
+            meter.update(force=True, phase="copying", counting=False, files_total=plan.files,
+                         bytes_total=plan.bytes)
+            self._copy_sources(rsync, spec, plan, partial, prev_root, options, control,
+                               meter, warn, checkpointer)
             # One rsync per source: -H cannot link a file linked into two sources.
-            link_across_sources(partial, entries, work)
-            records = self._manifest_entries(spec, partial, prev_root, prev_entries,
-                                             {e.rel: e for e in entries}, lost, control,
-                                             warn, checkpointer)
-            for message in lost.warnings():
-                warn.warning(message)
-            remove_tree(work)
-            checkpointer.meter.update(force=True, phase="finalising", current_file="")
-            # Data first, then the manifest, then the rename that makes it complete. Only
-            # the destination's filesystem: os.sync() waited for every other program's.
-            make_durable(partial)
+            link_across_sources(partial, plan.linked, work)
+            del plan
             created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
             with ManifestWriter(manifest_path(dest, snap_id), snap_id, self.name, created,
                                 {n: str(p) for n, p in spec.source_names().items()},
                                 spec.job_id) as manifest:
-                for record in records:
-                    manifest.add(record)
-                del records
+                details = SourceDetails(work / "sources", names)
+                try:
+                    self._manifest_entries(spec, partial, prev_root, prev_entries, details,
+                                           lost, control, warn, checkpointer, manifest)
+                finally:
+                    details.close()
+                for message in lost.warnings():
+                    warn.warning(message)
+                remove_tree(work)
+                checkpointer.meter.update(force=True, phase="finalising", current_file="")
+                # Data first, then the manifest, then the rename that makes it complete.
+                # Only the destination's filesystem: os.sync() waited for every other
+                # program's.
+                make_durable(partial)
                 manifest.commit()
             os.replace(partial, dest / snap_id)
             fsync_dir(dest)
@@ -185,48 +194,39 @@ class RsyncEngine(TreeSnapshots):
         return BackupResult(snap_id, manifest.files, manifest.bytes,
                             time.monotonic() - started, tuple(warn.warnings))
 
-    def _copy_sources(self, rsync: str, spec: BackupSpec, entries: list[Entry],
-                      recheck: set[str], partial: Path, work: Path, prev_root: Path | None,
-                      options: CopyOptions, control: RunControl, meter: ProgressMeter,
-                      warn: Reporter, checkpointer: Checkpointer) -> None:
+    def _copy_sources(self, rsync: str, spec: BackupSpec, plan: ListPlan, partial: Path,
+                      prev_root: Path | None, options: CopyOptions, control: RunControl,
+                      meter: ProgressMeter, warn: Reporter, checkpointer: Checkpointer) -> None:
         """Run rsync per source (twice where some files need their contents compared),
         counting progress across all of them."""
-        groups: dict[str, list[Entry]] = {}
-        for entry in entries:
-            groups.setdefault(entry.rel.split("/", 1)[0], []).append(entry)
+        work = plan.work
         base_files, base_bytes = 0, 0
         bytes_total = meter.state.bytes_total or 0
         for index, (name, src) in enumerate(spec.source_names().items()):
-            group = groups.get(name)
-            if not group:
+            top = plan.tops.get(name)
+            if top is None:
                 continue  # a special file, skipped by the scan with a warning
             control.safe_point()
-            top = group[0]
             if top.kind == "dir":
                 # The contents of the source directory go into <partial>/<name>/; the
                 # directory itself is not listed (rsync would also send "." contents).
                 target = partial / name
                 target.mkdir(exist_ok=True)
-                members = [(e.rel, e.rel[len(name) + 1:]) for e in group[1:]]
                 source_arg, target_arg = os.path.join(src, ""), os.path.join(target, "")
                 link = prev_root / name if prev_root and (prev_root / name).is_dir() else None
                 prefix = f"{name}/"
             else:
                 # A single file or symlink: copy it by name from its parent directory.
                 target = partial
-                members = [(top.rel, src.name)]
                 source_arg, target_arg = os.path.join(src.parent, ""), os.path.join(partial, "")
                 link = prev_root if prev_root and os.path.lexists(prev_root / name) else None
                 prefix = ""
             # Pass 1: rsync's quick check. Pass 2: the suspects, compared by content (a
             # match is still hard-linked to the previous snapshot).
-            passes = ([p for rel, p in members if rel not in recheck],
-                      [p for rel, p in members if rel in recheck])
-            for number, paths in enumerate(passes):
-                if not paths:
+            for number in (0, 1):
+                if not plan.counts.get((index, number)):
                     continue
-                files_from = work / f"files-{index}-{number}"
-                files_from.write_bytes(b"".join(os.fsencode(p) + b"\0" for p in paths))
+                files_from = plan.list_path(index, number)
                 argv = rsync_command(rsync, source_arg, target_arg, files_from, work / "tmp",
                                      link, options, checksum=number == 1)
 
@@ -254,67 +254,70 @@ class RsyncEngine(TreeSnapshots):
         meter.update(force=True, current_file="")
 
     def _manifest_entries(self, spec: BackupSpec, partial: Path, prev_root: Path | None,
-                          prev_entries: PreviousFiles,
-                          sources: Mapping[str, Entry], lost: LostExtras,
-                          control: RunControl, warn: Reporter,
-                          checkpointer: Checkpointer) -> list[dict[str, Any]]:
-        """Describe what rsync wrote; hash files, except those linked to the previous
-        snapshot, and each hard-linked file once."""
+                          prev_entries: PreviousFiles, sources: SourceDetails,
+                          lost: LostExtras, control: RunControl, warn: Reporter,
+                          checkpointer: Checkpointer, manifest: ManifestWriter) -> None:
+        """Describe what rsync wrote, entry by entry into the manifest; hash files, except
+        those linked to the previous snapshot, and each file hard-linked in the source
+        once. Nothing is held per file but the first names of those hard-linked ones."""
         meter = ProgressMeter(warn)
         checkpointer.meter = meter
         meter.update(force=True, phase="hashing", counting=True)
-        records: list[dict[str, Any]] = []
-        to_hash: list[tuple[dict[str, Any], Path, tuple[int, int]]] = []
-        known: dict[tuple[int, int], str] = {}  # hashes by inode: links share content
-        first: dict[tuple[int, int], str] = {}  # the first name of each inode
+        # Files hard-linked in the source, by their inode in the snapshot: the first
+        # name, which source file it was, and its hash (links share content).
+        first: dict[tuple[int, int], tuple[str, tuple[int, int], str]] = {}
+
+        def on_chunk(n: int) -> None:
+            meter.add(nbytes=n)
+            control.safe_point()  # pause or cancel inside a large file too
+
         walker = SnapshotWalk()
         try:
             for name in spec.source_names():
                 if not os.path.lexists(partial / name):
                     continue
                 for rel, path, st in walker.walk(partial / name, name):
-                    source = sources.get(rel)
+                    details = sources.get(rel)
+                    source = _entry(details) if details is not None else None
                     record = describe(rel, path, st, source)
                     if record is None:
                         warn.warning(f"{shown(rel)} is a special file; left out of the "
                                      "manifest")
                         continue
-                    records.append(record)
                     if source is not None and record["type"] != "symlink":
                         self._add_xattrs(record, source, lost, warn)
-                    if record["type"] != "file":
-                        continue
-                    inode = (st.st_dev, st.st_ino)
-                    leader = first.setdefault(inode, rel)
-                    if leader != rel and _same_source(sources, leader, rel):
-                        # -H made it a link to an earlier name: restore links it again.
-                        # (Two names can also share a copy because both matched one old
-                        # file; unless they are one file in the source, they stay two.)
-                        record["link"] = leader
-                    digest = linked_hash(st, prev_root, rel, prev_entries.get(rel))
-                    if digest is None:
-                        to_hash.append((record, path, inode))
-                    else:
-                        record["sha256"] = known[inode] = digest
-            pending = {inode: r["size"] for r, _, inode in to_hash if inode not in known}
-            meter.update(force=True, counting=False, files_total=len(pending),
-                         bytes_total=sum(pending.values()))
-
-            def on_chunk(n: int) -> None:
-                meter.add(nbytes=n)
-                control.safe_point()  # pause or cancel inside a large file too
-
-            for record, path, inode in to_hash:
-                control.safe_point()
-                checkpointer.maybe()
-                if inode not in known:
-                    meter.update(current_file=record["path"])
-                    known[inode] = hash_readable(path, record["mode"], on_chunk)
-                    meter.add(files=1)
-                record["sha256"] = known[inode]
+                    if record["type"] == "file":
+                        control.safe_point()
+                        checkpointer.maybe()
+                        self._hash(record, path, st, source, first, prev_root,
+                                   prev_entries.get(rel), meter, on_chunk)
+                    manifest.add(record)
         finally:
             walker.close()
-        return records
+
+    @staticmethod
+    def _hash(record: dict[str, Any], path: Path, st: os.stat_result, source: Entry | None,
+              first: dict[tuple[int, int], tuple[str, tuple[int, int], str]],
+              prev_root: Path | None, prev: Mapping[str, Any] | None, meter: ProgressMeter,
+              on_chunk: Callable[[int], None]) -> None:
+        """Give a file's record its hash, and its first name if -H linked it to one."""
+        rel, inode = record["path"], (st.st_dev, st.st_ino)
+        linked = source is not None and source.nlink > 1
+        was = first.get(inode) if linked else None
+        if was is not None and source is not None and was[1] == (source.dev, source.ino):
+            # -H made it a link to an earlier name: restore links it again. (Two names
+            # can also share a copy because both matched one old file; unless they are
+            # one file in the source, they stay two.)
+            record["link"], record["sha256"] = was[0], was[2]
+            return
+        digest = linked_hash(st, prev_root, rel, prev)
+        if digest is None:
+            meter.update(current_file=rel)
+            digest = hash_readable(path, record["mode"], on_chunk)
+            meter.add(files=1)
+        record["sha256"] = digest
+        if linked and source is not None and was is None:
+            first[inode] = (rel, (source.dev, source.ino), digest)
 
     @staticmethod
     def _add_xattrs(record: dict[str, Any], source: Entry, lost: LostExtras,
@@ -331,10 +334,9 @@ class RsyncEngine(TreeSnapshots):
             lost.note(source.path, xattrs)
 
 
-def _prune_stale(partial: Path, entries: Sequence[Entry]) -> None:
+def _prune_stale(partial: Path, wanted: Mapping[str, str]) -> None:
     """Remove what an interrupted run copied that the sources no longer hold (or that
-    changed kind), so the resumed snapshot matches today's sources."""
-    wanted = {e.rel: e.kind for e in entries}
+    changed kind, `wanted`: path -> kind), so the resumed snapshot matches today's."""
 
     def prune(path: Path, rel: str) -> None:
         st = path.lstat()
@@ -358,10 +360,10 @@ def _prune_stale(partial: Path, entries: Sequence[Entry]) -> None:
 _KINDS = {stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFREG: "file"}
 
 
-def _same_source(sources: Mapping[str, Entry], one: str, other: str) -> bool:
-    """Whether two snapshot paths were one file (hard-linked) in the source."""
-    a, b = sources.get(one), sources.get(other)
-    return a is not None and b is not None and (a.dev, a.ino) == (b.dev, b.ino)
+def _entry(details: Details) -> Entry:
+    """A scanned entry again, from what ListPlan wrote of it (its size and times unused)."""
+    rel, kind, path, uid, gid, ino, dev, ctime_ns, nlink = details
+    return Entry(rel, path, kind, 0, 0, 0, "", uid, gid, ino, dev, nlink, ctime_ns)
 
 
 def _holdable(path: str, keeps: Keeps) -> dict[str, str]:

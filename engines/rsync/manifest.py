@@ -87,26 +87,26 @@ def describe(rel: str, path: Path, st: os.stat_result,
     return out
 
 
-def content_suspects(entries: Sequence[Entry], previous: PreviousFiles) -> set[str]:
-    """Files rsync's quick check could wrongly keep: the previous snapshot has the path
-    with the same size and mtime second, but the source's inode or change time is not
-    what that snapshot recorded (or it recorded neither, as manifests before issue 12).
+def is_suspect(entry: Entry, prev: Mapping[str, Any] | None) -> bool:
+    """Whether rsync's quick check could wrongly keep a file: the previous snapshot has
+    the path with the same size and mtime second, but the source's inode or change time
+    is not what that snapshot recorded (or it recorded neither, as manifests before
+    issue 12)."""
+    if entry.kind != "file" or prev is None or prev.get("type") != "file" \
+            or prev.get("size") != entry.size:
+        return False  # new, or a size rsync sees differ: copied anyway
+    mtime = prev.get("mtime_ns")
+    if not isinstance(mtime, int) or mtime // SECOND != entry.mtime_ns // SECOND:
+        return False  # a different mtime: rsync sees it too
+    return (mtime, prev.get("ctime_ns"), prev.get("ino")) != \
+        (entry.mtime_ns, entry.ctime_ns, entry.ino)
 
-    A hard-link group goes whole (rsync only links the files of one pass together).
-    """
-    suspects: set[str] = set()
-    for entry in entries:
-        if entry.kind != "file":
-            continue
-        prev = previous.get(entry.rel)
-        if prev is None or prev.get("type") != "file" or prev.get("size") != entry.size:
-            continue  # new, or a size rsync sees differ: copied anyway
-        mtime = prev.get("mtime_ns")
-        if not isinstance(mtime, int) or mtime // SECOND != entry.mtime_ns // SECOND:
-            continue  # a different mtime: rsync sees it too
-        if (mtime, prev.get("ctime_ns"), prev.get("ino")) != \
-                (entry.mtime_ns, entry.ctime_ns, entry.ino):
-            suspects.add(entry.rel)
+
+def content_suspects(entries: Sequence[Entry], previous: PreviousFiles) -> set[str]:
+    """The files is_suspect picks. A hard-link group goes whole (rsync only links the
+    files of one pass together)."""
+    suspects = {e.rel for e in entries
+                if e.kind == "file" and is_suspect(e, previous.get(e.rel))}
     if not suspects:
         return suspects
     groups: dict[tuple[int, int], list[str]] = {}
