@@ -21,7 +21,7 @@ from events.types import JobDeleted, RunQueued, RunStarted, RunSucceeded, Settin
 from server import app as server_app
 from server.health import chain_state, health_status, log_problems
 from tests.cli_helpers import free_port, spawn_server
-from tests.scale_helpers import build, build_sync
+from tests.scale_helpers import ScaleData, build, build_sync
 from tests.startup_helpers import (
     alter_row,
     full_replay,
@@ -254,11 +254,17 @@ async def test_healthz_stays_ok_while_the_projector_catches_up_and_a_stop_ends_i
         await store.close()
 
 
+@pytest.fixture
+async def log_of_500(tmp_path: Path) -> ScaleData:
+    """A log of 500 events, made large for a test by lowering a threshold below it."""
+    return await build(tmp_path / "data", jobs=10, events=500, queued=3)
+
+
 async def test_a_large_log_loads_without_its_projector_a_small_one_with_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        log_of_500: ScaleData, monkeypatch: pytest.MonkeyPatch) -> None:
     # At 1,000,000 events the YAML files take seconds to load: load() waited 0.5 s for
     # them in vain, and their load held the interpreter lock beside the rest of the start.
-    data = await build(tmp_path / "data", jobs=10, events=500, queued=3)
+    data = log_of_500
     store = await EventStore.open(data.events_db)
     try:
         small = build_core(store, CoreConfig(data.data_dir))
@@ -276,12 +282,11 @@ async def test_a_large_log_loads_without_its_projector_a_small_one_with_it(
 
 
 async def test_a_large_logs_background_check_starts_a_moment_after_serving(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        log_of_500: ScaleData, monkeypatch: pytest.MonkeyPatch) -> None:
     # The walk of a million rows holds the interpreter lock beside the first pages.
-    data = await build(tmp_path / "data", jobs=10, events=500, queued=3)
     monkeypatch.setattr(server_app, "CHAIN_CHECK_DEFER_EVENTS", 100)
     monkeypatch.setattr(server_app, "CHAIN_CHECK_DELAY", 0.2)
-    store = await EventStore.open(data.events_db, foreground_check_max=100,
+    store = await EventStore.open(log_of_500.events_db, foreground_check_max=100,
                                   check_later=True)
     try:
         handle = server_app._start_chain_check(store)
