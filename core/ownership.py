@@ -10,10 +10,12 @@ sftp:, rest:, ...) is compared by its normalised URL, the engine's destination k
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
-from collections.abc import Iterable, Mapping
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -142,27 +144,17 @@ class Resolver:
 
     def _list(self, head: str, names: list[str]) -> None:
         real_head = self.real(head)
-        wanted = set(names)
-        kinds: dict[str, bool] = {}  # name -> is a symlink
-        budget = max(4 * len(wanted), LIST_MAX)  # a huge folder: the rest one by one
-        try:
-            with os.scandir(real_head) as entries:
-                for entry in entries:
-                    if entry.name in wanted:
-                        kinds[entry.name] = entry.is_symlink()
-                    budget -= 1
-                    if budget <= 0 or len(kinds) == len(wanted):
-                        break
-        except OSError:
-            pass  # not listable (or gone): each name is looked at alone below
         base = real_head if real_head.endswith("/") else real_head + "/"
+        kinds, absent = _listing(real_head, set(names))
         for name in names:
             link = kinds.get(name)
-            full = f"{head}/{name}"
-            if link is None:
-                self._real[full] = _step(real_head, name)
+            if link is not None:
+                found = os.path.realpath(base + name) if link else base + name
+            elif absent(name):
+                found = base + name  # missing: kept as written, as realpath does
             else:
-                self._real[full] = os.path.realpath(base + name) if link else base + name
+                found = _step(real_head, name)
+            self._real[f"{head}/{name}"] = found
 
     def forms(self, path: str) -> tuple[str, ...]:
         """The ways a local path may be written: as given, and with symlinks resolved."""
@@ -170,6 +162,47 @@ class Resolver:
         # destination that does not exist yet still compares by its real parent.
         real = self.real(path)
         return (path,) if real == path else (path, real)
+
+
+def _listing(folder: str, wanted: set[str]
+             ) -> tuple[dict[str, bool], Callable[[str], bool]]:
+    """Which wanted names a folder holds (name -> is a symlink), and a test that a name
+    is surely not there (a whole listing lacks it in any case or Unicode form)."""
+    kinds: dict[str, bool] = {}
+    seen: list[str] = []
+    budget = max(4 * len(wanted), LIST_MAX)  # a huge folder: the rest one by one
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                budget -= 1
+                if budget < 0:
+                    return kinds, _never
+                seen.append(entry.name)
+                if entry.name in wanted:
+                    with contextlib.suppress(OSError):  # gone meanwhile: looked at alone
+                        kinds[entry.name] = entry.is_symlink()
+                    if len(kinds) == len(wanted):
+                        return kinds, _never  # every name found: none is missing
+    except (FileNotFoundError, NotADirectoryError):
+        return kinds, _always  # no such folder: nothing is in it
+    except OSError:
+        return kinds, _never  # not listable: each name is looked at alone
+    # A case-insensitive disk finds "Backup" under "backup": only a name that no entry
+    # matches when folded is surely missing.
+    folded = {_fold(name) for name in seen}
+    return kinds, lambda name: _fold(name) not in folded
+
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def _always(name: str) -> bool:
+    return True
+
+
+def _never(name: str) -> bool:
+    return False
 
 
 def _step(real_parent: str, name: str) -> str:

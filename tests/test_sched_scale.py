@@ -201,6 +201,13 @@ def test_one_listing_resolves_a_folder_of_destinations_like_realpath(tmp_path: P
     resolver = Resolver()
     resolver.prime(paths)
     assert [resolver.real(p) for p in paths] == [os.path.realpath(p) for p in paths]
+    # A folder not made yet, and a file where a folder was expected.
+    (tmp_path / "file").write_text("x")
+    for folder in ("not-yet", "file"):
+        paths = [str(tmp_path / folder / name) for name in names]
+        resolver = Resolver()
+        resolver.prime(paths)
+        assert [resolver.real(p) for p in paths] == [os.path.realpath(p) for p in paths]
     # A symlinked folder of destinations: listed where it really is.
     os.symlink(tmp_path / "dest", tmp_path / "via")
     via = [str(tmp_path / "via" / name) for name in names]
