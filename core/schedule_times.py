@@ -19,8 +19,10 @@ MIN_INTERVAL = 60  # seconds; what models.job accepts, checked again for state r
 
 # (job_id, key, schedule, created, updated, queued time of the latest backup run or None)
 PlanInput = tuple[str, tuple[Any, ...], object, str, str, str | None]
-# (job_id, key, next time or None, the unusable schedule as text or None, an error or None)
-PlanOutput = tuple[str, tuple[Any, ...], datetime | None, str | None, str | None]
+# (job_id, key, next time or None, the unusable schedule as text or None, an error or
+# None, the time it was counted from or None)
+PlanOutput = tuple[str, tuple[Any, ...], datetime | None, str | None, str | None,
+                   datetime | None]
 
 
 class Unusable(Exception):
@@ -63,13 +65,32 @@ def next_time(schedule: object, base: datetime) -> datetime:
 def plan_one(item: PlanInput) -> PlanOutput:
     """The next time of one job from plain values (safe on any thread)."""
     job_id, key, schedule, created, updated, queued = item
+    base = None
     try:
-        when = next_time(schedule, base_time(created, updated, queued))
+        base = base_time(created, updated, queued)
+        when = next_time(schedule, base)
     except Unusable as err:
-        return job_id, key, None, str(err), None
+        return job_id, key, None, str(err), None, base
     except Exception as err:  # one damaged job must not stop the others from being planned
-        return job_id, key, None, None, f"{type(err).__name__}: {err}"
-    return job_id, key, when, None, None
+        return job_id, key, None, None, f"{type(err).__name__}: {err}", base
+    return job_id, key, when, None, None, base
+
+
+def carried(item: PlanInput, old_base: datetime, old_when: datetime) -> datetime | None:
+    """The new base if a cron job's time counted from old_base still holds, else None.
+
+    No slot lies between old_base and old_when (the first one after it), so from any base
+    in between the first slot is old_when too: a run started by hand before the job's
+    time moves its base but not its time, and no cron needs working out for it.
+    """
+    _, _, schedule, created, updated, queued = item
+    if not isinstance(schedule, str) or interval_seconds(schedule) is not None:
+        return None  # an interval counts from the base itself
+    try:
+        base = base_time(created, updated, queued)
+    except ValueError:
+        return None  # damaged: worked out (and reported) the long way
+    return base if old_base <= base < old_when else None
 
 
 def plan_many(items: Sequence[PlanInput]) -> list[PlanOutput]:

@@ -28,7 +28,8 @@ from typing import Any
 
 from core.commands import Commands
 from core.errors import Conflict
-from core.schedule_times import PlanInput, PlanOutput, plan_many, plan_one
+from core.schedule_inputs import plan_input, plan_key
+from core.schedule_times import PlanInput, PlanOutput, carried, plan_many, plan_one
 from core.state import JobView, State
 from events.record import StoredEvent
 from events.store import ConcurrencyError
@@ -50,17 +51,21 @@ WAKE_EVENTS: frozenset[type[Event]] = frozenset(
     cls for cls in event_classes() if cls.wakes_scheduler)
 
 
+Timed = tuple[datetime | None, datetime | None]  # a next time and the base it counts from
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """A job's next time, the inputs it was worked out from, and its heap generation."""
+    """A job's next time, the inputs and base it was worked out from, its heap generation."""
 
     key: tuple[Any, ...]
     when: datetime | None
     gen: int
+    base: datetime | None = None
 
 
 class Scheduler:
@@ -99,13 +104,13 @@ class Scheduler:
         From the job's plan when its inputs did not change (no cron is parsed); else
         worked out for this one job, and kept if it is the job the state holds.
         """
-        key = _key(job)
+        key = plan_key(job)
         plan = self._plans.get(job.job_id)
         if plan is not None and plan.key == key:
             return plan.when
-        when = self._work_out(job, key)
+        when, base = self._work_out(job, key)
         if self.state.jobs.get(job.job_id) is job:
-            self._keep(job.job_id, key, when)
+            self._keep(job.job_id, key, when, base)
         return when
 
     def due_soon(self) -> list[tuple[str, datetime]]:
@@ -117,46 +122,36 @@ class Scheduler:
                 planned.append((job.job_id, when))
         return sorted(planned, key=lambda item: (item[1], item[0]))
 
-    def _plan_input(self, job: JobView, key: tuple[Any, ...]) -> PlanInput | None:
-        """The plain values a job's next time is worked out from; None: never scheduled."""
-        schedule = job.spec.get("schedule")
-        if not job.enabled or schedule is None:
-            return None
-        return (job.job_id, key, schedule, job.created, job.updated, self._last_backup(job))
-
-    def _last_backup(self, job: JobView) -> str | None:
-        """When the job's latest backup run was queued, or None."""
-        for run_id in reversed(job.run_ids):  # newest last, so the first found is the latest
-            run = self.state.runs.get(run_id)
-            # Only backups: a restore or verify of the job must not push its schedule back.
-            if run is not None and run.kind == "backup":
-                return run.queued
-        return None
-
-    def _work_out(self, job: JobView, key: tuple[Any, ...]) -> datetime | None:
-        """One job's next time, worked out now (on the caller's thread)."""
+    def _work_out(self, job: JobView, key: tuple[Any, ...]) -> Timed:
+        """One job's next time and its base, worked out now (on the caller's thread)."""
         try:
-            item = self._plan_input(job, key)
+            item = plan_input(self.state, job, key)
         except Exception:  # one damaged job must not stop the others from running
             log.exception("cannot work out the next run of job %s", job.job_id)
-            return None
+            return None, None
         if item is None:
-            return None
+            return None, None
+        plan = self._plans.get(job.job_id)  # a run queued before its time: kept (no cron)
+        if plan is not None and plan.when and plan.base and plan.key[:4] == key[:4]:
+            base = carried(item, plan.base, plan.when)
+            if base is not None:
+                return plan.when, base
         self.evaluations += 1
         return self._outcome(job, plan_one(item))
 
-    def _outcome(self, job: JobView, result: PlanOutput) -> datetime | None:
-        """The time of a worked-out plan; an unusable schedule or an error is logged."""
-        _, _, when, unusable, error = result
+    def _outcome(self, job: JobView, result: PlanOutput) -> Timed:
+        """The time and base of a worked-out plan; an unusable schedule or error is logged."""
+        _, _, when, unusable, error, base = result
         if unusable is not None:
             self._report_invalid(job, unusable)
         if error is not None:
             log.error("cannot work out the next run of job %s: %s", job.job_id, error)
-        return when
+        return when, base
 
-    def _keep(self, job_id: str, key: tuple[Any, ...], when: datetime | None) -> None:
+    def _keep(self, job_id: str, key: tuple[Any, ...], when: datetime | None,
+              base: datetime | None = None) -> None:
         """Hold a job's new plan and put its time in the heap (older entries go stale)."""
-        plan = _Plan(key, when, next(self._gens))
+        plan = _Plan(key, when, next(self._gens), base)
         self._plans[job_id] = plan
         self._parked.discard(job_id)
         if when is not None:
@@ -214,12 +209,12 @@ class Scheduler:
             self._forget(job_id)
             return
         plan = self._plans.get(job_id)
-        key = _key(job)
+        key = plan_key(job)
         if plan is not None and plan.key == key:
             if job_id in self._parked and not self._blocked(job):
-                self._keep(job_id, key, plan.when)  # its run ended: back in the heap
+                self._keep(job_id, key, plan.when, plan.base)  # its run ended: back in heap
             return
-        self._keep(job_id, key, self._work_out(job, key))
+        self._keep(job_id, key, *self._work_out(job, key))
 
     async def _plan_off_loop(self, job_ids: Iterable[str]) -> None:
         """Work out many jobs' times on a worker thread, from plain values taken here."""
@@ -229,12 +224,12 @@ class Scheduler:
             if job is None:
                 self._forget(job_id)
                 continue
-            key = _key(job)
+            key = plan_key(job)
             plan = self._plans.get(job_id)
             if plan is not None and plan.key == key and job_id not in self._parked:
                 continue  # already current (next_run worked it out meanwhile)
             try:
-                item = self._plan_input(job, key)
+                item = plan_input(self.state, job, key)
             except Exception:
                 log.exception("cannot work out the next run of job %s", job_id)
                 item = None
@@ -252,10 +247,10 @@ class Scheduler:
             job = self.state.jobs.get(job_id)
             if job is None:
                 self._forget(job_id)
-            elif _key(job) != key:
+            elif plan_key(job) != key:
                 self._dirty.add(job_id)  # changed while the thread worked: next settle
             else:
-                self._keep(job_id, key, self._outcome(job, result))
+                self._keep(job_id, key, *self._outcome(job, result))
 
     # --- starting runs ----------------------------------------------------------------
 
@@ -309,9 +304,9 @@ class Scheduler:
         if job is None:
             self._forget(job_id)
             return None
-        key = _key(job)
+        key = plan_key(job)
         if plan.key != key:  # changed without an event seen here: its new time
-            self._keep(job_id, key, self._work_out(job, key))  # may be due: next batch
+            self._keep(job_id, key, *self._work_out(job, key))  # may be due: next batch
             return None
         if self._blocked(job):
             self._parked.add(job_id)  # back in the heap when one of its runs ends
@@ -393,8 +388,3 @@ class Scheduler:
     def _stale(self, entry: tuple[datetime, str, int]) -> bool:
         return (plan := self._plans.get(entry[1])) is None or plan.gen != entry[2]
 
-
-def _key(job: JobView) -> tuple[Any, ...]:
-    """What a job's next time depends on; a run queued grows run_ids (a new base)."""
-    return (job.spec.get("schedule"), job.enabled, job.created, job.updated,
-            len(job.run_ids))

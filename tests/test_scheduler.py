@@ -332,3 +332,30 @@ async def test_a_stop_that_meets_a_wake_still_stops_the_loop(env: Env) -> None:
         if loop_task is not None:  # (without the fix) end the loop that kept going
             loop_task.cancel()
         await asyncio.wait({stopping}, timeout=1)
+
+
+async def test_a_run_started_by_hand_before_the_time_keeps_it_without_cron(env: Env) -> None:
+    job = await env.job("daily", "30 10 * * *")
+    slot = datetime(2025, 3, 10, 10, 30, tzinfo=UTC)
+    assert await env.scheduler.tick() == []
+    assert env.scheduler.next_run(env.state.jobs[job.job_id]) == slot
+
+    async def start_and_finish_at(when: datetime) -> datetime | None:
+        env.clock.set(when)
+        await env.finish(await env.commands.start_run(job.job_id))
+        await env.scheduler.tick()
+        current = env.state.jobs[job.job_id]
+        fresh = Scheduler(env.state, env.commands, clock=env.clock).next_run(current)
+        kept = env.scheduler.next_run(current)
+        assert kept == fresh, "the kept time is the one worked out from scratch"
+        return kept
+
+    before = env.scheduler.evaluations
+    # Before the slot: the next slot after the new base is the same one, no cron needed.
+    assert await start_and_finish_at(datetime(2025, 3, 10, 9, 50, tzinfo=UTC)) == slot
+    assert await start_and_finish_at(datetime(2025, 3, 10, 10, 29, tzinfo=UTC)) == slot
+    assert env.scheduler.evaluations == before
+    # At the slot, and after the clock went back: worked out again.
+    assert await start_and_finish_at(slot) == slot + timedelta(days=1)
+    assert await start_and_finish_at(datetime(2025, 3, 10, 8, 0, tzinfo=UTC)) == slot
+    assert env.scheduler.evaluations == before + 2
