@@ -17,7 +17,7 @@ import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from engines.registry import destination_key, local_destination
@@ -42,6 +42,12 @@ class Owner:
         """The owner of a job's destination, from its spec."""
         return cls(job_id, str(spec.get("name")), str(spec.get("destination")),
                    str(spec.get("engine") or ""))
+
+    @cached_property
+    def local(self) -> str | None:
+        """The local path of the destination, or None for a remote repository (kept:
+        Owners hands out the same Owner until the job changes)."""
+        return local_path(self.destination, self.engine)
 
 
 def owners_except(jobs: Iterable[tuple[str, Mapping[str, Any]]], job_id: str | None
@@ -261,7 +267,7 @@ def owner_conflict(destination: str, others: Iterable[Owner],
     mine_forms = resolver.forms(mine) if mine is not None else ()
     key = destination_key(engine, destination) if mine is None else ""
     others = list(others)
-    theirs_all = [local_path(o.destination, o.engine) for o in others]
+    theirs_all = [o.local for o in others]
     if mine is not None:
         resolver.prime(p for p in theirs_all if p is not None)
     near = _Near(mine_forms)
