@@ -142,12 +142,14 @@ class Commands:
         What only may not work (a path on a disk not mounted yet) is saved; the job's
         page shows it, computed when the page is read (core.pathcheck.path_warnings).
         """
-        others = self.other_owners(job.job_id if job else None)
+        jobs, exclude = list(self.state.jobs.values()), job.job_id if job else None
         try:
             # On the path-check threads: a hung mount must not fill the default executor.
+            # The other owners are listed there too (1,000 jobs: not on the loop).
             old = job.spec if job else None
             report: PathReport = await run_path_check(
-                lambda: self._path_report(spec.to_dict(), old, others), PATH_CHECK_TIMEOUT)
+                lambda: self._path_report(spec.to_dict(), old, self._owners.except_(
+                    ((j.job_id, j.spec) for j in jobs), exclude)), PATH_CHECK_TIMEOUT)
         except TimeoutError as err:
             raise Invalid("the job's folders did not answer within "
                           f"{PATH_CHECK_TIMEOUT:g} s (a network mount that hangs?)",

@@ -14,6 +14,7 @@ import contextlib
 import os
 import posixpath
 import stat
+import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -66,10 +67,17 @@ class Owners:
 
     def __init__(self) -> None:
         self._made: dict[str, tuple[Mapping[str, Any], Owner]] = {}
+        # Lists are made on the loop and on check threads (off the loop, for 1,000 jobs).
+        self._lock = threading.Lock()
 
     def except_(self, jobs: Iterable[tuple[str, Mapping[str, Any]]], job_id: str | None
                 ) -> list[Owner]:
         """The owners of every job's destination but `job_id`'s (jobs as (id, spec))."""
+        with self._lock:
+            return self._except(jobs, job_id)
+
+    def _except(self, jobs: Iterable[tuple[str, Mapping[str, Any]]], job_id: str | None
+                ) -> list[Owner]:
         made, out, seen = self._made, [], 0
         for other, spec in jobs:
             seen += 1

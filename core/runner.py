@@ -349,8 +349,12 @@ class Runner:
         running either would let its retention prune the other's older snapshots (which
         carry no job id), so neither runs until one is moved.
         """
-        conflict = await asyncio.to_thread(owner_conflict, str(spec.get("destination")),
-                                           self.other_owners(job_id))
+        jobs = list(self.state.jobs.values())  # its owners are listed off the loop too
+
+        def check() -> str | None:
+            others = self._owners.except_(((j.job_id, j.spec) for j in jobs), job_id)
+            return owner_conflict(str(spec.get("destination")), others)
+        conflict = await asyncio.to_thread(check)
         if conflict is not None:
             raise CannotStart(f"{conflict}; move one of the jobs to a folder of its own "
                               "before running it (older snapshots there carry no job id, "
