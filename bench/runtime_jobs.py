@@ -4,8 +4,9 @@ Latency: one server on 127.0.0.1 in this process holds BENCH_RUNTIME_JOBS cron j
 (none due while the bench runs). Each repeat sends BENCH_RUNTIME_PER_ROUND starts
 (POST /api/jobs/{id}/start), each beside a GET of one job (/api/jobs/{id}) and a plain
 SQLite commit on the same disk (the least a durable start can cost here), then as many
-creates (POST /api/jobs) beside a GET and a commit; the one going first takes turns. A repeat's p99 of each is one sample. The started runs end at
-"cannot start" in the background (their sources are removed after the jobs are made).
+creates (POST /api/jobs) beside a GET and a commit; the one going first takes turns. A
+repeat's p99 of each is one sample. The started runs end at "cannot start" in the
+background (their sources are removed after the jobs are made).
 
 Drain: a log of BENCH_RUNTIME_DRAIN_JOBS hourly jobs whose last change was two hours
 ago (the server was down: every one is due at once) against as many manual jobs with a
