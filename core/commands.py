@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from core import operations
 from core.errors import Conflict, Invalid, NotFound
+from core.fs_threads import run_path_check
 from core.ownership import Owner, Owners
-from core.path_workers import run_path_check
 from core.pathcheck import PathReport, check_paths
 from core.protected import destination_refusal
 from core.state import JobView, RunView, State

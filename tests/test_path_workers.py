@@ -7,8 +7,7 @@ import threading
 
 import pytest
 
-from core.fs_threads import PATH_THREADS
-from core.path_workers import MAX_THREADS, run_path_check
+from core.fs_threads import MAX_THREADS, PATH_THREADS, run_path_check
 
 
 def _path_threads() -> int:
