@@ -173,8 +173,11 @@ async def append_until_stored(store: EventStore, stream: str, events: list[Event
 
 async def wait_a_while(wake: asyncio.Event, seconds: float) -> None:
     """Sleep up to `seconds`, or until `wake` is set."""
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that lands in
+    # the step the wake does, and the stop that cancelled this wait would be ignored.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await wake.wait()
 
 
 def _names(events: Sequence[Event]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from core.outcome import append_until_stored, error_text, storable
+from core.outcome import append_until_stored, error_text, storable, wait_a_while
 from events.store import EventStore
 from events.types import JobCreated, RunFailed
 from models.ids import new_job_id
@@ -110,3 +110,16 @@ async def test_retention_waits_until_the_event_logs_check_has_passed(
             break
         await asyncio.sleep(0.05)
     assert len(snaps) == 1
+
+
+async def test_a_retry_wait_cancelled_as_it_is_woken_ends_cancelled() -> None:
+    # The server's stop wakes the retry waits and cancels their tasks in the same step.
+    # Python 3.11's wait_for returned the wake and dropped the cancel, so the task went
+    # on retrying an append past the stop instead of ending.
+    wake = asyncio.Event()
+    waiting = asyncio.ensure_future(wait_a_while(wake, 10))
+    await asyncio.sleep(0.05)
+    wake.set()
+    waiting.cancel()
+    done, _ = await asyncio.wait({waiting}, timeout=2)
+    assert waiting in done and waiting.cancelled()
