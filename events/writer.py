@@ -188,7 +188,12 @@ class LogWriting(ABC):
         try:
             mark_error = await flight.commit
         except sqlite3.Error as err:
-            await self._commit_refused(flight.accepted, err)
+            try:
+                await self._commit_refused(flight.accepted, err)
+            except Exception as reload_err:  # the heads cannot be read back (a damaged
+                # file, a failing disk): fail the calls, and keep the writer alive for
+                # the appends after them, which fail or succeed on their own.
+                self._batch_failed([call for call, _ in flight.accepted], reload_err)
             return False
         except Exception as err:
             self._batch_failed([call for call, _ in flight.accepted], err)

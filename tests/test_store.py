@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from events.store import ConcurrencyError, EventsMissing, EventStore, StoreClosed, StoreError
+from events.store import (
+    ConcurrencyError,
+    EventsMissing,
+    EventStore,
+    StoreClosed,
+    StoreError,
+    WriteFailed,
+)
 from events.types import JobDeleted, RunQueued, RunStarted, SettingsChanged
 from tests.conftest import created
 
@@ -227,3 +235,25 @@ async def test_a_log_missing_acknowledged_events_is_refused(tmp_path: Path) -> N
     store = await EventStore.open(db)
     assert store.last_seq == 1
     await store.close()
+
+
+async def test_a_damaged_log_fails_appends_and_the_writer_lives_on(tmp_path: Path) -> None:
+    # The file damaged under the running server (a failing disk): the commit fails, and
+    # so does reading the log's head back. The append must fail with a clear error and
+    # /healthz must say the log cannot be written; before, the writer task died, every
+    # later append waited for ever and /healthz still said all was well.
+    db = tmp_path / "events.db"
+    store = await EventStore.open(db)
+    for i in range(300):
+        await store.append("settings", None, [SettingsChanged(changes={"k": "v" * 400,
+                                                                      "i": i})])
+    await store._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.truncate(db, 8192)
+    with pytest.raises(WriteFailed):
+        await asyncio.wait_for(
+            store.append("settings", None, [SettingsChanged(changes={"x": 1})]), 10)
+    assert store.write_error is not None
+    with pytest.raises(WriteFailed):  # the next one is answered too, not left waiting
+        await asyncio.wait_for(
+            store.append("settings", None, [SettingsChanged(changes={"x": 2})]), 10)
+    await asyncio.wait_for(store.close(), 10)
