@@ -111,9 +111,11 @@ class _PauseWhenArchiving(NullReporter):
 
     def __init__(self, control: RunControl) -> None:
         self.control = control
+        self.paused = False
 
     def progress(self, progress: Progress) -> None:
-        if progress.phase == "archiving":
+        if progress.phase == "archiving" and not self.paused:  # once: the test resumes it
+            self.paused = True
             self.control.pause()
 
 

@@ -65,7 +65,7 @@ from engines.manifest import ManifestError, check_snapshot_id, unique_snapshot_i
 from engines.manifest_stream import ManifestWriter, listed_manifest
 from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.results import BackupResult, RestoreResult, Snapshot, VerifyResult
-from engines.scan import scan
+from engines.scan import walk
 from models.atomic import fsync_dir, remove_durable
 
 # Pause and cancel are checked between entries and every this many bytes inside one.
@@ -100,10 +100,11 @@ class ArchiveEngine(Engine):
         collector = CollectingReporter(reporter)
         meter = ProgressMeter(collector)
         meter.update(force=True, phase="scanning", counting=True)
-        entries = scan(spec, control, collector)
-        meter.update(force=True, phase="archiving", counting=False,
-                     files_total=sum(1 for e in entries if e.kind == "file"),
-                     bytes_total=sum(e.size for e in entries if e.kind == "file"))
+        # The walk is a stream written as it is read (memory flat in the number of
+        # files); the totals count up with it until it ends.
+        entries = walk(spec, control, collector)
+        meter.update(force=True, phase="archiving", counting=True, files_total=0,
+                     bytes_total=0)
         try:
             raw = open(partial, "xb", buffering=0)  # noqa: SIM115 - closed below, on every path
         except OSError as err:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, Protocol
 
 import blake3
@@ -63,14 +63,14 @@ class RecordSink(Protocol):
         """Take one entry."""
 
 
-def write_archive(raw: IO[bytes], compression: str, level: int, entries: list[Entry],
+def write_archive(raw: IO[bytes], compression: str, level: int, entries: Iterable[Entry],
                   control: RunControl, reporter: Reporter, meter: ProgressMeter,
                   safe_point_bytes: int, sink: RecordSink) -> None:
     """Stream entries, in scan order, into a compressed tar on raw; each manifest entry
     goes to sink as soon as it is complete (in the same order).
 
-    The list is consumed (emptied) as the entries are written, so neither it nor the
-    manifest entries are all held at once (issue 14). Pause and cancel are checked
+    Entries are taken from a stream (the walk) as they are written, so neither they nor
+    the manifest entries are all held at once (issue 14). Pause and cancel are checked
     between entries and every safe_point_bytes inside a large file. Progress and
     warnings come from this (the calling) thread only.
     """
@@ -80,9 +80,7 @@ def write_archive(raw: IO[bytes], compression: str, level: int, entries: list[En
                               safe_point_bytes)
         links = LinkGroups()
         pending = _Pending(sink)
-        entries.reverse()  # popped from the end, in scan order
-        while entries:
-            entry = entries.pop()
+        for entry in _counted(entries, meter):
             control.safe_point()
             record: dict[str, Any] | None
             leader = links.leader_of(entry)
@@ -104,6 +102,17 @@ def write_archive(raw: IO[bytes], compression: str, level: int, entries: list[En
     except BaseException:
         compressor.abandon()
         raise
+
+
+def _counted(entries: Iterable[Entry], meter: ProgressMeter) -> Iterator[Entry]:
+    """The entries, each file added to the totals as it comes; totals final at the end."""
+    for entry in entries:
+        if entry.kind == "file":
+            state = meter.state  # totals are set on this thread only
+            meter.update(files_total=(state.files_total or 0) + 1,
+                         bytes_total=(state.bytes_total or 0) + entry.size)
+        yield entry
+    meter.update(force=True, counting=False)
 
 
 class _Pending:
