@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engines.base import BackupSpec, Interrupted, Progress, RunControl
 from engines.mirror import MirrorEngine
+from engines.mirror import engine as mirror_engine_module
+from engines.scan import Entry, walk
 from tests.engine_helpers import RecordingReporter, make_tree, tree_signature, write
 
 
@@ -64,6 +68,55 @@ def test_interrupted_run_keeps_its_work_and_resumes_without_recopying(tmp_path: 
     assert all(final.joinpath(n).stat().st_ino == ino for n, ino in done_before.items())
     assert tree_signature(final) == tree_signature(src)
     assert not any(n.endswith((".partial", ".journal")) for n in os.listdir(spec.destination))
+
+
+def test_a_file_deleted_as_a_resumed_run_starts_is_not_left_in_its_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A resumed run used to list the source once to clear its partial of what the source
+    # no longer has, then again to copy: a file already copied before the interruption
+    # and deleted between the two stayed in the snapshot, missing from its manifest
+    # (verify then failed the snapshot).
+    src = tmp_path / "src"
+    for i in range(40):
+        write(src / f"f{i:02d}.bin", os.urandom(64 * 1024), mtime=1_700_000_000 + i)
+    checkpoints: list[dict[str, object]] = []
+
+    class InterruptAfter(RunControl):
+        calls = 0
+
+        def safe_point(self) -> None:
+            self.calls += 1
+            if self.calls == 25:
+                self.interrupt()
+            super().safe_point()
+
+    class KeepCheckpoints(RecordingReporter):
+        def checkpoint(self, state: object) -> None:
+            checkpoints.append(dict(state))  # type: ignore[call-overload]
+
+    engine = MirrorEngine()
+    spec = BackupSpec.build([src], tmp_path / "dest", options={"threads": 1})
+    with pytest.raises(Interrupted):
+        engine.backup(spec, InterruptAfter(), KeepCheckpoints())
+    partial = spec.destination / f"{checkpoints[0]['snapshot_id']}.partial" / "src"
+    assert (partial / "f00.bin").exists() and (partial / "f01.bin").exists()  # copied
+    (src / "f01.bin").unlink()  # gone before the resume: the partial's copy must go
+    real_walk, walks = walk, 0
+
+    def walk_deleting_on_the_second(*args: Any) -> Iterator[Entry]:
+        nonlocal walks
+        walks += 1
+        if walks == 2:  # the source changes between a first and a second walk
+            (src / "f00.bin").unlink()
+        return real_walk(*args)
+
+    monkeypatch.setattr(mirror_engine_module, "walk", walk_deleting_on_the_second)
+    result = engine.backup(spec, RunControl(), RecordingReporter(), resume=checkpoints[-1])
+    final = spec.destination / result.snapshot_id / "src"
+    assert tree_signature(final) == tree_signature(src)
+    assert not (final / "f01.bin").exists()
+    verify = engine.verify(spec, result.snapshot_id, RunControl(), RecordingReporter())
+    assert verify.ok, verify.problems
 
 
 def test_a_file_vanishing_mid_run_is_a_warning(tmp_path: Path) -> None:

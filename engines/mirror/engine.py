@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engines.contract import BackupSpec
 from engines.control import RunControl
@@ -35,7 +35,7 @@ from engines.manifest_stream import ManifestWriter
 from engines.mirror.copier import FileCopier, tree_record
 from engines.mirror.journal import Journal
 from engines.previndex import PreviousFiles
-from engines.progress import CollectingReporter, NullReporter, ProgressMeter, Reporter
+from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.ratelimit import RateLimiter
 from engines.results import BackupResult
 from engines.scan import Entry, walk
@@ -84,9 +84,11 @@ class MirrorEngine(TreeSnapshots):
             previous = self.latest(spec)  # this job's own: never another job's files
             prev_root = dest / previous[0] if previous else None
             prev_files = previous[1] if previous else PreviousFiles()
-            if resuming:
-                # A first walk for the names alone: what the source no longer has goes.
-                _remove_strays(partial, {e.rel for e in walk(spec, control, NullReporter())})
+            # A resumed run notes every name it records; what else the partial holds
+            # (the source no longer has it, a temporary name) goes once all is placed.
+            # Not against a walk of its own before: a file deleted between the two walks
+            # would stay in the snapshot without being in its manifest.
+            placed: set[str] | None = set() if resuming else None
             # The scan is a stream, consumed as it is read: totals grow while it runs.
             entries = walk(spec, control, warn)
             journal = Journal(journal_path)
@@ -99,10 +101,13 @@ class MirrorEngine(TreeSnapshots):
                                 {n: str(p) for n, p in spec.source_names().items()},
                                 spec.job_id) as manifest:
                 try:
+                    sink: _Sink = manifest if placed is None else _Noting(manifest, placed)
                     folders = _Placer(partial, copier, journal, checkpoint, threads,
-                                      manifest).run(entries)
+                                      sink).run(entries)
                 finally:
                     journal.close()
+                if placed is not None:
+                    _remove_strays(partial, placed)
                 control.safe_point()  # a pause or cancel asked for now still takes effect
                 meter.update(force=True, phase="finalising", current_file="")
                 for rel, path, record in reversed(folders):  # deepest first: mtimes stick
@@ -132,6 +137,25 @@ class MirrorEngine(TreeSnapshots):
                             time.monotonic() - started, tuple(warn.warnings))
 
 
+class _Sink(Protocol):
+    """Where the placed records go (the manifest)."""
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        """Take one record."""
+
+
+class _Noting:
+    """The manifest, noting each name recorded in it."""
+
+    def __init__(self, manifest: _Sink, names: set[str]) -> None:
+        self.manifest, self.names = manifest, names
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        """Record an entry and note its name."""
+        self.names.add(entry["path"])
+        self.manifest.add(entry)
+
+
 class _Placer:
     """One run's walk turned into a snapshot: directories and symlinks made as the scan
     yields them, files copied or linked on worker threads in chunks, then the other names
@@ -140,7 +164,7 @@ class _Placer:
     hard links need, so memory stays flat in the number of files."""
 
     def __init__(self, partial: Path, copier: FileCopier, journal: Journal,
-                 checkpoint: dict[str, Any], threads: int, manifest: ManifestWriter) -> None:
+                 checkpoint: dict[str, Any], threads: int, manifest: _Sink) -> None:
         self.partial, self.copier, self.journal = partial, copier, journal
         self.checkpoint, self.threads, self.manifest = checkpoint, threads, manifest
         self.folders: list[tuple[str, str, dict[str, Any]]] = []  # rel, source, record
@@ -256,7 +280,8 @@ def _link_follower(partial: Path, entry: Entry,
 
 
 def _remove_strays(partial: Path, wanted: set[str]) -> None:
-    """Before resuming, drop half-written temp files and whatever the source no longer has."""
+    """After a resumed run placed its files, drop what it did not record (temporary names,
+    what the source no longer has): the snapshot holds its manifest's names only."""
     for dirpath, dirnames, filenames in os.walk(partial, topdown=True):
         base = Path(dirpath)
         rel_base = base.relative_to(partial).as_posix()
