@@ -34,7 +34,7 @@ from engines.mirror import MirrorEngine
 from engines.rsync import RsyncEngine
 from engines.rsync.args import RSYNC_MISSING
 from engines.rsync.output import TransferTally, check_outcome, parse_item, parse_progress2
-from engines.scan import Entry, scan
+from engines.scan import Entry, scan, walk
 from engines.treestore import manifest_path
 from tests.cli_helpers import REPO
 from tests.engine_contract_helpers import descendants
@@ -420,6 +420,39 @@ def test_interrupt_keeps_the_partial_and_resume_does_not_copy_finished_files(
     assert tree_signature(snap) == tree_signature(src)
     assert RsyncEngine().verify(fast, result.snapshot_id, RunControl(), RecordingReporter()).ok
     assert sorted(os.listdir(dest)) == [result.snapshot_id, f"{result.snapshot_id}.manifest.json"]
+
+
+def test_a_file_deleted_as_a_resumed_rsync_run_starts_is_not_left_in_its_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A resumed run listed the source once to prune its partial, then again for rsync: a
+    # file copied before the interruption and deleted between the two stayed in the
+    # snapshot (and its manifest) though the source the run copied no longer had it.
+    src = tmp_path / "src"
+    for name in "abcd":
+        write(src / f"{name}.bin", os.urandom(1 << 20))
+    dest = tmp_path / "dest"
+    control = RunControl()
+    reporter = _Trigger(lambda p: p.phase == "copying" and p.files_done >= 2, control.interrupt)
+    with pytest.raises(Interrupted):
+        run_backup(BackupSpec.build([src], dest, options={"bwlimit": 3000}), reporter,
+                   control)
+    checkpoint = reporter.checkpoints[-1]
+    assert (dest / checkpoint["partial"] / "src" / "a.bin").exists()
+    real_walk, walks = walk, 0
+
+    def walk_deleting_on_the_second(*args: Any) -> Iterator[Entry]:
+        nonlocal walks
+        walks += 1
+        if walks == 2:  # the source changes between a first and a second walk
+            (src / "a.bin").unlink()
+        return real_walk(*args)
+
+    monkeypatch.setattr(rsync_engine, "walk", walk_deleting_on_the_second)
+    fast = BackupSpec.build([src], dest)
+    result = RsyncEngine().backup(fast, RunControl(), RecordingReporter(), resume=checkpoint)
+    snap = dest / result.snapshot_id / "src"
+    assert tree_signature(snap) == tree_signature(src)
+    assert RsyncEngine().verify(fast, result.snapshot_id, RunControl(), RecordingReporter()).ok
 
 
 def test_a_paused_rsync_dies_with_its_killed_worker_and_the_resume_completes(

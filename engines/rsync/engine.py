@@ -42,7 +42,7 @@ from engines.fsmeta import ACL_NAMES, read_xattrs, shown
 from engines.fsutil import is_disk_full, remove_tree
 from engines.manifest_stream import ManifestWriter
 from engines.previndex import PreviousFiles
-from engines.progress import CollectingReporter, NullReporter, ProgressMeter, Reporter
+from engines.progress import CollectingReporter, ProgressMeter, Reporter
 from engines.ratelimit import bwlimit_option
 from engines.results import BackupResult
 from engines.rsync.args import (
@@ -128,9 +128,9 @@ class RsyncEngine(TreeSnapshots):
             # cover entries of every kind and grow while it lists; ours are final. The
             # scan is a stream written to files as it goes (engines.rsync.plan).
             meter.update(force=True, phase="scanning", counting=True)
-            if resuming:
-                _prune_stale(partial, {e.rel: e.kind
-                                       for e in walk(spec, control, NullReporter())})
+            # A resumed run prunes its partial against the very walk rsync copies from,
+            # not one of its own before it (a file deleted between the two would stay).
+            wanted: dict[str, str] | None = {} if resuming else None
             previous = self.latest(spec)
             prev_root = dest / previous[0] if previous else None
             prev_entries = previous[1] if previous else PreviousFiles()
@@ -141,9 +141,14 @@ class RsyncEngine(TreeSnapshots):
             try:
                 for entry in walk(spec, control, warn):
                     plan.add(entry)
+                    if wanted is not None:
+                        wanted[entry.rel] = entry.kind
                 plan.finish()
             finally:
                 plan.close()
+            if wanted is not None:
+                _prune_stale(partial, wanted)
+                del wanted
             meter.update(force=True, phase="copying", counting=False, files_total=plan.files,
                          bytes_total=plan.bytes)
             self._copy_sources(rsync, spec, plan, partial, prev_root, options, control,
