@@ -30,39 +30,48 @@ def test_unchanged_files_are_hard_links_to_the_previous_snapshot(tmp_path: Path)
     assert (a / "run.sh").read_bytes() != (b / "run.sh").read_bytes()
 
 
-def test_interrupted_run_keeps_its_work_and_resumes_without_recopying(tmp_path: Path) -> None:
-    src = tmp_path / "src"
+class _InterruptAfter(RunControl):
+    """Interrupts at the 25th safe point: about a dozen files in (one thread)."""
+
+    calls = 0
+
+    def safe_point(self) -> None:
+        self.calls += 1
+        if self.calls == 25:
+            self.interrupt()
+        super().safe_point()
+
+
+def _interrupted_run(src: Path, dest: Path, file_bytes: int) -> tuple[BackupSpec, Path,
+                                                                         dict[str, object]]:
+    """40 files in src, a one-thread mirror run of them interrupted a dozen files in: the
+    spec, its partial snapshot's copy of src, and its last checkpoint."""
     for i in range(40):
-        write(src / f"f{i:02d}.bin", os.urandom(256 * 1024), mtime=1_700_000_000 + i)
+        write(src / f"f{i:02d}.bin", os.urandom(file_bytes), mtime=1_700_000_000 + i)
     checkpoints: list[dict[str, object]] = []
-
-    class InterruptAfter(RunControl):
-        """Interrupts at the 25th safe point: about a dozen files in (one thread)."""
-
-        calls = 0
-
-        def safe_point(self) -> None:
-            self.calls += 1
-            if self.calls == 25:
-                self.interrupt()
-            super().safe_point()
 
     class KeepCheckpoints(RecordingReporter):
         def checkpoint(self, state: object) -> None:
             checkpoints.append(dict(state))  # type: ignore[call-overload]
 
-    engine = MirrorEngine()
-    spec = BackupSpec.build([src], tmp_path / "dest", options={"threads": 1})
+    spec = BackupSpec.build([src], dest, options={"threads": 1})
     with pytest.raises(Interrupted):
-        engine.backup(spec, InterruptAfter(), KeepCheckpoints())
-    partial = spec.destination / f"{checkpoints[0]['snapshot_id']}.partial" / "src"
+        MirrorEngine().backup(spec, _InterruptAfter(), KeepCheckpoints())
+    partial = dest / f"{checkpoints[0]['snapshot_id']}.partial" / "src"
+    return spec, partial, checkpoints[-1]
+
+
+def test_interrupted_run_keeps_its_work_and_resumes_without_recopying(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    spec, partial, checkpoint = _interrupted_run(src, tmp_path / "dest", 256 * 1024)
+    engine = MirrorEngine()
     done_before = {p.name: p.stat().st_ino for p in partial.iterdir()
                    if not p.name.startswith(".bm-")}
     write(src / "added-after-crash.txt", b"new\n")
     (src / "f39.bin").unlink()
     assert 10 <= len(done_before) < 40
     assert engine.snapshots(spec) == []
-    result = engine.backup(spec, RunControl(), RecordingReporter(), resume=checkpoints[-1])
+    result = engine.backup(spec, RunControl(), RecordingReporter(), resume=checkpoint)
     final = spec.destination / result.snapshot_id / "src"
     # Files finished before the interruption are the very same inodes: not copied again.
     assert all(final.joinpath(n).stat().st_ino == ino for n, ino in done_before.items())
@@ -77,28 +86,8 @@ def test_a_file_deleted_as_a_resumed_run_starts_is_not_left_in_its_snapshot(
     # and deleted between the two stayed in the snapshot, missing from its manifest
     # (verify then failed the snapshot).
     src = tmp_path / "src"
-    for i in range(40):
-        write(src / f"f{i:02d}.bin", os.urandom(64 * 1024), mtime=1_700_000_000 + i)
-    checkpoints: list[dict[str, object]] = []
-
-    class InterruptAfter(RunControl):
-        calls = 0
-
-        def safe_point(self) -> None:
-            self.calls += 1
-            if self.calls == 25:
-                self.interrupt()
-            super().safe_point()
-
-    class KeepCheckpoints(RecordingReporter):
-        def checkpoint(self, state: object) -> None:
-            checkpoints.append(dict(state))  # type: ignore[call-overload]
-
+    spec, partial, checkpoint = _interrupted_run(src, tmp_path / "dest", 64 * 1024)
     engine = MirrorEngine()
-    spec = BackupSpec.build([src], tmp_path / "dest", options={"threads": 1})
-    with pytest.raises(Interrupted):
-        engine.backup(spec, InterruptAfter(), KeepCheckpoints())
-    partial = spec.destination / f"{checkpoints[0]['snapshot_id']}.partial" / "src"
     assert (partial / "f00.bin").exists() and (partial / "f01.bin").exists()  # copied
     (src / "f01.bin").unlink()  # gone before the resume: the partial's copy must go
     real_walk, walks = walk, 0
@@ -111,7 +100,7 @@ def test_a_file_deleted_as_a_resumed_run_starts_is_not_left_in_its_snapshot(
         return real_walk(*args)
 
     monkeypatch.setattr(mirror_engine_module, "walk", walk_deleting_on_the_second)
-    result = engine.backup(spec, RunControl(), RecordingReporter(), resume=checkpoints[-1])
+    result = engine.backup(spec, RunControl(), RecordingReporter(), resume=checkpoint)
     final = spec.destination / result.snapshot_id / "src"
     assert tree_signature(final) == tree_signature(src)
     assert not (final / "f01.bin").exists()
