@@ -8,11 +8,12 @@ import os
 import random
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from engines.base import Progress
+from engines.scan import Entry, walk
 
 # Fixed times so that two generated trees (and their restores) compare equal.
 BASE_MTIME = 1_700_000_000
@@ -133,3 +134,18 @@ def slow_source(root: Path) -> Path:
         write(root / "notes" / f"note-{i}.txt", f"note {i}\n".encode() * 50)
     write(root / "big.bin", bytes(range(256)) * (8 * 4096))
     return root
+
+
+def walk_deleting_on_second_call(victim: Path) -> Callable[..., Iterator[Entry]]:
+    """engines.scan.walk that deletes `victim` from the source as it is called a second
+    time: the source changing between a first and a second walk of one run."""
+    calls = 0
+
+    def walk_then(*args: Any) -> Iterator[Entry]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            victim.unlink()
+        return walk(*args)
+
+    return walk_then

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from engines.base import BackupSpec, Interrupted, Progress, RunControl
 from engines.mirror import MirrorEngine
 from engines.mirror import engine as mirror_engine_module
-from engines.scan import Entry, walk
-from tests.engine_helpers import RecordingReporter, make_tree, tree_signature, write
+from tests.engine_helpers import (
+    RecordingReporter,
+    make_tree,
+    tree_signature,
+    walk_deleting_on_second_call,
+    write,
+)
 
 
 def test_unchanged_files_are_hard_links_to_the_previous_snapshot(tmp_path: Path) -> None:
@@ -90,16 +93,8 @@ def test_a_file_deleted_as_a_resumed_run_starts_is_not_left_in_its_snapshot(
     engine = MirrorEngine()
     assert (partial / "f00.bin").exists() and (partial / "f01.bin").exists()  # copied
     (src / "f01.bin").unlink()  # gone before the resume: the partial's copy must go
-    real_walk, walks = walk, 0
-
-    def walk_deleting_on_the_second(*args: Any) -> Iterator[Entry]:
-        nonlocal walks
-        walks += 1
-        if walks == 2:  # the source changes between a first and a second walk
-            (src / "f00.bin").unlink()
-        return real_walk(*args)
-
-    monkeypatch.setattr(mirror_engine_module, "walk", walk_deleting_on_the_second)
+    # The source changes between a first and a second walk of the resumed run.
+    monkeypatch.setattr(mirror_engine_module, "walk", walk_deleting_on_second_call(src / "f00.bin"))
     result = engine.backup(spec, RunControl(), RecordingReporter(), resume=checkpoint)
     final = spec.destination / result.snapshot_id / "src"
     assert tree_signature(final) == tree_signature(src)

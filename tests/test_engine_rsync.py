@@ -34,11 +34,17 @@ from engines.mirror import MirrorEngine
 from engines.rsync import RsyncEngine
 from engines.rsync.args import RSYNC_MISSING
 from engines.rsync.output import TransferTally, check_outcome, parse_item, parse_progress2
-from engines.scan import Entry, scan, walk
+from engines.scan import Entry, scan
 from engines.treestore import manifest_path
 from tests.cli_helpers import REPO
 from tests.engine_contract_helpers import descendants
-from tests.engine_helpers import RecordingReporter, make_tree, tree_signature, write
+from tests.engine_helpers import (
+    RecordingReporter,
+    make_tree,
+    tree_signature,
+    walk_deleting_on_second_call,
+    write,
+)
 
 # --- the progress2 parser -----------------------------------------------------------------
 
@@ -438,16 +444,8 @@ def test_a_file_deleted_as_a_resumed_rsync_run_starts_is_not_left_in_its_snapsho
                    control)
     checkpoint = reporter.checkpoints[-1]
     assert (dest / checkpoint["partial"] / "src" / "a.bin").exists()
-    real_walk, walks = walk, 0
-
-    def walk_deleting_on_the_second(*args: Any) -> Iterator[Entry]:
-        nonlocal walks
-        walks += 1
-        if walks == 2:  # the source changes between a first and a second walk
-            (src / "a.bin").unlink()
-        return real_walk(*args)
-
-    monkeypatch.setattr(rsync_engine, "walk", walk_deleting_on_the_second)
+    # The source changes between a first and a second walk of the resumed run.
+    monkeypatch.setattr(rsync_engine, "walk", walk_deleting_on_second_call(src / "a.bin"))
     fast = BackupSpec.build([src], dest)
     result = RsyncEngine().backup(fast, RunControl(), RecordingReporter(), resume=checkpoint)
     snap = dest / result.snapshot_id / "src"
