@@ -14,12 +14,11 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from engines.manifest import HASH_CHUNK, sha256_file
-from engines.previndex import PreviousFiles
 from engines.scan import Entry
 
 SECOND = 1_000_000_000
@@ -100,23 +99,6 @@ def is_suspect(entry: Entry, prev: Mapping[str, Any] | None) -> bool:
         return False  # a different mtime: rsync sees it too
     return (mtime, prev.get("ctime_ns"), prev.get("ino")) != \
         (entry.mtime_ns, entry.ctime_ns, entry.ino)
-
-
-def content_suspects(entries: Sequence[Entry], previous: PreviousFiles) -> set[str]:
-    """The files is_suspect picks. A hard-link group goes whole (rsync only links the
-    files of one pass together)."""
-    suspects = {e.rel for e in entries
-                if e.kind == "file" and is_suspect(e, previous.get(e.rel))}
-    if not suspects:
-        return suspects
-    groups: dict[tuple[int, int], list[str]] = {}
-    for entry in entries:
-        if entry.kind == "file" and entry.nlink > 1:
-            groups.setdefault((entry.dev, entry.ino), []).append(entry.rel)
-    for members in groups.values():
-        if suspects.intersection(members):
-            suspects.update(members)
-    return suspects
 
 
 def linked_hash(st: os.stat_result, prev_root: Path | None, rel: str,
