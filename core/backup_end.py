@@ -11,7 +11,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from core.active import ActiveRun
-from core.outcome import RETRY_FIRST, RETRY_MAX, wait_a_while
+from core.outcome import RETRY_FIRST, RETRY_MAX
+from core.waits import wait_a_while
 from events.store import ChainBroken, ConcurrencyError, StoreClosed, StoreError
 from events.types import RunCheckpointed, RunInterrupted, RunSucceeded
 

@@ -9,12 +9,12 @@ cannot be written (a full data directory) is retried until it lands (item 2).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from core.waits import wait_a_while
 from engines.base import BackupResult, BackupSpec, EngineError, Reporter, RunControl
 from events.store import ChainBroken, EventStore, StoreClosed, StoreError
 from events.types import Event, canonical_json
@@ -169,15 +169,6 @@ async def append_until_stored(store: EventStore, stream: str, events: list[Event
             return False
         await wait_a_while(wake, delay)
         delay = min(delay * 2, RETRY_MAX)
-
-
-async def wait_a_while(wake: asyncio.Event, seconds: float) -> None:
-    """Sleep up to `seconds`, or until `wake` is set."""
-    # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that lands in
-    # the step the wake does, and the stop that cancelled this wait would be ignored.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await wake.wait()
 
 
 def _names(events: Sequence[Event]) -> str:

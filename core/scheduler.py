@@ -31,6 +31,7 @@ from core.errors import Conflict
 from core.schedule_inputs import plan_input, plan_key
 from core.schedule_times import PlanInput, PlanOutput, carried, plan_many, plan_one
 from core.state import JobView, State
+from core.waits import wait_a_while
 from events.record import StoredEvent
 from events.store import ConcurrencyError
 from events.types import Event, event_classes
@@ -363,11 +364,7 @@ class Scheduler:
             # Cleared after the tick, before planning: whatever changed before this
             # point is already in the plans, or in the dirty set the sleep looks at.
             self._wake.clear()
-            # Not wait_for: on 3.11 a wake in the step stop() cancels it returned the
-            # wake and dropped the cancel, so stop() waited for good.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._seconds_to_sleep()):
-                    await self._wake.wait()
+            await wait_a_while(self._wake, self._seconds_to_sleep())
 
     def _seconds_to_sleep(self) -> float:
         """Seconds until the head of the heap, within MIN_SLEEP..MAX_SLEEP."""

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from core import snapshot
 from core.state import State
+from core.waits import wait_a_while
 from events.errors import StoreError
 from events.record import StoredEvent
 from events.store import EventStore
@@ -135,9 +136,7 @@ class StateSnapshots:
     async def _keep(self) -> None:
         assert self._due is not None
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.every_seconds):
-                    await self._due.wait()
+            await wait_a_while(self._due, self.every_seconds)
             self._due.clear()
             await self.write()
 

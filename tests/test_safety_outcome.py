@@ -14,7 +14,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from core.outcome import append_until_stored, error_text, storable, wait_a_while
+from core.outcome import append_until_stored, error_text, storable
+from core.waits import wait_a_while
 from events.store import EventStore
 from events.types import JobCreated, RunFailed
 from models.ids import new_job_id
